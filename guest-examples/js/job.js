@@ -1,0 +1,45 @@
+// The example wasm-jobs job in JavaScript (componentize-js).
+//
+// Body: JSON {"op": ...}
+//   {"op": "count", "text": "..."}          print {"words": N} to stdout, ok
+//   {"op": "retry", "delay": S, "reason": R} ask for a retry after S seconds
+//   {"op": "fail", "reason": R}              fatal: dead-letter now
+// Malformed JSON or an unknown op is fatal: retrying cannot help.
+//
+// Returning normally gives `ok`; throwing a `failure` value gives `err`.
+
+export function run(msg) {
+  let job;
+  try {
+    job = JSON.parse(msg.body);
+  } catch (e) {
+    throw { tag: "fatal", val: `malformed JSON: ${e.message}` };
+  }
+  if (job === null || typeof job !== "object" || Array.isArray(job)) {
+    throw { tag: "fatal", val: "malformed JSON: expected an object" };
+  }
+  switch (job.op) {
+    case "count": {
+      const text = String(job.text ?? "");
+      const words = text.split(/\s+/).filter((w) => w.length > 0).length;
+      console.log(JSON.stringify({ words }));
+      return;
+    }
+    case "retry":
+      throw {
+        tag: "retry",
+        val: {
+          reason: String(job.reason ?? "asked to retry"),
+          delaySeconds: job.delay === undefined ? undefined : Number(job.delay),
+        },
+      };
+    case "fail":
+      throw { tag: "fatal", val: String(job.reason ?? "asked to fail") };
+    default:
+      throw { tag: "fatal", val: `unknown op ${JSON.stringify(job.op)}` };
+  }
+}
+
+export function onExit(msg, signal) {
+  console.error(`on-exit: message ${msg.id} stopped by signal ${signal}`);
+}

@@ -1,0 +1,41 @@
+"""The example wasm-jobs job in Python (componentize-py).
+
+Body: JSON {"op": ...}
+  {"op": "count", "text": "..."}          print {"words": N} to stdout, ok
+  {"op": "retry", "delay": S, "reason": R} ask for a retry after S seconds
+  {"op": "fail", "reason": R}              fatal: dead-letter now
+Malformed JSON or an unknown op is fatal: retrying cannot help.
+"""
+
+import json
+import sys
+
+import wit_world
+from wit_world.imports.types import Failure_Fatal, Failure_Retry, Message, RetryInfo
+from componentize_py_types import Err
+
+
+class WitWorld(wit_world.WitWorld):
+    def run(self, msg: Message) -> None:
+        try:
+            job = json.loads(msg.body)
+        except ValueError as e:
+            raise Err(Failure_Fatal(f"malformed JSON: {e}"))
+        if not isinstance(job, dict):
+            raise Err(Failure_Fatal("malformed JSON: expected an object"))
+        op = job.get("op")
+        if op == "count":
+            words = len(str(job.get("text", "")).split())
+            print(json.dumps({"words": words}))
+            return None
+        if op == "retry":
+            delay = job.get("delay")
+            reason = str(job.get("reason", "asked to retry"))
+            raise Err(Failure_Retry(RetryInfo(reason, int(delay) if delay is not None else None)))
+        if op == "fail":
+            raise Err(Failure_Fatal(str(job.get("reason", "asked to fail"))))
+        raise Err(Failure_Fatal(f"unknown op {op!r}"))
+
+    def on_exit(self, msg: Message, signal: int) -> None:
+        print(f"on-exit: message {msg.id} stopped by signal {signal}", file=sys.stderr)
+        return None

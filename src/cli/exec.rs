@@ -1,0 +1,153 @@
+//! `wasm-jobs exec`: run one call of a job component in this process and
+//! report the outcome, for job authors trying a job before queueing it.
+
+use super::args::{parse_attr, parse_bytes, parse_seconds, parse_signal};
+use crate::contract::JobMessage;
+use crate::engine::EngineSettings;
+use crate::executor::{Call, CallReport, Executor};
+use crate::outcome::exit_code;
+use crate::paths;
+use crate::sandbox::{DEFAULT_MAX_MEMORY, DEFAULT_MAX_OUTPUT, DEFAULT_TIMEOUT, SandboxPolicy};
+use anyhow::Context;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// The job component (.wasm) to run.
+    pub component: PathBuf,
+    /// Message body.
+    #[arg(long, conflicts_with = "body_file", default_value = "")]
+    pub body: String,
+    /// Read the message body from this file (`-` for stdin).
+    #[arg(long)]
+    pub body_file: Option<PathBuf>,
+    /// A message attribute, repeatable.
+    #[arg(long = "attr", value_name = "KEY=VALUE", value_parser = parse_attr)]
+    pub attrs: Vec<(String, String)>,
+    /// The message id the job sees.
+    #[arg(long, default_value = "exec-1")]
+    pub message_id: String,
+    /// The receive count the job sees (1 = first delivery).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub receive_count: u32,
+    /// Call `on-exit(msg, SIGNAL)` instead of `run` (number or name, e.g. SIGTERM).
+    #[arg(long, value_name = "SIGNAL", value_parser = parse_signal)]
+    pub on_exit: Option<u32>,
+    /// Wall-time limit in seconds (fractions allowed).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds, default_value = "900")]
+    pub timeout: Duration,
+    /// Linear memory limit (bytes, or with a KiB/MiB/GiB suffix).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, default_value_t = DEFAULT_MAX_MEMORY)]
+    pub max_memory: u64,
+    /// Bytes of stdout and of stderr kept; the rest is dropped.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, default_value_t = DEFAULT_MAX_OUTPUT as u64)]
+    pub max_output: u64,
+    /// CPU budget in wasmtime fuel units (turns on fuel metering).
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Data directory (holds the compiled-artifact cache).
+    #[arg(long, env = "WASM_JOBS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+pub fn run(args: ExecArgs) -> anyhow::Result<u8> {
+    debug_assert_eq!(DEFAULT_TIMEOUT, Duration::from_secs(900));
+    let body = match &args.body_file {
+        Some(p) if p.as_os_str() == "-" => {
+            std::io::read_to_string(std::io::stdin()).context("reading the body from stdin")?
+        }
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading the body from {}", p.display()))?,
+        None => args.body.clone(),
+    };
+    let msg = JobMessage {
+        id: args.message_id.clone(),
+        body,
+        attributes: args.attrs.clone(),
+        receive_count: args.receive_count,
+    };
+    let policy = SandboxPolicy {
+        max_memory: args.max_memory,
+        timeout: args.timeout,
+        fuel: args.fuel,
+        max_output: usize::try_from(args.max_output).unwrap_or(usize::MAX),
+        ..SandboxPolicy::default()
+    };
+    let settings = EngineSettings {
+        fuel_metering: args.fuel.is_some(),
+    };
+    let data_dir = paths::data_dir(args.data_dir.as_deref());
+    let executor = Executor::new(settings, paths::compiled_dir(&data_dir))?;
+
+    let job = match executor.load_file(&args.component) {
+        Ok(job) => job,
+        Err(e) if e.is_invalid_component() => {
+            let why = format!("{e}");
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"outcome": "invalid_component", "error": why})
+                );
+            } else {
+                eprintln!("invalid component {}: {why}", args.component.display());
+            }
+            return Ok(exit_code::INVALID_COMPONENT);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tracing::debug!(digest = %job.digest, source = ?job.source, "component loaded");
+
+    let call = match args.on_exit {
+        Some(signal) => Call::OnExit { signal },
+        None => Call::Run,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = runtime.block_on(executor.call(&job, &msg, call, &policy))?;
+    print_report(&report, args.json, &job)?;
+    Ok(report.outcome.exit_code())
+}
+
+fn print_report(
+    report: &CallReport,
+    json: bool,
+    job: &crate::executor::LoadedJob,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let mut value = serde_json::to_value(report)?;
+        value["digest"] = serde_json::json!(job.digest);
+        value["compile"] = serde_json::to_value(job.source)?;
+        writeln!(out, "{value}")?;
+        return Ok(());
+    }
+    out.write_all(report.stdout.text.as_bytes())?;
+    if !report.stdout.text.is_empty() && !report.stdout.text.ends_with('\n') {
+        writeln!(out)?;
+    }
+    let mut err = std::io::stderr().lock();
+    err.write_all(report.stderr.text.as_bytes())?;
+    for (name, captured) in [("stdout", &report.stdout), ("stderr", &report.stderr)] {
+        if captured.dropped_bytes > 0 {
+            writeln!(
+                err,
+                "note: guest {name} over its cap; {} bytes dropped",
+                captured.dropped_bytes
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "outcome: {} ({:.2} ms)",
+        report.outcome,
+        report.duration.as_secs_f64() * 1000.0
+    )?;
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! The executor: loads job components (validated, compiled once, cached) and
+//! makes one sandboxed call of `run` or `on-exit` in a fresh `Store`,
+//! returning a typed [`Outcome`].
+//!
+//! It runs wherever guest code may run: in `wasm-jobs exec`, in benchmarks and,
+//! later, inside each forked worker child. It never forks and holds no queue.
+//! Loading starts no thread; the first call starts the epoch ticker.
+
+use crate::artifact_cache::{ArtifactCache, CacheError, CompileSource, content_digest};
+use crate::capture::{CapturedText, OutputCapture, StreamName};
+use crate::contract::bindings::{Job, JobPre, wasm_jobs::job::types::Failure};
+use crate::contract::{self, ContractError, JobMessage};
+use crate::linking;
+use crate::engine::{EPOCH_TICK, EngineSettings, EpochTicker, build_engine, deadline_ticks};
+use crate::outcome::{Outcome, TrapKind};
+use crate::sandbox::{MemoryLimitExceeded, MemoryLimiter, SandboxError, SandboxPolicy};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Engine, Store, Trap};
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// Per-call host state kept in the `Store`.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Which export to call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Run,
+    /// `on-exit(msg, signal)`.
+    OnExit { signal: u32 },
+}
+
+/// Everything one call produced.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CallReport {
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    pub stdout: CapturedText,
+    pub stderr: CapturedText,
+    #[serde(rename = "duration_ms", serialize_with = "as_millis")]
+    pub duration: Duration,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read component {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Contract(#[from] ContractError),
+    #[error(transparent)]
+    Cache(CacheError),
+}
+
+impl LoadError {
+    /// True when the component itself is at fault (not our disk or config).
+    pub fn is_invalid_component(&self) -> bool {
+        matches!(
+            self,
+            LoadError::Contract(_) | LoadError::Cache(CacheError::Compile(_))
+        )
+    }
+}
+
+impl From<CacheError> for LoadError {
+    fn from(e: CacheError) -> Self {
+        match e {
+            CacheError::Compile(err) => LoadError::Contract(ContractError::Invalid(format!("{err:#}"))),
+            other => LoadError::Cache(other),
+        }
+    }
+}
+
+/// Errors of a call that are the host's fault, not the guest's.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("the policy sets a fuel budget but the engine was built without fuel metering")]
+    FuelNeedsMetering,
+    #[error("cannot start the epoch ticker thread: {0}")]
+    Ticker(#[source] std::io::Error),
+}
+
+/// A validated, compiled job component ready to instantiate.
+pub struct LoadedJob {
+    pre: JobPre<HostState>,
+    /// sha256 of the component bytes.
+    pub digest: String,
+    pub source: CompileSource,
+}
+
+/// Loads components and calls them. Cheap to share by reference.
+pub struct Executor {
+    engine: Engine,
+    settings: EngineSettings,
+    linker: Linker<HostState>,
+    cache: ArtifactCache,
+    ticker: OnceLock<EpochTicker>,
+}
+
+impl Executor {
+    /// An executor whose compiled artifacts live in `cache_dir`.
+    pub fn new(settings: EngineSettings, cache_dir: impl Into<PathBuf>) -> anyhow::Result<Self> {
+        let engine = build_engine(settings)?;
+        let linker = linking::base_linker(&engine)
+            .map_err(|e| anyhow::anyhow!("linking WASI: {e:#}"))?;
+        Ok(Executor {
+            engine,
+            settings,
+            linker,
+            cache: ArtifactCache::new(cache_dir),
+            ticker: OnceLock::new(),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn cache(&self) -> &ArtifactCache {
+        &self.cache
+    }
+
+    pub fn load_file(&self, path: &Path) -> Result<LoadedJob, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.load_bytes(&bytes)
+    }
+
+    /// Validate `wasm` against the job contract and compile it (or load it
+    /// from the artifact cache).
+    pub fn load_bytes(&self, wasm: &[u8]) -> Result<LoadedJob, LoadError> {
+        contract::check_header(wasm)?;
+        let (component, source) = self.cache.load_or_compile(&self.engine, wasm)?;
+        contract::check_world(&self.engine, &component)?;
+        // WASI interfaces we do not implement (e.g. wasi:http) are linked as
+        // stubs: the job instantiates, and using them is denied at call time.
+        let stubbed;
+        let linker = if linking::unimplemented_wasi_imports(&self.engine, &component).is_empty() {
+            &self.linker
+        } else {
+            let mut l = self.linker.clone();
+            linking::stub_unimplemented_wasi(&mut l, &self.engine, &component)
+                .map_err(|e| ContractError::Invalid(format!("{e:#}")))?;
+            stubbed = l;
+            &stubbed
+        };
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| ContractError::Invalid(format!("{e:#}")))?;
+        let pre = JobPre::new(instance_pre).map_err(|e| ContractError::WrongWorld {
+            problem: format!("{e:#}"),
+            exports: component
+                .component_type()
+                .exports(&self.engine)
+                .map(|(n, _)| n.to_owned())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+        Ok(LoadedJob {
+            pre,
+            digest: content_digest(wasm),
+            source,
+        })
+    }
+
+    /// Make one call in a fresh instance under `policy`. A guest misbehaving
+    /// in any way ends in `Ok(report)` with a typed outcome; `Err` is for
+    /// host-side problems only.
+    pub async fn call(
+        &self,
+        job: &LoadedJob,
+        msg: &JobMessage,
+        call: Call,
+        policy: &SandboxPolicy,
+    ) -> Result<CallReport, CallError> {
+        self.ensure_ticker()?;
+        if policy.fuel.is_some() && !self.settings.fuel_metering {
+            return Err(CallError::FuelNeedsMetering);
+        }
+        let stdout = OutputCapture::new(StreamName::Stdout, &msg.id, policy.max_output);
+        let stderr = OutputCapture::new(StreamName::Stderr, &msg.id, policy.max_output);
+        let mut builder = WasiCtxBuilder::new();
+        policy.apply_to(&mut builder)?;
+        builder.stdout(stdout.clone()).stderr(stderr.clone());
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                wasi: builder.build(),
+                table: ResourceTable::new(),
+                limiter: MemoryLimiter::new(policy.max_memory),
+            },
+        );
+        store.limiter(|s| &mut s.limiter);
+        if self.settings.fuel_metering {
+            store
+                .set_fuel(policy.fuel.unwrap_or(u64::MAX))
+                .expect("fuel metering is on");
+        }
+        store.set_epoch_deadline(deadline_ticks(policy.timeout));
+        store.epoch_deadline_trap();
+
+        let started = Instant::now();
+        let wit_msg = msg.to_wit();
+        let guest = async {
+            let job: Job = job.pre.instantiate_async(&mut store).await?;
+            match call {
+                Call::Run => job.call_run(&mut store, &wit_msg).await.map(|r| match r {
+                    Ok(()) => Outcome::Ok,
+                    Err(Failure::Retry(info)) => Outcome::Retry {
+                        reason: info.reason,
+                        delay_seconds: info.delay_seconds,
+                    },
+                    Err(Failure::Fatal(reason)) => Outcome::Fatal { reason },
+                }),
+                Call::OnExit { signal } => job
+                    .call_on_exit(&mut store, &wit_msg, signal)
+                    .await
+                    .map(|r| match r {
+                        Ok(()) => Outcome::Ok,
+                        Err(reason) => Outcome::OnExitFailed { reason },
+                    }),
+            }
+        };
+        // The epoch deadline stops a guest spinning in wasm; this timer stops
+        // one blocked in a host call (a WASI sleep or poll), which epochs
+        // cannot reach. Two ticks of slack let the epoch path report first.
+        let outcome = match tokio::time::timeout(policy.timeout + EPOCH_TICK * 2, guest).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(err)) => classify_error(&err, policy),
+            Err(_elapsed) => Outcome::Timeout {
+                limit: policy.timeout,
+            },
+        };
+        Ok(CallReport {
+            outcome,
+            stdout: stdout.finish(),
+            stderr: stderr.finish(),
+            duration: started.elapsed(),
+        })
+    }
+
+    fn ensure_ticker(&self) -> Result<(), CallError> {
+        if self.ticker.get().is_none() {
+            let ticker = EpochTicker::start(&self.engine).map_err(CallError::Ticker)?;
+            // A racing caller may have set it first; its ticker serves both.
+            let _ = self.ticker.set(ticker);
+        }
+        Ok(())
+    }
+}
+
+/// Map an error raised while the guest ran to a typed outcome.
+fn classify_error(err: &wasmtime::Error, policy: &SandboxPolicy) -> Outcome {
+    let detail = format!("{err:#}");
+    let kind = if let Some(trap) = err.downcast_ref::<Trap>() {
+        match trap {
+            Trap::Interrupt => {
+                return Outcome::Timeout {
+                    limit: policy.timeout,
+                };
+            }
+            Trap::StackOverflow => TrapKind::StackOverflow,
+            Trap::UnreachableCodeReached => TrapKind::Unreachable,
+            Trap::MemoryOutOfBounds => TrapKind::MemoryOutOfBounds,
+            Trap::IntegerDivisionByZero => TrapKind::IntegerDivisionByZero,
+            Trap::IntegerOverflow => TrapKind::IntegerOverflow,
+            Trap::OutOfFuel => TrapKind::OutOfFuel,
+            _ => TrapKind::Other,
+        }
+    } else if err.downcast_ref::<MemoryLimitExceeded>().is_some() {
+        TrapKind::OutOfMemory
+    } else if let Some(exit) = err.downcast_ref::<I32Exit>() {
+        TrapKind::GuestExit(exit.0)
+    } else {
+        TrapKind::Other
+    };
+    Outcome::Trap { kind, detail }
+}

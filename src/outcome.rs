@@ -1,0 +1,242 @@
+//! How one call into a job ended, as a typed value, and the process exit code
+//! that stands for it.
+//!
+//! The executor produces an [`Outcome`] for every call; `wasm-jobs exec` and the
+//! forked worker children turn it into an exit code with [`Outcome::exit_code`],
+//! and the worker parent turns exit codes (or the full outcome) back into what
+//! happens to the message. Nothing here runs guest code.
+
+use serde::Serialize;
+use std::fmt;
+use std::time::Duration;
+
+/// Exit codes of `wasm-jobs exec` and of a forked worker child, one per outcome.
+/// They are part of the CLI's contract: documented in the README, stable.
+pub mod exit_code {
+    /// The job returned `ok`.
+    pub const OK: u8 = 0;
+    /// wasm-jobs itself failed (I/O, bad configuration); nothing was judged.
+    pub const HOST_ERROR: u8 = 1;
+    /// Command-line usage error (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// The job returned `failure::retry`.
+    pub const RETRY: u8 = 10;
+    /// The job returned `failure::fatal`.
+    pub const FATAL: u8 = 11;
+    /// `on-exit` returned an error.
+    pub const ON_EXIT_FAILED: u8 = 12;
+    /// The guest trapped (unreachable, out-of-bounds access, a guest `exit`, ...).
+    pub const TRAP: u8 = 20;
+    /// The guest tried to grow its linear memory past the policy's limit.
+    pub const OUT_OF_MEMORY: u8 = 21;
+    /// The guest exhausted its call stack (deep or infinite recursion).
+    pub const STACK_OVERFLOW: u8 = 22;
+    /// The guest used up the fuel (CPU budget) the policy gave it.
+    pub const OUT_OF_FUEL: u8 = 23;
+    /// The call ran past the policy's wall-time limit.
+    pub const TIMEOUT: u8 = 24;
+    /// The file is not a component of the `wasm-jobs:job/job` world.
+    pub const INVALID_COMPONENT: u8 = 30;
+}
+
+/// Why a guest trapped. Kinds that a worker operator acts on differently get
+/// their own variant; the rest are [`TrapKind::Other`] with the trap text kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrapKind {
+    OutOfMemory,
+    StackOverflow,
+    Unreachable,
+    MemoryOutOfBounds,
+    IntegerDivisionByZero,
+    IntegerOverflow,
+    OutOfFuel,
+    /// The guest called `wasi:cli/exit` (C `exit()`, Python `sys.exit`) with
+    /// this status instead of returning from the export.
+    GuestExit(i32),
+    /// Any other trap or host-side error raised while the guest ran.
+    Other,
+}
+
+impl TrapKind {
+    /// A stable snake_case label for JSON, logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            TrapKind::OutOfMemory => "out_of_memory",
+            TrapKind::StackOverflow => "stack_overflow",
+            TrapKind::Unreachable => "unreachable",
+            TrapKind::MemoryOutOfBounds => "memory_out_of_bounds",
+            TrapKind::IntegerDivisionByZero => "integer_division_by_zero",
+            TrapKind::IntegerOverflow => "integer_overflow",
+            TrapKind::OutOfFuel => "out_of_fuel",
+            TrapKind::GuestExit(_) => "guest_exit",
+            TrapKind::Other => "other",
+        }
+    }
+}
+
+impl Serialize for TrapKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.label())
+    }
+}
+
+impl fmt::Display for TrapKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrapKind::OutOfMemory => f.write_str("out of memory"),
+            TrapKind::StackOverflow => f.write_str("stack overflow"),
+            TrapKind::Unreachable => f.write_str("unreachable"),
+            TrapKind::MemoryOutOfBounds => f.write_str("memory out of bounds"),
+            TrapKind::IntegerDivisionByZero => f.write_str("integer division by zero"),
+            TrapKind::IntegerOverflow => f.write_str("integer overflow"),
+            TrapKind::OutOfFuel => f.write_str("out of fuel"),
+            TrapKind::GuestExit(code) => write!(f, "guest exit({code})"),
+            TrapKind::Other => f.write_str("trap"),
+        }
+    }
+}
+
+/// How one call of `run` or `on-exit` ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum Outcome {
+    /// `run` or `on-exit` returned `ok`.
+    Ok,
+    /// `run` returned `failure::retry`.
+    Retry {
+        reason: String,
+        delay_seconds: Option<u32>,
+    },
+    /// `run` returned `failure::fatal`.
+    Fatal { reason: String },
+    /// `on-exit` returned `err(reason)`.
+    OnExitFailed { reason: String },
+    /// The guest trapped; `detail` is the trap text for logs.
+    Trap { kind: TrapKind, detail: String },
+    /// The call did not finish within the policy's wall-time limit.
+    Timeout {
+        #[serde(serialize_with = "as_secs_f64")]
+        limit: Duration,
+    },
+}
+
+fn as_secs_f64<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl Outcome {
+    /// The documented process exit code for this outcome (see [`exit_code`]).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Ok => exit_code::OK,
+            Outcome::Retry { .. } => exit_code::RETRY,
+            Outcome::Fatal { .. } => exit_code::FATAL,
+            Outcome::OnExitFailed { .. } => exit_code::ON_EXIT_FAILED,
+            Outcome::Trap { kind, .. } => match kind {
+                TrapKind::OutOfMemory => exit_code::OUT_OF_MEMORY,
+                TrapKind::StackOverflow => exit_code::STACK_OVERFLOW,
+                TrapKind::OutOfFuel => exit_code::OUT_OF_FUEL,
+                _ => exit_code::TRAP,
+            },
+            Outcome::Timeout { .. } => exit_code::TIMEOUT,
+        }
+    }
+
+    /// A short stable label for logs and metrics (`ok`, `retry`, `trap`, ...).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Fatal { .. } => "fatal",
+            Outcome::OnExitFailed { .. } => "on_exit_failed",
+            Outcome::Trap { .. } => "trap",
+            Outcome::Timeout { .. } => "timeout",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Ok => f.write_str("ok"),
+            Outcome::Retry {
+                reason,
+                delay_seconds: Some(d),
+            } => write!(f, "retry after {d} s: {reason}"),
+            Outcome::Retry { reason, .. } => write!(f, "retry: {reason}"),
+            Outcome::Fatal { reason } => write!(f, "fatal: {reason}"),
+            Outcome::OnExitFailed { reason } => write!(f, "on-exit failed: {reason}"),
+            Outcome::Trap { kind, detail } => write!(f, "trap ({kind}): {detail}"),
+            Outcome::Timeout { limit } => {
+                write!(f, "timeout: still running after {:.3} s", limit.as_secs_f64())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_has_its_own_exit_code() {
+        let outcomes = [
+            Outcome::Ok,
+            Outcome::Retry {
+                reason: "r".into(),
+                delay_seconds: None,
+            },
+            Outcome::Fatal { reason: "f".into() },
+            Outcome::OnExitFailed { reason: "e".into() },
+            Outcome::Trap {
+                kind: TrapKind::Unreachable,
+                detail: String::new(),
+            },
+            Outcome::Trap {
+                kind: TrapKind::OutOfMemory,
+                detail: String::new(),
+            },
+            Outcome::Trap {
+                kind: TrapKind::StackOverflow,
+                detail: String::new(),
+            },
+            Outcome::Trap {
+                kind: TrapKind::OutOfFuel,
+                detail: String::new(),
+            },
+            Outcome::Timeout {
+                limit: Duration::from_secs(1),
+            },
+        ];
+        let mut codes: Vec<u8> = outcomes.iter().map(Outcome::exit_code).collect();
+        codes.push(exit_code::INVALID_COMPONENT);
+        codes.push(exit_code::HOST_ERROR);
+        codes.push(exit_code::USAGE);
+        let mut unique = codes.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), codes.len(), "codes collide: {codes:?}");
+    }
+
+    #[test]
+    fn outcome_json_is_tagged() {
+        let json = serde_json::to_value(Outcome::Retry {
+            reason: "busy".into(),
+            delay_seconds: Some(5),
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"outcome": "retry", "reason": "busy", "delay_seconds": 5})
+        );
+        let json = serde_json::to_value(Outcome::Trap {
+            kind: TrapKind::GuestExit(3),
+            detail: "x".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"outcome": "trap", "kind": "guest_exit", "detail": "x"})
+        );
+    }
+}

@@ -1,0 +1,67 @@
+//! Where wasm-jobs keeps its state on this machine: the data directory
+//! (embedded queues, module registry) and the compiled-artifact cache in it.
+//!
+//! Resolution order: `--data-dir`, then `$WASM_JOBS_HOME`, then
+//! `$XDG_DATA_HOME/wasm-jobs`, then `~/.local/share/wasm-jobs`.
+
+use std::path::{Path, PathBuf};
+
+/// Resolve the data directory from an explicit flag and the environment.
+pub fn data_dir(explicit: Option<&Path>) -> PathBuf {
+    resolve(
+        explicit,
+        std::env::var_os("WASM_JOBS_HOME").map(PathBuf::from),
+        std::env::var_os("XDG_DATA_HOME").map(PathBuf::from),
+        std::env::var_os("HOME").map(PathBuf::from),
+    )
+}
+
+fn resolve(
+    explicit: Option<&Path>,
+    wasm_jobs_home: Option<PathBuf>,
+    xdg_data_home: Option<PathBuf>,
+    home: Option<PathBuf>,
+) -> PathBuf {
+    let non_empty = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+    if let Some(p) = explicit {
+        return p.to_owned();
+    }
+    if let Some(p) = non_empty(wasm_jobs_home) {
+        return p;
+    }
+    if let Some(p) = non_empty(xdg_data_home) {
+        return p.join("wasm-jobs");
+    }
+    match non_empty(home) {
+        Some(h) => h.join(".local/share/wasm-jobs"),
+        None => PathBuf::from(".wasm-jobs"),
+    }
+}
+
+/// The compiled-artifact cache inside a data directory.
+pub fn compiled_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("compiled")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_flag_wins_then_env_then_xdg_then_home() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(
+            resolve(Some(Path::new("/x")), p("/h"), p("/d"), p("/u")),
+            PathBuf::from("/x")
+        );
+        assert_eq!(resolve(None, p("/h"), p("/d"), p("/u")), PathBuf::from("/h"));
+        assert_eq!(
+            resolve(None, p(""), p("/d"), p("/u")),
+            PathBuf::from("/d/wasm-jobs")
+        );
+        assert_eq!(
+            resolve(None, None, None, p("/u")),
+            PathBuf::from("/u/.local/share/wasm-jobs")
+        );
+    }
+}
