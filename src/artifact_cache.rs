@@ -11,6 +11,7 @@ use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -106,8 +107,8 @@ impl ArtifactCache {
         let took = started.elapsed();
         self.store(&path, &compiled)?;
         // SAFETY: as above; the file was just written from our own compile.
-        let component = unsafe { Component::deserialize_file(engine, &path) }
-            .map_err(CacheError::Compile)?;
+        let component =
+            unsafe { Component::deserialize_file(engine, &path) }.map_err(CacheError::Compile)?;
         Ok((component, CompileSource::Compiled { took }))
     }
 
@@ -117,10 +118,16 @@ impl ArtifactCache {
             source,
         };
         fs::create_dir_all(&self.dir).map_err(io)?;
+        // Unique per process and per call: a file another thread or process
+        // has mapped is never truncated, only replaced by rename.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
         let tmp = self.dir.join(format!(
-            ".{}.{}.tmp",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("artifact"),
-            std::process::id()
+            ".{}.{}.{}.tmp",
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("artifact"),
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let mut f = fs::File::create(&tmp).map_err(io)?;
         f.write_all(bytes).map_err(io)?;

@@ -110,7 +110,10 @@ impl OutputCapture {
 
 impl CaptureState {
     fn forward_complete_lines(&mut self) {
-        while let Some(nl) = self.kept[self.line_start..].iter().position(|&b| b == b'\n') {
+        while let Some(nl) = self.kept[self.line_start..]
+            .iter()
+            .position(|&b| b == b'\n')
+        {
             let end = self.line_start + nl;
             self.emit(self.line_start, end);
             self.line_start = end + 1;

@@ -60,9 +60,7 @@ pub enum ContractError {
     CoreModule,
     #[error("the component is invalid: {0:#}")]
     Invalid(String),
-    #[error(
-        "the component does not target {WORLD}: {problem}; it exports [{exports}]"
-    )]
+    #[error("the component does not target {WORLD}: {problem}; it exports [{exports}]")]
     WrongWorld { problem: String, exports: String },
     #[error(
         "the component imports `{0}`, which wasm-jobs does not provide \
@@ -132,9 +130,15 @@ mod tests {
 
     #[test]
     fn header_check_tells_modules_from_components() {
-        assert!(matches!(check_header(b"hello"), Err(ContractError::NotWasm)));
+        assert!(matches!(
+            check_header(b"hello"),
+            Err(ContractError::NotWasm)
+        ));
         let core = wat::parse_str("(module)").unwrap();
-        assert!(matches!(check_header(&core), Err(ContractError::CoreModule)));
+        assert!(matches!(
+            check_header(&core),
+            Err(ContractError::CoreModule)
+        ));
         let component = wat::parse_str("(component)").unwrap();
         assert!(check_header(&component).is_ok());
     }

@@ -10,8 +10,8 @@ use crate::artifact_cache::{ArtifactCache, CacheError, CompileSource, content_di
 use crate::capture::{CapturedText, OutputCapture, StreamName};
 use crate::contract::bindings::{Job, JobPre, wasm_jobs::job::types::Failure};
 use crate::contract::{self, ContractError, JobMessage};
-use crate::linking;
 use crate::engine::{EPOCH_TICK, EngineSettings, EpochTicker, build_engine, deadline_ticks};
+use crate::linking;
 use crate::outcome::{Outcome, TrapKind};
 use crate::sandbox::{MemoryLimitExceeded, MemoryLimiter, SandboxError, SandboxPolicy};
 use std::path::{Path, PathBuf};
@@ -42,7 +42,9 @@ impl WasiView for HostState {
 pub enum Call {
     Run,
     /// `on-exit(msg, signal)`.
-    OnExit { signal: u32 },
+    OnExit {
+        signal: u32,
+    },
 }
 
 /// Everything one call produced.
@@ -88,7 +90,9 @@ impl LoadError {
 impl From<CacheError> for LoadError {
     fn from(e: CacheError) -> Self {
         match e {
-            CacheError::Compile(err) => LoadError::Contract(ContractError::Invalid(format!("{err:#}"))),
+            CacheError::Compile(err) => {
+                LoadError::Contract(ContractError::Invalid(format!("{err:#}")))
+            }
             other => LoadError::Cache(other),
         }
     }
@@ -126,8 +130,8 @@ impl Executor {
     /// An executor whose compiled artifacts live in `cache_dir`.
     pub fn new(settings: EngineSettings, cache_dir: impl Into<PathBuf>) -> anyhow::Result<Self> {
         let engine = build_engine(settings)?;
-        let linker = linking::base_linker(&engine)
-            .map_err(|e| anyhow::anyhow!("linking WASI: {e:#}"))?;
+        let linker =
+            linking::base_linker(&engine).map_err(|e| anyhow::anyhow!("linking WASI: {e:#}"))?;
         Ok(Executor {
             engine,
             settings,
@@ -278,7 +282,10 @@ impl Executor {
 
 /// Map an error raised while the guest ran to a typed outcome.
 fn classify_error(err: &wasmtime::Error, policy: &SandboxPolicy) -> Outcome {
-    let detail = format!("{err:#}");
+    // The root cause says what happened; the full chain (with the wasm
+    // backtrace) goes to the debug log.
+    let detail = err.root_cause().to_string();
+    tracing::debug!(error = %format!("{err:?}"), "guest call failed");
     let kind = if let Some(trap) = err.downcast_ref::<Trap>() {
         match trap {
             Trap::Interrupt => {

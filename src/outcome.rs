@@ -168,7 +168,11 @@ impl fmt::Display for Outcome {
             Outcome::OnExitFailed { reason } => write!(f, "on-exit failed: {reason}"),
             Outcome::Trap { kind, detail } => write!(f, "trap ({kind}): {detail}"),
             Outcome::Timeout { limit } => {
-                write!(f, "timeout: still running after {:.3} s", limit.as_secs_f64())
+                write!(
+                    f,
+                    "timeout: still running after {:.3} s",
+                    limit.as_secs_f64()
+                )
             }
         }
     }

@@ -54,7 +54,10 @@ mod tests {
             resolve(Some(Path::new("/x")), p("/h"), p("/d"), p("/u")),
             PathBuf::from("/x")
         );
-        assert_eq!(resolve(None, p("/h"), p("/d"), p("/u")), PathBuf::from("/h"));
+        assert_eq!(
+            resolve(None, p("/h"), p("/d"), p("/u")),
+            PathBuf::from("/h")
+        );
         assert_eq!(
             resolve(None, p(""), p("/d"), p("/u")),
             PathBuf::from("/d/wasm-jobs")

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "wasm-jobs", version, about = "Run WebAssembly component jobs from a message queue")]
+#[command(
+    name = "wasm-jobs",
+    version,
+    about = "Run WebAssembly component jobs from a message queue"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

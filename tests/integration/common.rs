@@ -1,0 +1,135 @@
+//! Helpers shared by the integration tests: executors with a persistent
+//! artifact cache, fixture components, guest builds, and one-call runners.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+use wasm_jobs::contract::JobMessage;
+use wasm_jobs::engine::EngineSettings;
+use wasm_jobs::executor::{Call, CallReport, Executor, LoadedJob};
+use wasm_jobs::sandbox::SandboxPolicy;
+
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A data dir kept between test runs (under the target dir), so compiled
+/// artifacts of the big guests are reused.
+pub fn data_home() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm-jobs-home")
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_wasm-jobs")
+}
+
+pub fn executor() -> &'static Executor {
+    static E: OnceLock<Executor> = OnceLock::new();
+    E.get_or_init(|| {
+        Executor::new(EngineSettings::default(), data_home().join("compiled")).unwrap()
+    })
+}
+
+pub fn fuel_executor() -> &'static Executor {
+    static E: OnceLock<Executor> = OnceLock::new();
+    E.get_or_init(|| {
+        Executor::new(
+            EngineSettings {
+                fuel_metering: true,
+            },
+            data_home().join("compiled"),
+        )
+        .unwrap()
+    })
+}
+
+pub fn modes_wasm() -> &'static [u8] {
+    static W: OnceLock<Vec<u8>> = OnceLock::new();
+    W.get_or_init(|| {
+        let wat = std::fs::read(repo_root().join("tests/fixtures/modes.wat")).unwrap();
+        wasm_jobs::componentize::job_component_from_core(&wat).unwrap()
+    })
+}
+
+pub fn modes_job() -> &'static LoadedJob {
+    static J: OnceLock<LoadedJob> = OnceLock::new();
+    J.get_or_init(|| executor().load_bytes(modes_wasm()).unwrap())
+}
+
+pub fn message(body: &str) -> JobMessage {
+    JobMessage {
+        id: "msg-1".into(),
+        body: body.into(),
+        attributes: vec![],
+        receive_count: 1,
+    }
+}
+
+pub fn policy() -> SandboxPolicy {
+    SandboxPolicy {
+        timeout: Duration::from_secs(20),
+        ..SandboxPolicy::default()
+    }
+}
+
+/// One call on a fresh single-threaded runtime, as a worker child makes it.
+pub fn call_with(
+    executor: &Executor,
+    job: &LoadedJob,
+    msg: &JobMessage,
+    call: Call,
+    policy: &SandboxPolicy,
+) -> CallReport {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(executor.call(job, msg, call, policy))
+        .unwrap()
+}
+
+pub fn run_modes(body: &str, policy: &SandboxPolicy) -> CallReport {
+    call_with(executor(), modes_job(), &message(body), Call::Run, policy)
+}
+
+/// Build a guest with its script (once per test process) and return the
+/// component's path. A missing toolchain fails the test: `.ci/run` installs
+/// every toolchain.
+pub fn build_with_script(key: &str, script: &Path, args: &[&Path], out: PathBuf) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|k| k == key) {
+        let status = Command::new("bash")
+            .arg(script)
+            .args(args)
+            .env("WASM_JOBS", bin())
+            .status()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        assert!(status.success(), "{} failed: {status}", script.display());
+        built.push(key.to_owned());
+    }
+    assert!(
+        out.is_file(),
+        "{} did not produce {}",
+        script.display(),
+        out.display()
+    );
+    out
+}
+
+pub fn example_guest(lang: &str) -> PathBuf {
+    let dir = repo_root().join("guest-examples").join(lang);
+    build_with_script(lang, &dir.join("build.sh"), &[], dir.join("build/job.wasm"))
+}
+
+pub fn hostile_guest() -> &'static LoadedJob {
+    static J: OnceLock<LoadedJob> = OnceLock::new();
+    J.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile.wasm");
+        let src = repo_root().join("tests/fixtures/hostile.c");
+        let script = repo_root().join("guest-examples/c/build.sh");
+        build_with_script("hostile", &script, &[&out, &src], out.clone());
+        executor().load_file(&out).unwrap()
+    })
+}
