@@ -38,16 +38,25 @@ fn main() -> anyhow::Result<()> {
     // Cold compiles: each into the empty cache.
     let mut guests = vec![("trivial WAT job".to_owned(), trivial.clone())];
     for lang in ["c", "rust", "python", "js"] {
-        let path = root.join("guest-examples").join(lang).join("build/job.wasm");
+        let path = root
+            .join("guest-examples")
+            .join(lang)
+            .join("build/job.wasm");
         if let Ok(bytes) = std::fs::read(&path) {
-            guests.push((format!("{lang} example ({:.1} MB)", bytes.len() as f64 / 1e6), bytes));
+            guests.push((
+                format!("{lang} example ({:.1} MB)", bytes.len() as f64 / 1e6),
+                bytes,
+            ));
         }
     }
     for (name, bytes) in &guests {
         let job = executor.load_bytes(bytes)?;
         match job.source {
             CompileSource::Compiled { took } => {
-                println!("| cold compile, {name} | {:.1} ms |", took.as_secs_f64() * 1e3)
+                println!(
+                    "| cold compile, {name} | {:.1} ms |",
+                    took.as_secs_f64() * 1e3
+                )
             }
             CompileSource::Cached => anyhow::bail!("{name} was already cached"),
         }

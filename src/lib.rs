@@ -19,4 +19,5 @@ pub mod linking;
 pub mod logging;
 pub mod outcome;
 pub mod paths;
+pub mod queue;
 pub mod sandbox;

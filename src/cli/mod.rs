@@ -4,6 +4,7 @@
 
 mod args;
 mod exec;
+mod queue_cmds;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -23,6 +24,34 @@ struct Cli {
 enum Command {
     /// Run one call of a job component in-process and print its outcome.
     Exec(exec::ExecArgs),
+    /// Manage queues (embedded by name, SQS by URL).
+    Queue {
+        #[command(subcommand)]
+        command: queue_cmds::QueueCommand,
+        #[command(flatten)]
+        location: queue_cmds::Location,
+    },
+    /// Dead-letter queue operations.
+    Dlq {
+        #[command(subcommand)]
+        command: queue_cmds::DlqCommand,
+        #[command(flatten)]
+        location: queue_cmds::Location,
+    },
+    /// Send a message (or a file of messages, one per line).
+    Send {
+        #[command(flatten)]
+        args: queue_cmds::SendArgs,
+        #[command(flatten)]
+        location: queue_cmds::Location,
+    },
+    /// Receive messages and print them as JSON lines (optionally deleting them).
+    Receive {
+        #[command(flatten)]
+        args: queue_cmds::ReceiveArgs,
+        #[command(flatten)]
+        location: queue_cmds::Location,
+    },
     /// Write the WASI preview1 adapter that matches this host, for turning a
     /// wasip1 core module into a component (`wasm-tools component new --adapt`).
     WasiAdapter(WasiAdapterArgs),
@@ -53,6 +82,20 @@ fn write_wasi_adapter(args: WasiAdapterArgs) -> anyhow::Result<u8> {
     Ok(crate::outcome::exit_code::OK)
 }
 
+/// Run an async subcommand on a fresh multi-threaded runtime (queue
+/// commands never fork, so a runtime with threads is fine here).
+fn with_runtime<F, Fut>(f: F) -> anyhow::Result<u8>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<u8>>,
+{
+    crate::logging::init("warn");
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(f())
+}
+
 /// Parse the command line, run the subcommand, and map its result to an exit
 /// code (errors print one line and exit 1).
 pub fn main() -> ExitCode {
@@ -63,6 +106,16 @@ pub fn main() -> ExitCode {
             exec::run(args)
         }
         Command::WasiAdapter(args) => write_wasi_adapter(args),
+        Command::Queue { command, location } => {
+            with_runtime(|| queue_cmds::queue_command(&location, command))
+        }
+        Command::Dlq { command, location } => {
+            with_runtime(|| queue_cmds::dlq_command(&location, command))
+        }
+        Command::Send { args, location } => with_runtime(|| queue_cmds::send(&location, args)),
+        Command::Receive { args, location } => {
+            with_runtime(|| queue_cmds::receive(&location, args))
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

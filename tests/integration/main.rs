@@ -1,9 +1,13 @@
 //! The one integration-test binary: executor outcomes and limits (WAT
 //! fixtures), the sandbox against a hostile C guest, the four example guests
-//! built with their real toolchains, and the `wasm-jobs exec` contract.
+//! built with their real toolchains, the `wasm-jobs exec` contract, and the
+//! queue conformance suite against the embedded queue and a moto server.
 
 mod common;
 mod exec_cli;
 mod executor_outcomes;
 mod guests;
+mod queue_backends;
+mod queue_cli;
+mod queue_conformance;
 mod sandbox;

@@ -1,0 +1,381 @@
+//! Queue subcommands: `queue create|stats|purge`, `dlq redrive`, `send`,
+//! `receive`. They talk to a queue only through `crate::queue`.
+
+use super::args::{parse_attr, parse_seconds};
+use crate::paths;
+use crate::queue::address::QueueAddress;
+use crate::queue::embedded::EmbeddedStore;
+use crate::queue::sqs::{self, SqsQueue};
+use crate::queue::{
+    AttributeValue, Attributes, OutgoingMessage, Queue, QueueConfig, ReceiveRequest, limits,
+};
+use anyhow::{Context, bail};
+use base64::Engine;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where queues are: shared by every queue subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Location {
+    /// Data directory of embedded queues.
+    #[arg(long, global = true, env = "WASM_JOBS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// SQS endpoint (LocalStack, ElasticMQ, moto); AWS_ENDPOINT_URL(_SQS) work too.
+    #[arg(long, global = true)]
+    pub endpoint_url: Option<String>,
+}
+
+impl Location {
+    pub fn data_dir(&self) -> PathBuf {
+        paths::data_dir(self.data_dir.as_deref())
+    }
+
+    pub async fn open(&self, queue: &str) -> anyhow::Result<Arc<dyn Queue>> {
+        let address = QueueAddress::parse(queue)?;
+        Ok(crate::queue::open(&address, &self.data_dir(), self.endpoint_url.as_deref()).await?)
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum QueueCommand {
+    /// Create a queue (embedded, or on SQS with --sqs).
+    Create(CreateArgs),
+    /// Visible, in-flight and delayed counts (and its dead-letter queue's).
+    Stats {
+        queue: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete every message in the queue.
+    Purge { queue: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    pub name: String,
+    /// Dead-letter queue (must exist) for messages received too often.
+    #[arg(long, requires = "max_receives")]
+    pub dlq: Option<String>,
+    /// maxReceiveCount of the redrive policy.
+    #[arg(long, requires = "dlq", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_receives: Option<u32>,
+    #[arg(long, value_parser = parse_seconds_or_zero, default_value = "30")]
+    pub visibility_timeout: Duration,
+    /// ReceiveMessageWaitTimeSeconds (long polling), 0-20.
+    #[arg(long, value_parser = parse_seconds_or_zero, default_value = "0")]
+    pub wait: Duration,
+    /// A FIFO queue (its name must end in .fifo).
+    #[arg(long)]
+    pub fifo: bool,
+    /// Create it on SQS (prints the queue URL) instead of embedded.
+    #[arg(long)]
+    pub sqs: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DlqCommand {
+    /// Move the messages of QUEUE's dead-letter queue back to QUEUE.
+    Redrive { queue: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SendArgs {
+    #[arg(long)]
+    pub queue: String,
+    /// Message attribute: KEY=VALUE (String), KEY:Number=VALUE, KEY:Binary=BASE64.
+    #[arg(long = "attr", value_name = "KEY[:TYPE]=VALUE", value_parser = parse_attr)]
+    pub attrs: Vec<(String, String)>,
+    /// MessageGroupId (FIFO queues).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// MessageDeduplicationId (FIFO queues).
+    #[arg(long)]
+    pub dedup_id: Option<String>,
+    #[arg(long, value_parser = parse_seconds_or_zero)]
+    pub delay: Option<Duration>,
+    /// Send one message per line of FILE (`-` for stdin), 10 per call.
+    #[arg(long, conflicts_with = "body")]
+    pub batch: Option<PathBuf>,
+    /// The body; `-` reads stdin.
+    #[arg(required_unless_present = "batch")]
+    pub body: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReceiveArgs {
+    #[arg(long)]
+    pub queue: String,
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(1..=10))]
+    pub max: u8,
+    #[arg(long, value_parser = parse_seconds_or_zero, default_value = "0")]
+    pub wait: Duration,
+    #[arg(long, value_parser = parse_seconds_or_zero)]
+    pub visibility_timeout: Option<Duration>,
+    /// Delete each message after printing it.
+    #[arg(long)]
+    pub delete: bool,
+    /// Keep receiving until the queue stays empty for one wait.
+    #[arg(long)]
+    pub drain: bool,
+}
+
+fn parse_seconds_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        Ok(Duration::ZERO)
+    } else {
+        parse_seconds(s)
+    }
+}
+
+/// `KEY=VALUE`, `KEY:Number=VALUE` or `KEY:Binary=BASE64` into attributes.
+pub fn typed_attributes(raw: &[(String, String)]) -> anyhow::Result<Attributes> {
+    let mut out = Attributes::new();
+    for (key, value) in raw {
+        let (name, ty) = key.split_once(':').unwrap_or((key, "String"));
+        let v = match ty {
+            "String" => AttributeValue::String(value.clone()),
+            "Number" => AttributeValue::Number(value.clone()),
+            "Binary" => AttributeValue::Binary(
+                base64::engine::general_purpose::STANDARD
+                    .decode(value)
+                    .with_context(|| format!("attribute {name}: not base64"))?,
+            ),
+            other => bail!("attribute {name}: unknown type {other} (String, Number or Binary)"),
+        };
+        out.insert(name.to_owned(), v);
+    }
+    Ok(out)
+}
+
+pub async fn queue_command(loc: &Location, cmd: QueueCommand) -> anyhow::Result<u8> {
+    match cmd {
+        QueueCommand::Create(args) => {
+            let config = QueueConfig {
+                visibility_timeout: args.visibility_timeout,
+                receive_wait: args.wait,
+                fifo: args.fifo,
+                dead_letter: args.dlq.clone().zip(args.max_receives),
+            };
+            if args.sqs {
+                let client = sqs::client(loc.endpoint_url.as_deref()).await;
+                println!("{}", SqsQueue::create(&client, &args.name, &config).await?);
+            } else {
+                let dir = loc.data_dir();
+                let name = args.name.clone();
+                tokio::task::spawn_blocking(move || {
+                    EmbeddedStore::open(&dir)?.create_queue(&name, &config)
+                })
+                .await??;
+                println!("created {}", args.name);
+            }
+        }
+        QueueCommand::Stats { queue, json } => {
+            let q = loc.open(&queue).await?;
+            let counts = q.counts().await?;
+            let dead = match q.dead_letter_queue().await? {
+                Some(dlq) => Some(dlq.counts().await?),
+                None => None,
+            };
+            if json {
+                let mut v = serde_json::to_value(counts)?;
+                if let Some(d) = dead {
+                    v["dead_letter"] = serde_json::to_value(d)?;
+                }
+                println!("{v}");
+            } else {
+                println!(
+                    "{queue}: {} visible, {} in flight, {} delayed",
+                    counts.visible, counts.in_flight, counts.delayed
+                );
+                if let Some(d) = dead {
+                    println!(
+                        "dead-letter queue: {} visible, {} in flight, {} delayed",
+                        d.visible, d.in_flight, d.delayed
+                    );
+                }
+            }
+        }
+        QueueCommand::Purge { queue } => {
+            loc.open(&queue).await?.purge().await?;
+            println!("purged {queue}");
+        }
+    }
+    Ok(0)
+}
+
+pub async fn dlq_command(loc: &Location, cmd: DlqCommand) -> anyhow::Result<u8> {
+    let DlqCommand::Redrive { queue } = cmd;
+    let moved = match QueueAddress::parse(&queue)? {
+        QueueAddress::Embedded { name } => {
+            let dir = loc.data_dir();
+            let q = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir)?.queue(&name))
+                .await??;
+            q.redrive_dead_letters().await?
+        }
+        QueueAddress::Sqs { .. } => {
+            let source = loc.open(&queue).await?;
+            let dlq = source
+                .dead_letter_queue()
+                .await?
+                .with_context(|| format!("{queue} has no redrive policy"))?;
+            move_all(dlq.as_ref(), source.as_ref()).await?
+        }
+    };
+    println!("moved {moved} messages back to {queue}");
+    Ok(0)
+}
+
+/// Copy every message from `from` to `to` (body, attributes, group), deleting
+/// each original only after its copy was accepted.
+async fn move_all(from: &dyn Queue, to: &dyn Queue) -> anyhow::Result<u64> {
+    let mut moved = 0;
+    loop {
+        let batch = from
+            .receive(ReceiveRequest {
+                max_messages: 10,
+                wait: Duration::ZERO,
+                visibility_timeout: Some(Duration::from_secs(60)),
+            })
+            .await?;
+        if batch.is_empty() {
+            return Ok(moved);
+        }
+        let copies: Vec<OutgoingMessage> = batch
+            .iter()
+            .map(|m| OutgoingMessage {
+                body: m.body.clone(),
+                attributes: m.attributes.clone(),
+                group_id: m.group_id.clone(),
+                dedup_id: m.group_id.as_ref().map(|_| m.message_id.clone()),
+                delay: None,
+            })
+            .collect();
+        let sent = to.send_batch(&copies).await?;
+        let done: Vec<String> = sent
+            .iter()
+            .filter(|r| r.result.is_ok())
+            .map(|r| batch[r.index].receipt_handle.clone())
+            .collect();
+        if let Some(failed) = sent.iter().find_map(|r| r.result.as_ref().err()) {
+            bail!("copying a message back failed: {failed}");
+        }
+        from.delete_batch(&done).await?;
+        moved += done.len() as u64;
+    }
+}
+
+pub async fn send(loc: &Location, args: SendArgs) -> anyhow::Result<u8> {
+    let q = loc.open(&args.queue).await?;
+    let template = OutgoingMessage {
+        body: String::new(),
+        attributes: typed_attributes(&args.attrs)?,
+        delay: args.delay,
+        group_id: args.group.clone(),
+        dedup_id: args.dedup_id.clone(),
+    };
+    if let Some(path) = &args.batch {
+        let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+            Box::new(std::io::stdin().lock())
+        } else {
+            Box::new(std::io::BufReader::new(
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
+            ))
+        };
+        let mut pending = Vec::new();
+        let (mut sent, mut failed) = (0u64, 0u64);
+        let mut out = std::io::stdout().lock();
+        for line in reader.lines() {
+            let line = line.context("reading the batch file")?;
+            if line.is_empty() {
+                continue;
+            }
+            pending.push(OutgoingMessage {
+                body: line,
+                ..template.clone()
+            });
+            if pending.len() == limits::MAX_BATCH {
+                flush_batch(q.as_ref(), &mut pending, &mut out, &mut sent, &mut failed).await?;
+            }
+        }
+        if !pending.is_empty() {
+            flush_batch(q.as_ref(), &mut pending, &mut out, &mut sent, &mut failed).await?;
+        }
+        eprintln!("sent {sent}, rejected {failed}");
+        return Ok(if failed > 0 { 1 } else { 0 });
+    }
+    let body = match args.body.as_deref() {
+        Some("-") => std::io::read_to_string(std::io::stdin()).context("reading stdin")?,
+        Some(b) => b.to_owned(),
+        None => unreachable!("clap requires a body or --batch"),
+    };
+    let id = q.send(&OutgoingMessage { body, ..template }).await?;
+    println!("{id}");
+    Ok(0)
+}
+
+async fn flush_batch(
+    q: &dyn Queue,
+    pending: &mut Vec<OutgoingMessage>,
+    out: &mut impl Write,
+    sent: &mut u64,
+    failed: &mut u64,
+) -> anyhow::Result<()> {
+    let results = q.send_batch(pending).await?;
+    for r in results {
+        match r.result {
+            Ok(id) => {
+                *sent += 1;
+                writeln!(out, "{id}")?;
+            }
+            Err(e) => {
+                *failed += 1;
+                eprintln!("line rejected: {e}");
+            }
+        }
+    }
+    out.flush()?;
+    pending.clear();
+    Ok(())
+}
+
+pub async fn receive(loc: &Location, args: ReceiveArgs) -> anyhow::Result<u8> {
+    let q = loc.open(&args.queue).await?;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let batch = q
+            .receive(ReceiveRequest {
+                max_messages: args.max as usize,
+                wait: args.wait,
+                visibility_timeout: args.visibility_timeout,
+            })
+            .await?;
+        for m in &batch {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"event": "received", "message": m})
+            )?;
+        }
+        out.flush()?;
+        if args.delete && !batch.is_empty() {
+            let receipts: Vec<String> = batch.iter().map(|m| m.receipt_handle.clone()).collect();
+            for r in q.delete_batch(&receipts).await? {
+                let id = &batch[r.index].message_id;
+                match r.result {
+                    Ok(_) => writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"event": "deleted", "message_id": id})
+                    )?,
+                    Err(e) => eprintln!("delete {id}: {e}"),
+                }
+            }
+            out.flush()?;
+        }
+        if !args.drain || batch.is_empty() {
+            return Ok(0);
+        }
+    }
+}

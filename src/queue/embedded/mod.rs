@@ -1,0 +1,265 @@
+//! The embedded queue backend: SQLite (WAL) in the data directory, with SQS's
+//! semantics: visibility timeouts, receive counts, stale receipt handles,
+//! redrive to a dead-letter queue, delays, FIFO group ordering and
+//! deduplication, long polling woken across processes.
+//!
+//! Several processes may share one data directory. Every operation is one
+//! SQLite transaction, so a process killed at any instant loses or
+//! duplicates nothing. Database calls run on tokio's blocking pool.
+
+mod ops;
+mod wake;
+
+use super::{QueueConfig, QueueError, validate};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+pub use wake::WakeFiles;
+
+pub use ops::EmbeddedQueue;
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queues (
+    name TEXT PRIMARY KEY,
+    visibility_timeout_ms INTEGER NOT NULL,
+    receive_wait_ms INTEGER NOT NULL,
+    fifo INTEGER NOT NULL,
+    dead_letter_queue TEXT,
+    max_receive_count INTEGER
+);
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    id TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL,
+    attributes TEXT NOT NULL,
+    sent_ms INTEGER NOT NULL,
+    visible_at_ms INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    first_received_ms INTEGER,
+    receipt TEXT UNIQUE,
+    group_id TEXT,
+    dedup_id TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_by_visibility ON messages (queue, visible_at_ms, seq);
+CREATE TABLE IF NOT EXISTS dedup (
+    queue TEXT NOT NULL,
+    dedup_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    PRIMARY KEY (queue, dedup_id)
+);
+";
+
+/// Milliseconds since the epoch: the clock every process sharing the
+/// database agrees on.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn storage(e: impl std::fmt::Display) -> QueueError {
+    let text = e.to_string();
+    // A locked database under contention is worth retrying.
+    if text.contains("locked") || text.contains("busy") {
+        QueueError::Transient(text)
+    } else {
+        QueueError::Other(format!("embedded queue storage: {text}"))
+    }
+}
+
+pub(crate) struct StoreInner {
+    pub(crate) conn: Mutex<Connection>,
+    pub(crate) wake: WakeFiles,
+    pub(crate) path: PathBuf,
+}
+
+impl StoreInner {
+    /// Run `f` in one IMMEDIATE transaction on the blocking pool.
+    pub(crate) async fn write<T, F>(self: &Arc<Self>, f: F) -> Result<T, QueueError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, QueueError> + Send + 'static,
+    {
+        let inner = Arc::clone(self);
+        tokio::task::spawn_blocking(move || inner.write_blocking(f))
+            .await
+            .map_err(|e| QueueError::Other(format!("queue task failed: {e}")))?
+    }
+
+    pub(crate) fn write_blocking<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, QueueError>,
+    ) -> Result<T, QueueError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(storage)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(storage)?;
+        Ok(out)
+    }
+}
+
+/// One data directory's queues.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<StoreInner>,
+}
+
+impl EmbeddedStore {
+    /// Open (creating if needed) the queue database in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, QueueError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| QueueError::Other(format!("cannot create {}: {e}", data_dir.display())))?;
+        let path = data_dir.join("queues.sqlite3");
+        let conn = Connection::open(&path).map_err(storage)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(storage)?;
+        // WAL: readers and one writer at a time across processes; NORMAL
+        // sync is durable against process crashes (not power loss).
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(storage)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(storage)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(storage)?;
+        if version > SCHEMA_VERSION {
+            return Err(QueueError::Other(format!(
+                "{} was written by a newer wasm-jobs (schema {version})",
+                path.display()
+            )));
+        }
+        conn.execute_batch(SCHEMA).map_err(storage)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(storage)?;
+        let wake =
+            WakeFiles::new(data_dir).map_err(|e| QueueError::Other(format!("wake files: {e}")))?;
+        Ok(EmbeddedStore {
+            inner: Arc::new(StoreInner {
+                conn: Mutex::new(conn),
+                wake,
+                path,
+            }),
+        })
+    }
+
+    pub fn database_path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Create a queue. Creating an existing queue with the same settings is a
+    /// no-op; with different settings it is an error. A dead-letter queue
+    /// named in `config` must exist and be of the same kind (FIFO or not).
+    pub fn create_queue(&self, name: &str, config: &QueueConfig) -> Result<(), QueueError> {
+        validate::queue_name(name, config.fifo)?;
+        validate::visibility(config.visibility_timeout)?;
+        if config.receive_wait > super::limits::MAX_WAIT {
+            return Err(QueueError::InvalidInput(
+                "receive wait may be at most 20 seconds".into(),
+            ));
+        }
+        if let Some((dlq, max)) = &config.dead_letter {
+            if *max == 0 || *max > 1000 {
+                return Err(QueueError::InvalidInput(
+                    "max receives must be 1 to 1000".into(),
+                ));
+            }
+            if dlq == name {
+                return Err(QueueError::InvalidInput(
+                    "a queue cannot be its own dead-letter queue".into(),
+                ));
+            }
+        }
+        let name = name.to_owned();
+        let config = config.clone();
+        self.inner.write_blocking(move |tx| {
+            if let Some((dlq, _)) = &config.dead_letter {
+                match load_config(tx, dlq)? {
+                    None => return Err(QueueError::NoSuchQueue(dlq.clone())),
+                    Some(c) if c.fifo != config.fifo => {
+                        return Err(QueueError::InvalidInput(format!(
+                            "dead-letter queue `{dlq}` must be {} like `{name}`",
+                            if config.fifo { "FIFO" } else { "standard" }
+                        )));
+                    }
+                    Some(_) => {}
+                }
+            }
+            match load_config(tx, &name)? {
+                Some(existing) if existing == config => Ok(()),
+                Some(_) => Err(QueueError::QueueExists(name.clone())),
+                None => {
+                    let (dlq, max) = config.dead_letter.clone().unzip();
+                    tx.execute(
+                        "INSERT INTO queues VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![
+                            name,
+                            config.visibility_timeout.as_millis() as i64,
+                            config.receive_wait.as_millis() as i64,
+                            config.fifo,
+                            dlq,
+                            max
+                        ],
+                    )
+                    .map_err(storage)?;
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    /// A handle on an existing queue.
+    pub fn queue(&self, name: &str) -> Result<EmbeddedQueue, QueueError> {
+        let name = name.to_owned();
+        let config = self
+            .inner
+            .write_blocking(|tx| load_config(tx, &name))?
+            .ok_or_else(|| QueueError::NoSuchQueue(name.clone()))?;
+        Ok(EmbeddedQueue::new(Arc::clone(&self.inner), name, config))
+    }
+
+    /// Names of all queues.
+    pub fn list(&self) -> Result<Vec<String>, QueueError> {
+        self.inner.write_blocking(|tx| {
+            let mut st = tx
+                .prepare("SELECT name FROM queues ORDER BY name")
+                .map_err(storage)?;
+            let names = st
+                .query_map([], |r| r.get(0))
+                .map_err(storage)?
+                .collect::<Result<Vec<String>, _>>()
+                .map_err(storage)?;
+            Ok(names)
+        })
+    }
+}
+
+pub(crate) fn load_config(
+    tx: &rusqlite::Transaction<'_>,
+    name: &str,
+) -> Result<Option<QueueConfig>, QueueError> {
+    tx.query_row(
+        "SELECT visibility_timeout_ms, receive_wait_ms, fifo, dead_letter_queue, max_receive_count
+         FROM queues WHERE name = ?1",
+        [name],
+        |r| {
+            let dlq: Option<String> = r.get(3)?;
+            let max: Option<u32> = r.get(4)?;
+            Ok(QueueConfig {
+                visibility_timeout: Duration::from_millis(r.get::<_, i64>(0)? as u64),
+                receive_wait: Duration::from_millis(r.get::<_, i64>(1)? as u64),
+                fifo: r.get(2)?,
+                dead_letter: dlq.zip(max),
+            })
+        },
+    )
+    .optional()
+    .map_err(storage)
+}

@@ -1,0 +1,110 @@
+//! Cross-process wake-ups for long polls on the embedded queue: a sender
+//! rewrites `<data>/wake/<queue>` after it commits; a long poll watches that
+//! file with inotify, so it returns as soon as a message arrives, whichever
+//! process sent it.
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+
+/// The wake files of one data directory.
+#[derive(Debug, Clone)]
+pub struct WakeFiles {
+    dir: PathBuf,
+}
+
+impl WakeFiles {
+    pub fn new(data_dir: &Path) -> std::io::Result<Self> {
+        let dir = data_dir.join("wake");
+        std::fs::create_dir_all(&dir)?;
+        Ok(WakeFiles { dir })
+    }
+
+    fn path(&self, queue: &str) -> PathBuf {
+        self.dir.join(queue)
+    }
+
+    /// Tell every long poll on `queue` that something changed. Best effort: a
+    /// missed wake-up only delays a poll until its next periodic check.
+    pub fn notify(&self, queue: &str) {
+        if let Err(e) = std::fs::write(self.path(queue), b"1") {
+            tracing::debug!(queue, error = %e, "could not write wake file");
+        }
+    }
+
+    /// Start watching `queue`. Create the watch *before* checking the queue,
+    /// so that a send between the check and the wait is not missed.
+    pub fn watch(&self, queue: &str) -> std::io::Result<WakeWatch> {
+        let path = self.path(queue);
+        if !path.exists() {
+            std::fs::write(&path, b"")?;
+        }
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        inotify.add_watch(
+            &path,
+            AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MODIFY,
+        )?;
+        // SAFETY: `InotifyFd` owns the inotify descriptor and always returns
+        // that same open descriptor until the `AsyncFd` drops it.
+        let fd = unsafe { AsyncFd::register(InotifyFd(inotify)) }.map_err(std::io::Error::from)?;
+        Ok(WakeWatch { fd })
+    }
+}
+
+struct InotifyFd(Inotify);
+
+impl AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// An armed watch on one queue's wake file.
+pub struct WakeWatch {
+    fd: AsyncFd<InotifyFd>,
+}
+
+impl WakeWatch {
+    /// Wait until the wake file changes or `timeout` passes. Returns whether
+    /// a change was seen.
+    pub async fn wait(&mut self, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                let mut guard = match self.fd.readable().await {
+                    Ok(g) => g,
+                    Err(_) => return false,
+                };
+                match guard.get_inner().0.read_events() {
+                    Ok(events) if !events.is_empty() => return true,
+                    Ok(_) | Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+                    Err(_) => return false,
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_notify_wakes_a_watch_and_silence_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let wake = WakeFiles::new(dir.path()).unwrap();
+        let mut watch = wake.watch("q").unwrap();
+        assert!(!watch.wait(Duration::from_millis(50)).await);
+        let other = wake.clone();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            other.notify("q");
+        });
+        let started = std::time::Instant::now();
+        assert!(watch.wait(Duration::from_secs(5)).await);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        sender.join().unwrap();
+    }
+}

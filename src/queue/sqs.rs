@@ -1,0 +1,683 @@
+//! The SQS backend: `aws-sdk-sqs` with `aws-config`'s default provider chain
+//! (environment, profile, IMDS/ECS). `AWS_ENDPOINT_URL(_SQS)` or an explicit
+//! endpoint reach LocalStack, ElasticMQ or moto.
+//!
+//! The SDK's own retries are off; every call goes through [`Backoff`] with
+//! our classification of errors (transient vs permanent), so there is one
+//! place that decides what is retried.
+
+use super::retry::Backoff;
+use super::{
+    AttributeValue, Attributes, BatchEntryResult, OutgoingMessage, Queue, QueueAttributes,
+    QueueConfig, QueueCounts, QueueError, ReceiveRequest, ReceivedMessage, RedrivePolicy,
+    VisibilityChange, validate,
+};
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::retry::RetryConfig;
+use aws_sdk_sqs::config::timeout::TimeoutConfig;
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::primitives::Blob;
+use aws_sdk_sqs::types::{
+    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName, SendMessageBatchRequestEntry,
+};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Build an SQS client from the environment, optionally at `endpoint`.
+pub async fn client(endpoint: Option<&str>) -> Client {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                // Long polls take up to 20 s.
+                .operation_attempt_timeout(Duration::from_secs(30))
+                .build(),
+        );
+    if let Some(ep) = endpoint {
+        loader = loader.endpoint_url(ep);
+    }
+    Client::new(&loader.load().await)
+}
+
+/// Map an SDK error to our classification.
+pub fn classify<E, R>(err: SdkError<E, R>) -> QueueError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    match &err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            classify_code(e.code().unwrap_or(""), e.message().unwrap_or(""))
+        }
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            QueueError::Transient(error_chain(&err))
+        }
+        SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) | _ => {
+            let text = error_chain(&err);
+            let lower = text.to_ascii_lowercase();
+            if lower.contains("credential") {
+                QueueError::Unauthorized(text)
+            } else if lower.contains("region") {
+                QueueError::Other(format!("no AWS region configured (set AWS_REGION): {text}"))
+            } else {
+                // Connection refused, reset, DNS: the endpoint may come back.
+                QueueError::Transient(text)
+            }
+        }
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Map an SQS error code (and message) to our classification.
+pub fn classify_code(code: &str, message: &str) -> QueueError {
+    let text = if message.is_empty() {
+        code.to_owned()
+    } else {
+        format!("{code}: {message}")
+    };
+    match code {
+        "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist" => {
+            QueueError::NoSuchQueue(message.to_owned())
+        }
+        "ReceiptHandleIsInvalid" | "InvalidReceiptHandle" => QueueError::StaleReceipt,
+        "AWS.SimpleQueueService.MessageNotInflight" | "MessageNotInflight" => {
+            QueueError::NotInFlight
+        }
+        "AccessDenied"
+        | "AccessDeniedException"
+        | "InvalidClientTokenId"
+        | "SignatureDoesNotMatch"
+        | "UnrecognizedClientException"
+        | "MissingAuthenticationToken"
+        | "ExpiredToken"
+        | "InvalidSecurity" => QueueError::Unauthorized(text),
+        "Throttling"
+        | "ThrottlingException"
+        | "RequestThrottled"
+        | "ServiceUnavailable"
+        | "InternalError"
+        | "InternalFailure"
+        | "KmsThrottled"
+        | "RequestTimeout" => QueueError::Transient(text),
+        c if c.starts_with("Invalid")
+            || c.starts_with("Missing")
+            || c.contains("TooManyEntries")
+            || c.contains("BatchEntryIdsNotDistinct")
+            || c.contains("EmptyBatchRequest")
+            || c.contains("UnsupportedOperation") =>
+        {
+            QueueError::InvalidInput(text)
+        }
+        _ => QueueError::Other(text),
+    }
+}
+
+fn batch_failure(e: &BatchResultErrorEntry) -> QueueError {
+    classify_code(e.code(), e.message().unwrap_or(""))
+}
+
+fn secs(d: Duration) -> i32 {
+    d.as_secs().min(i32::MAX as u64) as i32
+}
+
+/// An SQS queue by URL.
+pub struct SqsQueue {
+    client: Client,
+    url: String,
+    backoff: Backoff,
+}
+
+impl SqsQueue {
+    pub fn new(client: Client, url: impl Into<String>) -> Self {
+        SqsQueue {
+            client,
+            url: url.into(),
+            backoff: Backoff::default(),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Create a queue (and its redrive policy) through CreateQueue; returns
+    /// its URL. FIFO queues get content-based deduplication, like embedded
+    /// FIFO queues.
+    pub async fn create(
+        client: &Client,
+        name: &str,
+        config: &QueueConfig,
+    ) -> Result<String, QueueError> {
+        validate::queue_name(name, config.fifo)?;
+        let mut attrs = HashMap::new();
+        attrs.insert(
+            QueueAttributeName::VisibilityTimeout,
+            config.visibility_timeout.as_secs().to_string(),
+        );
+        attrs.insert(
+            QueueAttributeName::ReceiveMessageWaitTimeSeconds,
+            config.receive_wait.as_secs().to_string(),
+        );
+        if config.fifo {
+            attrs.insert(QueueAttributeName::FifoQueue, "true".into());
+            attrs.insert(QueueAttributeName::ContentBasedDeduplication, "true".into());
+        }
+        if let Some((dlq, max)) = &config.dead_letter {
+            let dlq_url = client
+                .get_queue_url()
+                .queue_name(dlq)
+                .send()
+                .await
+                .map_err(classify)?
+                .queue_url
+                .unwrap_or_default();
+            let arn = client
+                .get_queue_attributes()
+                .queue_url(&dlq_url)
+                .attribute_names(QueueAttributeName::QueueArn)
+                .send()
+                .await
+                .map_err(classify)?
+                .attributes
+                .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+                .ok_or_else(|| QueueError::Other(format!("no ARN for queue {dlq}")))?;
+            attrs.insert(
+                QueueAttributeName::RedrivePolicy,
+                serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": max}).to_string(),
+            );
+        }
+        let out = client
+            .create_queue()
+            .queue_name(name)
+            .set_attributes(Some(attrs))
+            .send()
+            .await
+            .map_err(classify)?;
+        out.queue_url
+            .ok_or_else(|| QueueError::Other("CreateQueue returned no URL".into()))
+    }
+
+    /// The queue named by an ARN's last segment, in the ARN's account.
+    pub async fn by_arn(&self, arn: &str) -> Result<SqsQueue, QueueError> {
+        let parts: Vec<&str> = arn.split(':').collect();
+        let (account, name) = match parts.as_slice() {
+            [.., account, name] if !name.is_empty() => (*account, *name),
+            _ => {
+                return Err(QueueError::InvalidInput(format!(
+                    "`{arn}` is not a queue ARN"
+                )));
+            }
+        };
+        let out = self
+            .backoff
+            .sdk("GetQueueUrl", || {
+                self.client
+                    .get_queue_url()
+                    .queue_name(name)
+                    .queue_owner_aws_account_id(account)
+                    .send()
+            })
+            .await?;
+        let url = out.queue_url.unwrap_or_default();
+        Ok(SqsQueue::new(self.client.clone(), url))
+    }
+}
+
+/// Lets `Backoff::run` drive SDK futures directly.
+trait IntoQueueResult<T> {
+    fn into_queue_result(self) -> Result<T, QueueError>;
+}
+
+impl<T, E, R> IntoQueueResult<T> for Result<T, SdkError<E, R>>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    fn into_queue_result(self) -> Result<T, QueueError> {
+        self.map_err(classify)
+    }
+}
+
+impl Backoff {
+    async fn sdk<T, E, R, F, Fut>(&self, what: &str, mut op: F) -> Result<T, QueueError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, SdkError<E, R>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug,
+    {
+        self.run(what, || {
+            let fut = op();
+            async move { fut.await.into_queue_result() }
+        })
+        .await
+    }
+}
+
+fn to_sqs_attributes(
+    attrs: &Attributes,
+) -> Result<HashMap<String, MessageAttributeValue>, QueueError> {
+    attrs
+        .iter()
+        .map(|(k, v)| {
+            let b = MessageAttributeValue::builder().data_type(v.data_type());
+            let b = match v {
+                AttributeValue::String(s) | AttributeValue::Number(s) => b.string_value(s),
+                AttributeValue::Binary(bytes) => b.binary_value(Blob::new(bytes.clone())),
+            };
+            b.build()
+                .map(|v| (k.clone(), v))
+                .map_err(|e| QueueError::InvalidInput(e.to_string()))
+        })
+        .collect()
+}
+
+fn from_sqs_attributes(attrs: Option<&HashMap<String, MessageAttributeValue>>) -> Attributes {
+    let mut out = Attributes::new();
+    for (k, v) in attrs.into_iter().flatten() {
+        let ty = v.data_type();
+        let value = if ty.starts_with("Binary") {
+            AttributeValue::Binary(
+                v.binary_value()
+                    .map(|b| b.as_ref().to_vec())
+                    .unwrap_or_default(),
+            )
+        } else if ty.starts_with("Number") {
+            AttributeValue::Number(v.string_value().unwrap_or_default().to_owned())
+        } else {
+            AttributeValue::String(v.string_value().unwrap_or_default().to_owned())
+        };
+        out.insert(k.clone(), value);
+    }
+    out
+}
+
+fn batch_results(
+    len: usize,
+    ok: impl Iterator<Item = (String, String)>,
+    failed: &[BatchResultErrorEntry],
+) -> Vec<BatchEntryResult> {
+    let mut out: Vec<BatchEntryResult> = (0..len)
+        .map(|index| BatchEntryResult {
+            index,
+            result: Err(QueueError::Other("no result for this entry".into())),
+        })
+        .collect();
+    for (id, value) in ok {
+        if let Some(e) = id.parse::<usize>().ok().and_then(|i| out.get_mut(i)) {
+            e.result = Ok(value);
+        }
+    }
+    for f in failed {
+        if let Some(e) = f.id().parse::<usize>().ok().and_then(|i| out.get_mut(i)) {
+            e.result = Err(batch_failure(f));
+        }
+    }
+    out
+}
+
+#[async_trait::async_trait]
+impl Queue for SqsQueue {
+    fn name(&self) -> &str {
+        &self.url
+    }
+
+    async fn receive(&self, req: ReceiveRequest) -> Result<Vec<ReceivedMessage>, QueueError> {
+        validate::receive(&req)?;
+        let out = self
+            .backoff
+            .sdk("ReceiveMessage", || {
+                self.client
+                    .receive_message()
+                    .queue_url(&self.url)
+                    .max_number_of_messages(req.max_messages as i32)
+                    .wait_time_seconds(secs(req.wait))
+                    .set_visibility_timeout(req.visibility_timeout.map(secs))
+                    .message_system_attribute_names(MessageSystemAttributeName::All)
+                    .message_attribute_names("All")
+                    .send()
+            })
+            .await?;
+        Ok(out
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| {
+                let sys =
+                    |k: MessageSystemAttributeName| m.attributes().and_then(|a| a.get(&k)).cloned();
+                ReceivedMessage {
+                    message_id: m.message_id().unwrap_or_default().to_owned(),
+                    receipt_handle: m.receipt_handle().unwrap_or_default().to_owned(),
+                    body: m.body().unwrap_or_default().to_owned(),
+                    attributes: from_sqs_attributes(m.message_attributes()),
+                    receive_count: sys(MessageSystemAttributeName::ApproximateReceiveCount)
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(1),
+                    sent_timestamp_ms: sys(MessageSystemAttributeName::SentTimestamp)
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(0),
+                    group_id: sys(MessageSystemAttributeName::MessageGroupId),
+                    dedup_id: sys(MessageSystemAttributeName::MessageDeduplicationId),
+                }
+            })
+            .collect())
+    }
+
+    async fn change_visibility(&self, receipt: &str, timeout: Duration) -> Result<(), QueueError> {
+        validate::visibility(timeout)?;
+        self.backoff
+            .sdk("ChangeMessageVisibility", || {
+                self.client
+                    .change_message_visibility()
+                    .queue_url(&self.url)
+                    .receipt_handle(receipt)
+                    .visibility_timeout(secs(timeout))
+                    .send()
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn change_visibility_batch(
+        &self,
+        changes: &[VisibilityChange],
+    ) -> Result<Vec<BatchEntryResult>, QueueError> {
+        validate::batch_len(changes.len())?;
+        for c in changes {
+            validate::visibility(c.timeout)?;
+        }
+        let entries: Vec<_> = changes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(&c.receipt_handle)
+                    .visibility_timeout(secs(c.timeout))
+                    .build()
+                    .map_err(|e| QueueError::InvalidInput(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        let out = self
+            .backoff
+            .sdk("ChangeMessageVisibilityBatch", || {
+                self.client
+                    .change_message_visibility_batch()
+                    .queue_url(&self.url)
+                    .set_entries(Some(entries.clone()))
+                    .send()
+            })
+            .await?;
+        Ok(batch_results(
+            changes.len(),
+            out.successful()
+                .iter()
+                .map(|s| (s.id().to_owned(), String::new())),
+            out.failed(),
+        ))
+    }
+
+    async fn delete(&self, receipt: &str) -> Result<(), QueueError> {
+        self.backoff
+            .sdk("DeleteMessage", || {
+                self.client
+                    .delete_message()
+                    .queue_url(&self.url)
+                    .receipt_handle(receipt)
+                    .send()
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_batch(&self, receipts: &[String]) -> Result<Vec<BatchEntryResult>, QueueError> {
+        validate::batch_len(receipts.len())?;
+        let entries: Vec<_> = receipts
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(r)
+                    .build()
+                    .map_err(|e| QueueError::InvalidInput(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        let out = self
+            .backoff
+            .sdk("DeleteMessageBatch", || {
+                self.client
+                    .delete_message_batch()
+                    .queue_url(&self.url)
+                    .set_entries(Some(entries.clone()))
+                    .send()
+            })
+            .await?;
+        Ok(batch_results(
+            receipts.len(),
+            out.successful()
+                .iter()
+                .map(|s| (s.id().to_owned(), String::new())),
+            out.failed(),
+        ))
+    }
+
+    async fn send(&self, msg: &OutgoingMessage) -> Result<String, QueueError> {
+        let fifo = self.url.ends_with(".fifo");
+        validate::outgoing(msg, fifo)?;
+        let attrs = to_sqs_attributes(&msg.attributes)?;
+        let out = self
+            .backoff
+            .sdk("SendMessage", || {
+                self.client
+                    .send_message()
+                    .queue_url(&self.url)
+                    .message_body(&msg.body)
+                    .set_message_attributes((!attrs.is_empty()).then(|| attrs.clone()))
+                    .set_delay_seconds(msg.delay.map(secs))
+                    .set_message_group_id(msg.group_id.clone())
+                    .set_message_deduplication_id(msg.dedup_id.clone())
+                    .send()
+            })
+            .await?;
+        Ok(out.message_id.unwrap_or_default())
+    }
+
+    async fn send_batch(
+        &self,
+        msgs: &[OutgoingMessage],
+    ) -> Result<Vec<BatchEntryResult>, QueueError> {
+        validate::batch_len(msgs.len())?;
+        let fifo = self.url.ends_with(".fifo");
+        let mut results: Vec<BatchEntryResult> = Vec::with_capacity(msgs.len());
+        let mut entries = Vec::new();
+        for (i, m) in msgs.iter().enumerate() {
+            let entry = validate::outgoing(m, fifo)
+                .and_then(|()| to_sqs_attributes(&m.attributes))
+                .and_then(|attrs| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(&m.body)
+                        .set_message_attributes((!attrs.is_empty()).then_some(attrs))
+                        .set_delay_seconds(m.delay.map(secs))
+                        .set_message_group_id(m.group_id.clone())
+                        .set_message_deduplication_id(m.dedup_id.clone())
+                        .build()
+                        .map_err(|e| QueueError::InvalidInput(e.to_string()))
+                });
+            match entry {
+                Ok(e) => entries.push(e),
+                Err(e) => results.push(BatchEntryResult {
+                    index: i,
+                    result: Err(e),
+                }),
+            }
+        }
+        if !entries.is_empty() {
+            let out = self
+                .backoff
+                .sdk("SendMessageBatch", || {
+                    self.client
+                        .send_message_batch()
+                        .queue_url(&self.url)
+                        .set_entries(Some(entries.clone()))
+                        .send()
+                })
+                .await?;
+            let sent = batch_results(
+                msgs.len(),
+                out.successful()
+                    .iter()
+                    .map(|s| (s.id().to_owned(), s.message_id().to_owned())),
+                out.failed(),
+            );
+            let rejected: Vec<usize> = results.iter().map(|r| r.index).collect();
+            results.extend(sent.into_iter().filter(|r| !rejected.contains(&r.index)));
+        }
+        results.sort_by_key(|r| r.index);
+        Ok(results)
+    }
+
+    async fn attributes(&self) -> Result<QueueAttributes, QueueError> {
+        let out = self
+            .backoff
+            .sdk("GetQueueAttributes", || {
+                self.client
+                    .get_queue_attributes()
+                    .queue_url(&self.url)
+                    .attribute_names(QueueAttributeName::All)
+                    .send()
+            })
+            .await?;
+        let attrs = out.attributes.unwrap_or_default();
+        let get = |k: QueueAttributeName| attrs.get(&k).cloned().unwrap_or_default();
+        let secs_attr = |k| Duration::from_secs(get(k).parse().unwrap_or(0));
+        let redrive = match attrs.get(&QueueAttributeName::RedrivePolicy) {
+            Some(json) if !json.is_empty() => Some(parse_redrive(json)?),
+            _ => None,
+        };
+        Ok(QueueAttributes {
+            visibility_timeout: secs_attr(QueueAttributeName::VisibilityTimeout),
+            receive_wait: secs_attr(QueueAttributeName::ReceiveMessageWaitTimeSeconds),
+            redrive,
+            fifo: get(QueueAttributeName::FifoQueue) == "true",
+        })
+    }
+
+    async fn counts(&self) -> Result<QueueCounts, QueueError> {
+        let out = self
+            .backoff
+            .sdk("GetQueueAttributes", || {
+                self.client
+                    .get_queue_attributes()
+                    .queue_url(&self.url)
+                    .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+                    .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+                    .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+                    .send()
+            })
+            .await?;
+        let attrs = out.attributes.unwrap_or_default();
+        let n = |k| attrs.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok(QueueCounts {
+            visible: n(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: n(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            delayed: n(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+        })
+    }
+
+    async fn dead_letter_queue(&self) -> Result<Option<Box<dyn Queue>>, QueueError> {
+        match self.attributes().await?.redrive {
+            Some(r) => Ok(Some(Box::new(self.by_arn(&r.dead_letter_target).await?))),
+            None => Ok(None),
+        }
+    }
+
+    async fn purge(&self) -> Result<(), QueueError> {
+        self.backoff
+            .sdk("PurgeQueue", || {
+                self.client.purge_queue().queue_url(&self.url).send()
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Parse an SQS RedrivePolicy JSON (maxReceiveCount may be a number or a
+/// string).
+pub fn parse_redrive(json: &str) -> Result<RedrivePolicy, QueueError> {
+    let v: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| QueueError::Other(format!("RedrivePolicy is not JSON: {e}")))?;
+    let target = v["deadLetterTargetArn"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let max = match &v["maxReceiveCount"] {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    };
+    match (target.is_empty(), max) {
+        (false, Some(max)) => Ok(RedrivePolicy {
+            dead_letter_target: target,
+            max_receive_count: max.min(u32::MAX as u64) as u32,
+        }),
+        _ => Err(QueueError::Other(format!(
+            "RedrivePolicy `{json}` is incomplete"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_classified() {
+        assert!(classify_code("ThrottlingException", "slow down").is_transient());
+        assert!(classify_code("InternalError", "").is_transient());
+        assert!(matches!(
+            classify_code("AWS.SimpleQueueService.NonExistentQueue", "q"),
+            QueueError::NoSuchQueue(_)
+        ));
+        assert!(matches!(
+            classify_code("AccessDenied", ""),
+            QueueError::Unauthorized(_)
+        ));
+        assert_eq!(
+            classify_code("ReceiptHandleIsInvalid", ""),
+            QueueError::StaleReceipt
+        );
+        assert!(matches!(
+            classify_code("InvalidParameterValue", "x"),
+            QueueError::InvalidInput(_)
+        ));
+    }
+
+    #[test]
+    fn redrive_policy_parses_both_encodings() {
+        let p = parse_redrive(
+            r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:1:dlq","maxReceiveCount":"3"}"#,
+        )
+        .unwrap();
+        assert_eq!(p.max_receive_count, 3);
+        let p = parse_redrive(r#"{"deadLetterTargetArn":"arn:a:b:c:1:dlq","maxReceiveCount":1}"#)
+            .unwrap();
+        assert_eq!(p.dead_letter_target, "arn:a:b:c:1:dlq");
+        assert!(parse_redrive("{}").is_err());
+    }
+}
