@@ -21,3 +21,4 @@ pub mod outcome;
 pub mod paths;
 pub mod queue;
 pub mod sandbox;
+pub mod worker;

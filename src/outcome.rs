@@ -41,7 +41,8 @@ pub mod exit_code {
 
 /// Why a guest trapped. Kinds that a worker operator acts on differently get
 /// their own variant; the rest are [`TrapKind::Other`] with the trap text kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TrapKind {
     OutOfMemory,
     StackOverflow,
@@ -74,12 +75,6 @@ impl TrapKind {
     }
 }
 
-impl Serialize for TrapKind {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.label())
-    }
-}
-
 impl fmt::Display for TrapKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -97,7 +92,7 @@ impl fmt::Display for TrapKind {
 }
 
 /// How one call of `run` or `on-exit` ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "outcome")]
 pub enum Outcome {
     /// `run` or `on-exit` returned `ok`.
@@ -115,9 +110,14 @@ pub enum Outcome {
     Trap { kind: TrapKind, detail: String },
     /// The call did not finish within the policy's wall-time limit.
     Timeout {
-        #[serde(serialize_with = "as_secs_f64")]
+        #[serde(serialize_with = "as_secs_f64", deserialize_with = "from_secs_f64")]
         limit: Duration,
     },
+}
+
+fn from_secs_f64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let secs: f64 = serde::Deserialize::deserialize(d)?;
+    Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
 }
 
 fn as_secs_f64<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -240,7 +240,21 @@ mod tests {
         .unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"outcome": "trap", "kind": "guest_exit", "detail": "x"})
+            serde_json::json!({"outcome": "trap", "kind": {"guest_exit": 3}, "detail": "x"})
         );
+        let oom = Outcome::Trap {
+            kind: TrapKind::OutOfMemory,
+            detail: "d".into(),
+        };
+        let json = serde_json::to_value(&oom).unwrap();
+        assert_eq!(json["kind"], "out_of_memory");
+        let back: Outcome = serde_json::from_value(json).unwrap();
+        assert_eq!(back, oom);
+        let timeout = Outcome::Timeout {
+            limit: Duration::from_millis(1500),
+        };
+        let back: Outcome =
+            serde_json::from_str(&serde_json::to_string(&timeout).unwrap()).unwrap();
+        assert_eq!(back, timeout);
     }
 }

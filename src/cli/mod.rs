@@ -5,6 +5,7 @@
 mod args;
 mod exec;
 mod queue_cmds;
+mod worker_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -52,6 +53,8 @@ enum Command {
         #[command(flatten)]
         location: queue_cmds::Location,
     },
+    /// Run jobs from a queue: one fresh forked process per message.
+    Worker(worker_cmd::WorkerArgs),
     /// Write the WASI preview1 adapter that matches this host, for turning a
     /// wasip1 core module into a component (`wasm-tools component new --adapt`).
     WasiAdapter(WasiAdapterArgs),
@@ -106,6 +109,15 @@ pub fn main() -> ExitCode {
             exec::run(args)
         }
         Command::WasiAdapter(args) => write_wasi_adapter(args),
+        Command::Worker(args) => {
+            crate::logging::init("info");
+            let stats = std::sync::Arc::default();
+            match worker_cmd::run_worker(&args, stats, || async { Ok(()) }) {
+                Ok(worker_cmd::Ending::Code(code)) => Ok(code),
+                Ok(worker_cmd::Ending::Signal(sig)) => worker_cmd::reraise(sig),
+                Err(e) => Err(e),
+            }
+        }
         Command::Queue { command, location } => {
             with_runtime(|| queue_cmds::queue_command(&location, command))
         }

@@ -1,0 +1,154 @@
+//! Queue benchmark (not a test): embedded-queue send / receive+delete
+//! throughput, and the round trip through a moto server when `moto` is
+//! installed (`pip install 'moto[server]'`).
+//!
+//! Run: `cargo bench --bench queue`. Prints a Markdown table.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use wasm_jobs::queue::embedded::EmbeddedStore;
+use wasm_jobs::queue::sqs::SqsQueue;
+use wasm_jobs::queue::{OutgoingMessage, Queue, QueueConfig, ReceiveRequest};
+
+const MESSAGES: usize = 20_000;
+const ROUND_TRIPS: usize = 200;
+
+fn per_sec(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+async fn send_all(q: &dyn Queue, n: usize) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let batch: Vec<OutgoingMessage> = (0..10)
+        .map(|i| OutgoingMessage::new(format!("{{\"op\":\"count\",\"n\":{i}}}")))
+        .collect();
+    for _ in 0..n / 10 {
+        for r in q.send_batch(&batch).await? {
+            r.result?;
+        }
+    }
+    Ok(started.elapsed())
+}
+
+async fn receive_delete_all(q: &dyn Queue, n: usize) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut done = 0;
+    while done < n {
+        let got = q
+            .receive(ReceiveRequest {
+                max_messages: 10,
+                wait: Duration::ZERO,
+                visibility_timeout: None,
+            })
+            .await?;
+        anyhow::ensure!(!got.is_empty(), "queue ran dry at {done}");
+        let receipts: Vec<String> = got.iter().map(|m| m.receipt_handle.clone()).collect();
+        for r in q.delete_batch(&receipts).await? {
+            r.result?;
+        }
+        done += got.len();
+    }
+    Ok(started.elapsed())
+}
+
+/// One message: send, receive, delete. Returns the median and p99.
+async fn round_trips(q: &dyn Queue, n: usize) -> anyhow::Result<(Duration, Duration)> {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        q.send(&OutgoingMessage::new(format!("rt {i}"))).await?;
+        let got = q
+            .receive(ReceiveRequest {
+                max_messages: 1,
+                wait: Duration::ZERO,
+                visibility_timeout: None,
+            })
+            .await?;
+        anyhow::ensure!(got.len() == 1, "round trip {i} received {}", got.len());
+        q.delete(&got[0].receipt_handle).await?;
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    Ok((samples[n / 2], samples[n * 99 / 100]))
+}
+
+fn start_moto() -> Option<(Child, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some((child, format!("http://127.0.0.1:{port}")))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = EmbeddedStore::open(dir.path())?;
+    store.create_queue("bench", &QueueConfig::default())?;
+    let q = store.queue("bench")?;
+
+    println!("| measurement | value |");
+    println!("|---|---|");
+    let sent = send_all(&q, MESSAGES).await?;
+    println!(
+        "| embedded send (batches of 10), {MESSAGES} messages | {:.0} msg/s |",
+        per_sec(MESSAGES, sent)
+    );
+    let drained = receive_delete_all(&q, MESSAGES).await?;
+    println!(
+        "| embedded receive + delete (batches of 10), {MESSAGES} messages | {:.0} msg/s |",
+        per_sec(MESSAGES, drained)
+    );
+    let (p50, p99) = round_trips(&q, ROUND_TRIPS).await?;
+    println!(
+        "| embedded round trip (send, receive, delete one message): p50 / p99 | {:.3} / {:.3} ms |",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
+    );
+
+    match start_moto() {
+        Some((mut child, endpoint)) => {
+            let config = aws_sdk_sqs::Config::builder()
+                .behavior_version_latest()
+                .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+                .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                    "b", "b", None, None, "bench",
+                ))
+                .endpoint_url(&endpoint)
+                .build();
+            let client = aws_sdk_sqs::Client::from_conf(config);
+            let url = SqsQueue::create(&client, "bench", &QueueConfig::default()).await?;
+            let sqs = SqsQueue::new(client, url);
+            let (p50, p99) = round_trips(&sqs, ROUND_TRIPS / 4).await?;
+            println!(
+                "| moto round trip (send, receive, delete one message): p50 / p99 | {:.2} / {:.2} ms |",
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3
+            );
+            let _ = child.kill();
+        }
+        None => println!("| moto round trip | skipped: moto not installed |"),
+    }
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! What runs in a forked worker child: become the leader of a new process
+//! group, die with the fork server, restore default signal handling, make one
+//! call in a fresh instance on a fresh single-threaded runtime, report the
+//! outcome to the parent and exit with its code (see `outcome::exit_code`).
+//!
+//! The child never returns into the fork server's loop.
+
+use super::forkserver::{EXIT_SIGNALS, die_with_parent, send_event};
+use super::protocol::{CallKind, Event, trim_outcome};
+use crate::contract::JobMessage;
+use crate::executor::{Call, Executor, LoadedJob};
+use crate::outcome::exit_code;
+use crate::sandbox::SandboxPolicy;
+use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, signal, sigprocmask};
+use nix::unistd::{Pid, getpid, setpgid};
+use std::os::fd::{OwnedFd, RawFd};
+
+/// Everything a child needs, borrowed from the fork server's memory.
+pub(super) struct ChildCall<'a> {
+    pub fork_server: Pid,
+    pub process: u64,
+    pub job: &'a LoadedJob,
+    pub executor: &'a Executor,
+    pub message: JobMessage,
+    pub call: CallKind,
+    pub policy: &'a SandboxPolicy,
+    pub events: &'a OwnedFd,
+    /// The fork server's own descriptors, which the child must not hold.
+    pub close: &'a [RawFd],
+}
+
+pub(super) fn run_child(c: ChildCall<'_>) -> ! {
+    let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    die_with_parent(c.fork_server);
+    for fd in c.close {
+        // SAFETY: these descriptors belong to the fork server's loop, which
+        // this process never runs again.
+        unsafe { libc::close(*fd) };
+    }
+    for sig in EXIT_SIGNALS {
+        // SAFETY: SIG_DFL installs no handler code.
+        let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+
+    let pid = getpid().as_raw();
+    let call = match c.call {
+        CallKind::Run => Call::Run,
+        CallKind::OnExit { signal } => Call::OnExit { signal },
+    };
+    let span = tracing::info_span!("job", message_id = %c.message.id, pid, process = c.process);
+    let _entered = span.enter();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the child's runtime");
+            std::process::exit(exit_code::HOST_ERROR.into())
+        }
+    };
+    let report = runtime.block_on(c.executor.call(c.job, &c.message, call, c.policy));
+    match report {
+        Ok(report) => {
+            tracing::debug!(outcome = %report.outcome, duration_ms = report.duration.as_secs_f64() * 1e3, "call finished");
+            let code = report.outcome.exit_code();
+            send_event(
+                c.events,
+                &Event::Finished {
+                    process: c.process,
+                    outcome: trim_outcome(report.outcome),
+                    duration_ms: report.duration.as_secs_f64() * 1e3,
+                },
+            );
+            std::process::exit(code.into())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the call could not be made");
+            std::process::exit(exit_code::HOST_ERROR.into())
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! What happens to a message, decided from how its worker ended: one pure
+//! function, [`decide`], and the one for after exit handling,
+//! [`after_exit_handling`]. The README's fate table is this file.
+
+use super::protocol::ExitStatus;
+use crate::outcome::{Outcome, exit_code};
+use std::time::Duration;
+
+/// How the worker child for a message ended, as the parent learned it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerEnd {
+    /// The child reported an outcome and exited.
+    Reported(Outcome),
+    /// The child exited with this code without reporting (a host-side crash).
+    ExitCode(i32),
+    /// The child was killed by this signal, and the parent received no exit
+    /// signal itself.
+    Killed(i32),
+    /// The module could not be loaded (missing file, not a job component).
+    Unloadable(String),
+}
+
+impl WorkerEnd {
+    /// Combine the exit status with the outcome the child reported, if any.
+    pub fn from_process(status: ExitStatus, outcome: Option<Outcome>) -> Self {
+        match (status, outcome) {
+            (ExitStatus::Signal(sig), _) => WorkerEnd::Killed(sig),
+            (ExitStatus::Code(_), Some(outcome)) => WorkerEnd::Reported(outcome),
+            (ExitStatus::Code(code), None) => WorkerEnd::ExitCode(code),
+        }
+    }
+}
+
+/// What to do with the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// Done: delete it.
+    Delete,
+    /// Leave it; it comes back when its visibility timeout runs out and the
+    /// queue's redrive policy decides whether it is dead-lettered.
+    Leave { why: String },
+    /// Leave it, invisible for this long first (a job's retry delay).
+    RetryAfter { delay: Duration, why: String },
+    /// Copy it to the dead-letter queue now, then delete it; if the queue has
+    /// none, leave it and log an error.
+    DeadLetter { why: String },
+    /// The worker died of a signal the parent did not get: run `on-exit` for
+    /// this message alone, then requeue or dead-letter it.
+    ExitHandling { signal: i32 },
+}
+
+/// The fate of a message whose worker ended on its own.
+pub fn decide(end: &WorkerEnd) -> Fate {
+    match end {
+        WorkerEnd::Reported(Outcome::Ok) => Fate::Delete,
+        WorkerEnd::Reported(Outcome::Retry {
+            reason,
+            delay_seconds: Some(d),
+        }) => Fate::RetryAfter {
+            delay: Duration::from_secs((*d).into()),
+            why: reason.clone(),
+        },
+        WorkerEnd::Reported(Outcome::Retry {
+            reason,
+            delay_seconds: None,
+        }) => Fate::Leave {
+            why: format!("job asked to retry: {reason}"),
+        },
+        WorkerEnd::Reported(Outcome::Fatal { reason }) => Fate::DeadLetter {
+            why: format!("job failed fatally: {reason}"),
+        },
+        WorkerEnd::Reported(other @ (Outcome::Trap { .. } | Outcome::Timeout { .. })) => {
+            Fate::Leave {
+                why: other.to_string(),
+            }
+        }
+        // `run` never returns an on-exit failure; treat it as a crash.
+        WorkerEnd::Reported(other @ Outcome::OnExitFailed { .. }) => Fate::Leave {
+            why: other.to_string(),
+        },
+        WorkerEnd::ExitCode(code) if *code == i32::from(exit_code::INVALID_COMPONENT) => {
+            Fate::DeadLetter {
+                why: "module is not a valid job component".into(),
+            }
+        }
+        WorkerEnd::ExitCode(code) => Fate::Leave {
+            why: format!("worker exited with code {code} without reporting an outcome"),
+        },
+        WorkerEnd::Killed(signal) => Fate::ExitHandling { signal: *signal },
+        WorkerEnd::Unloadable(why) => Fate::DeadLetter {
+            why: format!("module could not be loaded: {why}"),
+        },
+    }
+}
+
+/// After `on-exit` ran (or failed twice): requeue when retries are allowed
+/// and cleanup succeeded; otherwise dead-letter.
+pub fn after_exit_handling(on_exit_succeeded: bool, retries_allowed: bool) -> ExitHandlingFate {
+    match (on_exit_succeeded, retries_allowed) {
+        (true, true) => ExitHandlingFate::Requeue,
+        (true, false) => ExitHandlingFate::DeadLetter {
+            why: "stopped by a signal and the queue allows no retries".into(),
+        },
+        (false, _) => ExitHandlingFate::DeadLetter {
+            why: "on-exit did not finish after two tries; cleanup cannot be guaranteed".into(),
+        },
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitHandlingFate {
+    /// Make it visible again: after long-poll seconds + 1 (0 without long
+    /// polling), so a long poll of our own cannot take it straight back.
+    Requeue,
+    DeadLetter {
+        why: String,
+    },
+}
+
+/// The visibility a requeued message gets.
+pub fn requeue_visibility(long_poll: Duration) -> Duration {
+    if long_poll.is_zero() {
+        Duration::ZERO
+    } else {
+        long_poll + Duration::from_secs(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::TrapKind;
+
+    #[test]
+    fn success_deletes_and_failures_leave() {
+        assert_eq!(decide(&WorkerEnd::Reported(Outcome::Ok)), Fate::Delete);
+        let trap = Outcome::Trap {
+            kind: TrapKind::OutOfMemory,
+            detail: "x".into(),
+        };
+        assert!(matches!(
+            decide(&WorkerEnd::Reported(trap)),
+            Fate::Leave { .. }
+        ));
+        let timeout = Outcome::Timeout {
+            limit: Duration::from_secs(1),
+        };
+        assert!(matches!(
+            decide(&WorkerEnd::Reported(timeout)),
+            Fate::Leave { .. }
+        ));
+        assert!(matches!(
+            decide(&WorkerEnd::ExitCode(1)),
+            Fate::Leave { .. }
+        ));
+        assert!(matches!(
+            decide(&WorkerEnd::ExitCode(101)),
+            Fate::Leave { .. }
+        ));
+    }
+
+    #[test]
+    fn retry_with_a_delay_sets_visibility() {
+        let end = WorkerEnd::Reported(Outcome::Retry {
+            reason: "busy".into(),
+            delay_seconds: Some(30),
+        });
+        assert_eq!(
+            decide(&end),
+            Fate::RetryAfter {
+                delay: Duration::from_secs(30),
+                why: "busy".into()
+            }
+        );
+        let end = WorkerEnd::Reported(Outcome::Retry {
+            reason: "busy".into(),
+            delay_seconds: None,
+        });
+        assert!(matches!(decide(&end), Fate::Leave { .. }));
+    }
+
+    #[test]
+    fn fatal_and_unloadable_dead_letter() {
+        let end = WorkerEnd::Reported(Outcome::Fatal {
+            reason: "bad".into(),
+        });
+        assert!(matches!(decide(&end), Fate::DeadLetter { .. }));
+        assert!(matches!(
+            decide(&WorkerEnd::Unloadable("gone".into())),
+            Fate::DeadLetter { .. }
+        ));
+        assert!(matches!(
+            decide(&WorkerEnd::ExitCode(30)),
+            Fate::DeadLetter { .. }
+        ));
+    }
+
+    #[test]
+    fn a_worker_killed_by_a_signal_goes_through_exit_handling() {
+        assert_eq!(
+            decide(&WorkerEnd::Killed(15)),
+            Fate::ExitHandling { signal: 15 }
+        );
+        // The signal wins over a reported outcome: the process did not end on its own.
+        assert_eq!(
+            WorkerEnd::from_process(ExitStatus::Signal(9), Some(Outcome::Ok)),
+            WorkerEnd::Killed(9)
+        );
+        assert_eq!(
+            WorkerEnd::from_process(ExitStatus::Code(0), Some(Outcome::Ok)),
+            WorkerEnd::Reported(Outcome::Ok)
+        );
+        assert_eq!(
+            WorkerEnd::from_process(ExitStatus::Code(1), None),
+            WorkerEnd::ExitCode(1)
+        );
+    }
+
+    #[test]
+    fn exit_handling_requeues_only_with_retries_and_clean_exit() {
+        assert_eq!(after_exit_handling(true, true), ExitHandlingFate::Requeue);
+        assert!(matches!(
+            after_exit_handling(true, false),
+            ExitHandlingFate::DeadLetter { .. }
+        ));
+        assert!(matches!(
+            after_exit_handling(false, true),
+            ExitHandlingFate::DeadLetter { .. }
+        ));
+    }
+
+    #[test]
+    fn requeue_visibility_outlasts_our_own_long_poll() {
+        assert_eq!(requeue_visibility(Duration::ZERO), Duration::ZERO);
+        assert_eq!(
+            requeue_visibility(Duration::from_secs(20)),
+            Duration::from_secs(21)
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! Visibility heartbeats: while a message's job runs, its visibility is
+//! extended to the visibility timeout every heartbeat interval. One ticker
+//! serves all jobs and sends the messages due together in batches of 10.
+//! A job holds a [`Lease`]; dropping it stops that message's heartbeats at
+//! once. Never asks past SQS's 12-hour ceiling: such a lease is dropped from
+//! the rounds with a warning.
+
+use crate::queue::{Queue, QueueError, VisibilityChange, limits};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+struct Entry {
+    receipt: String,
+    message_id: String,
+    first_received: Instant,
+}
+
+/// Counters for logs and metrics.
+#[derive(Debug, Default)]
+pub struct HeartbeatStats {
+    pub calls: AtomicU64,
+    pub extended: AtomicU64,
+    pub failed: AtomicU64,
+    pub stale: AtomicU64,
+}
+
+struct Inner {
+    entries: Mutex<HashMap<u64, Entry>>,
+    next: AtomicU64,
+    stats: HeartbeatStats,
+}
+
+/// The heartbeat service of one worker. Dropping it stops the ticker.
+pub struct Heartbeats {
+    inner: Arc<Inner>,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+/// One message's heartbeats; they stop when this is dropped.
+pub struct Lease {
+    inner: Arc<Inner>,
+    id: u64,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.inner.entries.lock().unwrap().remove(&self.id);
+    }
+}
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        self.ticker.abort();
+    }
+}
+
+impl Heartbeats {
+    pub fn start(queue: Arc<dyn Queue>, interval: Duration, visibility: Duration) -> Self {
+        let inner = Arc::new(Inner {
+            entries: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            stats: HeartbeatStats::default(),
+        });
+        let ticker = tokio::spawn(tick(Arc::clone(&inner), queue, interval, visibility));
+        Heartbeats { inner, ticker }
+    }
+
+    /// Start heartbeats for a message received at `received`.
+    pub fn lease(&self, message_id: &str, receipt: &str, received: Instant) -> Lease {
+        let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        self.inner.entries.lock().unwrap().insert(
+            id,
+            Entry {
+                receipt: receipt.to_owned(),
+                message_id: message_id.to_owned(),
+                first_received: received,
+            },
+        );
+        Lease {
+            inner: Arc::clone(&self.inner),
+            id,
+        }
+    }
+
+    pub fn stats(&self) -> &HeartbeatStats {
+        &self.inner.stats
+    }
+
+    pub fn active(&self) -> usize {
+        self.inner.entries.lock().unwrap().len()
+    }
+}
+
+async fn tick(inner: Arc<Inner>, queue: Arc<dyn Queue>, interval: Duration, visibility: Duration) {
+    let mut timer = tokio::time::interval(interval);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer.tick().await; // the first tick is immediate; receive set the visibility
+    loop {
+        timer.tick().await;
+        let due: Vec<(u64, String, String)> = {
+            let mut entries = inner.entries.lock().unwrap();
+            let now = Instant::now();
+            entries.retain(|_, e| {
+                let ceiling = e.first_received + limits::MAX_VISIBILITY;
+                let fits = now + visibility <= ceiling;
+                if !fits {
+                    tracing::warn!(message_id = %e.message_id, "message reached SQS's 12-hour visibility ceiling; heartbeats stop and it will become visible again");
+                }
+                fits
+            });
+            entries
+                .iter()
+                .map(|(id, e)| (*id, e.receipt.clone(), e.message_id.clone()))
+                .collect()
+        };
+        for chunk in due.chunks(limits::MAX_BATCH) {
+            inner.stats.calls.fetch_add(1, Ordering::Relaxed);
+            let results: Vec<Result<(), QueueError>> = if chunk.len() == 1 {
+                vec![queue.change_visibility(&chunk[0].1, visibility).await]
+            } else {
+                let changes: Vec<VisibilityChange> = chunk
+                    .iter()
+                    .map(|(_, r, _)| VisibilityChange {
+                        receipt_handle: r.clone(),
+                        timeout: visibility,
+                    })
+                    .collect();
+                match queue.change_visibility_batch(&changes).await {
+                    Ok(rs) => {
+                        let mut out: Vec<Result<(), QueueError>> = vec![Ok(()); chunk.len()];
+                        for r in rs {
+                            out[r.index] = r.result.map(|_| ());
+                        }
+                        out
+                    }
+                    Err(e) => vec![Err(e); chunk.len()],
+                }
+            };
+            for ((_, _, message_id), result) in chunk.iter().zip(results) {
+                match result {
+                    Ok(()) => {
+                        inner.stats.extended.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%message_id, visibility_s = visibility.as_secs(), "heartbeat");
+                    }
+                    Err(QueueError::StaleReceipt | QueueError::NotInFlight) => {
+                        inner.stats.stale.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%message_id, "heartbeat: receipt handle is stale; the message may be delivered elsewhere");
+                    }
+                    Err(e) => {
+                        inner.stats.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%message_id, error = %e, "heartbeat failed");
+                    }
+                }
+            }
+        }
+    }
+}

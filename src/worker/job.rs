@@ -1,0 +1,345 @@
+//! One message's life in the worker parent: fork its worker, keep its lease
+//! alive, act on how it ended ([`fate::decide`]), and on an exit signal run
+//! the exit-handling sequence: extend visibility, suspend the worker's group,
+//! call `on-exit` in a fresh process (twice at most, killing the worker
+//! before the second try), requeue or dead-letter, kill the group.
+
+use super::fate::{self, ExitHandlingFate, Fate, WorkerEnd};
+use super::forks::{ForkClient, ProcessEnd, SpawnError, Spawned};
+use super::heartbeat::Heartbeats;
+use super::protocol::CallKind;
+use super::stats::WorkerStats;
+use crate::contract::JobMessage;
+use crate::outcome::Outcome;
+use crate::queue::{AttributeValue, OutgoingMessage, Queue, QueueError, ReceivedMessage, limits};
+use nix::sys::signal::Signal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+/// Attribute a dead-lettered copy carries to say why.
+pub const DEAD_LETTER_REASON_ATTRIBUTE: &str = "wasm-jobs.dead-letter-reason";
+/// Message attribute naming the component to run when no --module is given.
+pub const MODULE_ATTRIBUTE: &str = "module";
+/// Extra time a job gets past its own timeout before the parent kills it.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// What every job task shares.
+pub struct JobContext {
+    pub queue: Arc<dyn Queue>,
+    pub dead_letter_queue: Option<Arc<dyn Queue>>,
+    pub forks: Arc<ForkClient>,
+    pub heartbeats: Heartbeats,
+    pub module: Option<PathBuf>,
+    pub retries_allowed: bool,
+    pub long_poll: Duration,
+    pub exit_timeout: Duration,
+    pub job_timeout: Duration,
+    pub exit_signal: watch::Receiver<Option<i32>>,
+    pub stats: Arc<WorkerStats>,
+}
+
+/// How a job task ended, for the worker's own exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobResult {
+    /// `on-exit` failed twice and the message was dead-lettered.
+    pub exit_handling_failed: bool,
+}
+
+fn job_message(m: &ReceivedMessage) -> JobMessage {
+    JobMessage {
+        id: m.message_id.clone(),
+        body: m.body.clone(),
+        attributes: m
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_text()))
+            .collect(),
+        receive_count: m.receive_count,
+    }
+}
+
+fn module_for(ctx: &JobContext, m: &ReceivedMessage) -> Result<PathBuf, String> {
+    if let Some(module) = &ctx.module {
+        return Ok(module.clone());
+    }
+    match m.attributes.get(MODULE_ATTRIBUTE) {
+        Some(AttributeValue::String(path)) if !path.is_empty() => Ok(PathBuf::from(path)),
+        _ => Err(format!(
+            "the message has no `{MODULE_ATTRIBUTE}` attribute and the worker has no --module"
+        )),
+    }
+}
+
+/// Handle one received message to the end.
+pub async fn handle(ctx: Arc<JobContext>, msg: ReceivedMessage, received: Instant) -> JobResult {
+    let ok = JobResult {
+        exit_handling_failed: false,
+    };
+    let module = match module_for(&ctx, &msg) {
+        Ok(m) => m,
+        Err(why) => {
+            apply(&ctx, &msg, Fate::DeadLetter { why }).await;
+            return ok;
+        }
+    };
+    let span = tracing::info_span!("job", message_id = %msg.message_id, module = %module.display(), attempt = msg.receive_count);
+    run_job(&ctx, &msg, module, received).instrument(span).await
+}
+
+async fn run_job(
+    ctx: &JobContext,
+    msg: &ReceivedMessage,
+    module: PathBuf,
+    received: Instant,
+) -> JobResult {
+    let ok = JobResult {
+        exit_handling_failed: false,
+    };
+    let lease = ctx
+        .heartbeats
+        .lease(&msg.message_id, &msg.receipt_handle, received);
+    let spawned = match ctx
+        .forks
+        .spawn(module, job_message(msg), CallKind::Run)
+        .await
+    {
+        Ok(s) => s,
+        Err(SpawnError::Load { error, .. }) => {
+            drop(lease);
+            apply(ctx, msg, fate::decide(&WorkerEnd::Unloadable(error))).await;
+            return ok;
+        }
+        Err(e @ SpawnError::ForkServerGone) => {
+            drop(lease);
+            tracing::error!(error = %e, "cannot start the worker; leaving the message");
+            return ok;
+        }
+    };
+    let pid = spawned.pid.as_raw();
+    tracing::debug!(pid, "worker started");
+    let started = Instant::now();
+    let Spawned { pid: group, end } = spawned;
+    let mut end = end;
+    let mut exit_signal = ctx.exit_signal.clone();
+    let hard_limit = tokio::time::sleep(ctx.job_timeout + KILL_GRACE);
+    tokio::pin!(hard_limit);
+    tokio::select! {
+        ended = &mut end => {
+            drop(lease);
+            let Ok(ProcessEnd { status, outcome, .. }) = ended else {
+                tracing::error!(pid, "lost track of the worker (fork server gone); leaving the message");
+                return ok;
+            };
+            ctx.stats.record_latency(started.elapsed());
+            let end = WorkerEnd::from_process(status, outcome);
+            tracing::info!(pid, end = ?end, "worker ended");
+            match fate::decide(&end) {
+                Fate::ExitHandling { signal } => exit_handling(ctx, msg, None, signal).await,
+                other => {
+                    apply(ctx, msg, other).await;
+                    ok
+                }
+            }
+        }
+        Ok(signal) = async {
+            exit_signal
+                .wait_for(Option::is_some)
+                .await
+                .map(|s| (*s).unwrap_or(libc::SIGTERM))
+        } => {
+            drop(lease);
+            let worker = Spawned { pid: group, end };
+            exit_handling(ctx, msg, Some(worker), signal).await
+        }
+        _ = &mut hard_limit => {
+            drop(lease);
+            tracing::error!(pid, "worker outlived its timeout; killing its process group");
+            let worker = Spawned { pid: group, end };
+            worker.signal_group(Signal::SIGKILL);
+            let _ = tokio::time::timeout(Duration::from_secs(5), worker.end).await;
+            ctx.stats.left.fetch_add(1, Ordering::Relaxed);
+            ok
+        }
+    }
+}
+
+/// Act on a fate decided for a message whose worker ended on its own.
+async fn apply(ctx: &JobContext, msg: &ReceivedMessage, fate: Fate) {
+    let id = &msg.message_id;
+    let result = match fate {
+        Fate::Delete => {
+            let r = ctx.queue.delete(&msg.receipt_handle).await;
+            if r.is_ok() {
+                ctx.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(message_id = %id, "job succeeded; message deleted");
+            }
+            r
+        }
+        Fate::Leave { why } => {
+            ctx.stats.left.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(message_id = %id, %why, "job did not succeed; leaving the message for redelivery");
+            Ok(())
+        }
+        Fate::RetryAfter { delay, why } => {
+            ctx.stats.left.fetch_add(1, Ordering::Relaxed);
+            let delay = delay.min(limits::MAX_VISIBILITY);
+            tracing::info!(message_id = %id, %why, delay_s = delay.as_secs(), "job asked for a retry");
+            ctx.queue
+                .change_visibility(&msg.receipt_handle, delay)
+                .await
+        }
+        Fate::DeadLetter { why } => dead_letter(ctx, msg, &why).await,
+        Fate::ExitHandling { .. } => unreachable!("handled by the caller"),
+    };
+    report_queue_error(ctx, id, result);
+}
+
+fn report_queue_error(ctx: &JobContext, message_id: &str, result: Result<(), QueueError>) {
+    match result {
+        Ok(()) => {}
+        Err(QueueError::StaleReceipt | QueueError::NotInFlight) => {
+            ctx.stats.stale_receipts.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%message_id, "receipt handle is stale; the message was redelivered elsewhere");
+        }
+        Err(e) => {
+            ctx.stats.queue_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%message_id, error = %e, "queue call failed");
+        }
+    }
+}
+
+/// Copy the message to the dead-letter queue, then delete the original. The
+/// original is never deleted before the copy was accepted.
+async fn dead_letter(ctx: &JobContext, msg: &ReceivedMessage, why: &str) -> Result<(), QueueError> {
+    let Some(dlq) = &ctx.dead_letter_queue else {
+        ctx.stats.left.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(message_id = %msg.message_id, %why, "message should be dead-lettered but the queue has no dead-letter queue; leaving it");
+        return Ok(());
+    };
+    let mut attributes = msg.attributes.clone();
+    if attributes.len() < limits::MAX_ATTRIBUTES {
+        let mut reason: String = why.chars().take(1024).collect();
+        reason.retain(|c| c != '\0');
+        attributes.insert(
+            DEAD_LETTER_REASON_ATTRIBUTE.into(),
+            AttributeValue::String(reason),
+        );
+    }
+    let copy = OutgoingMessage {
+        body: msg.body.clone(),
+        attributes,
+        delay: None,
+        group_id: msg.group_id.clone(),
+        // FIFO: the original id dedups a copy sent twice after a crash.
+        dedup_id: msg.group_id.as_ref().map(|_| msg.message_id.clone()),
+    };
+    dlq.send(&copy).await?;
+    ctx.queue.delete(&msg.receipt_handle).await?;
+    ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(message_id = %msg.message_id, %why, "message dead-lettered");
+    Ok(())
+}
+
+/// Run `on-exit(msg, signal)` in a fresh process, bounded by the exit timeout.
+async fn try_on_exit(ctx: &JobContext, msg: &ReceivedMessage, signal: i32, attempt: u32) -> bool {
+    let module = match module_for(ctx, msg) {
+        Ok(m) => m,
+        Err(_) => return false,
+    };
+    let call = CallKind::OnExit {
+        signal: signal as u32,
+    };
+    let spawned = match ctx.forks.spawn(module, job_message(msg), call).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(attempt, error = %e, "cannot start on-exit");
+            return false;
+        }
+    };
+    let pid = spawned.pid.as_raw();
+    let mut end = spawned.end;
+    match tokio::time::timeout(ctx.exit_timeout, &mut end).await {
+        Ok(Ok(ProcessEnd {
+            outcome: Some(Outcome::Ok),
+            ..
+        })) => {
+            tracing::info!(attempt, pid, "on-exit finished");
+            true
+        }
+        Ok(Ok(end)) => {
+            tracing::warn!(attempt, pid, ?end, "on-exit failed");
+            false
+        }
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::warn!(
+                attempt,
+                pid,
+                timeout_s = ctx.exit_timeout.as_secs_f64(),
+                "on-exit did not finish in time; killing it"
+            );
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            false
+        }
+    }
+}
+
+/// The exit-handling sequence for one message. `worker` is the still-running
+/// worker when the parent got the signal, `None` when the worker itself was
+/// killed by it.
+async fn exit_handling(
+    ctx: &JobContext,
+    msg: &ReceivedMessage,
+    worker: Option<Spawned>,
+    signal: i32,
+) -> JobResult {
+    let id = &msg.message_id;
+    tracing::warn!(message_id = %id, signal, "exit handling");
+    let hold = ctx.exit_timeout + Duration::from_secs(5);
+    report_queue_error(
+        ctx,
+        id,
+        ctx.queue.change_visibility(&msg.receipt_handle, hold).await,
+    );
+    if let Some(w) = &worker {
+        w.signal_group(Signal::SIGSTOP);
+        tracing::info!(message_id = %id, pid = w.pid.as_raw(), "worker suspended");
+    }
+    let mut cleaned = try_on_exit(ctx, msg, signal, 1).await;
+    if !cleaned {
+        if let Some(w) = &worker {
+            tracing::warn!(message_id = %id, pid = w.pid.as_raw(), "killing the worker before the second on-exit try");
+            w.signal_group(Signal::SIGKILL);
+        }
+        cleaned = try_on_exit(ctx, msg, signal, 2).await;
+    }
+    match fate::after_exit_handling(cleaned, ctx.retries_allowed) {
+        ExitHandlingFate::Requeue => {
+            let visibility = fate::requeue_visibility(ctx.long_poll);
+            let r = ctx
+                .queue
+                .change_visibility(&msg.receipt_handle, visibility)
+                .await;
+            if r.is_ok() {
+                ctx.stats.requeued.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(message_id = %id, visibility_s = visibility.as_secs(), "message returned to the queue");
+            }
+            report_queue_error(ctx, id, r);
+        }
+        ExitHandlingFate::DeadLetter { why } => {
+            let r = dead_letter(ctx, msg, &why).await;
+            report_queue_error(ctx, id, r);
+        }
+    }
+    if let Some(w) = worker {
+        w.signal_group(Signal::SIGKILL);
+        let _ = tokio::time::timeout(Duration::from_secs(5), w.end).await;
+    }
+    JobResult {
+        exit_handling_failed: !cleaned,
+    }
+}
