@@ -134,7 +134,7 @@ where
                 exit_handling_failed: true,
                 signal,
             } => {
-                eprintln!("error: on-exit failed twice after signal {signal}; the message was dead-lettered");
+                eprintln!("error: on-exit failed twice after signal {signal}; see the log for what happened to the message");
                 Ending::Code(exit_code::HOST_ERROR)
             }
             WorkerExit::Signaled { signal, .. } => Ending::Signal(signal),

@@ -92,8 +92,11 @@ pub(super) fn die_with_parent(parent: Pid) {
 
 pub(super) fn send_event(events: &impl AsFd, event: &Event) {
     let bytes = protocol::encode_event(event);
-    if let Err(e) = send(events.as_fd().as_raw_fd(), &bytes, MsgFlags::empty()) {
-        tracing::error!(error = %e, "cannot report to the worker parent");
+    match send(events.as_fd().as_raw_fd(), &bytes, MsgFlags::empty()) {
+        Ok(_) => {}
+        // The parent is gone (it exits while children are being reaped).
+        Err(nix::errno::Errno::EPIPE | nix::errno::Errno::ECONNREFUSED) => {}
+        Err(e) => tracing::error!(error = %e, "cannot report to the worker parent"),
     }
 }
 

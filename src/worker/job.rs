@@ -120,7 +120,7 @@ async fn run_job(
         }
     };
     let pid = spawned.pid.as_raw();
-    tracing::debug!(pid, "worker started");
+    tracing::info!(pid, "worker child started");
     let started = Instant::now();
     let Spawned { pid: group, end } = spawned;
     let mut end = end;
@@ -136,7 +136,7 @@ async fn run_job(
             };
             ctx.stats.record_latency(started.elapsed());
             let end = WorkerEnd::from_process(status, outcome);
-            tracing::info!(pid, end = ?end, "worker ended");
+            tracing::info!(pid, end = ?end, "worker child ended");
             match fate::decide(&end) {
                 Fate::ExitHandling { signal } => exit_handling(ctx, msg, None, signal).await,
                 other => {
@@ -256,7 +256,7 @@ async fn try_on_exit(ctx: &JobContext, msg: &ReceivedMessage, signal: i32, attem
     let spawned = match ctx.forks.spawn(module, job_message(msg), call).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(attempt, error = %e, "cannot start on-exit");
+            tracing::error!(on_exit_try = attempt, error = %e, "cannot start on-exit");
             return false;
         }
     };
@@ -267,11 +267,11 @@ async fn try_on_exit(ctx: &JobContext, msg: &ReceivedMessage, signal: i32, attem
             outcome: Some(Outcome::Ok),
             ..
         })) => {
-            tracing::info!(attempt, pid, "on-exit finished");
+            tracing::info!(on_exit_try = attempt, pid, "on-exit finished");
             true
         }
         Ok(Ok(end)) => {
-            tracing::warn!(attempt, pid, ?end, "on-exit failed");
+            tracing::warn!(on_exit_try = attempt, pid, ?end, "on-exit failed");
             false
         }
         Ok(Err(_)) => false,

@@ -123,13 +123,28 @@ pub fn example_guest(lang: &str) -> PathBuf {
     build_with_script(lang, &dir.join("build.sh"), &[], dir.join("build/job.wasm"))
 }
 
+/// The hostile C fixture as a component file.
+pub fn hostile_path() -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile.wasm");
+    let src = repo_root().join("tests/fixtures/hostile.c");
+    let script = repo_root().join("guest-examples/c/build.sh");
+    build_with_script("hostile", &script, &[&out, &src], out.clone())
+}
+
 pub fn hostile_guest() -> &'static LoadedJob {
     static J: OnceLock<LoadedJob> = OnceLock::new();
-    J.get_or_init(|| {
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile.wasm");
-        let src = repo_root().join("tests/fixtures/hostile.c");
-        let script = repo_root().join("guest-examples/c/build.sh");
-        build_with_script("hostile", &script, &[&out, &src], out.clone());
-        executor().load_file(&out).unwrap()
+    J.get_or_init(|| executor().load_file(&hostile_path()).unwrap())
+}
+
+/// The WAT modes fixture as a component file.
+pub fn modes_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("modes.wasm");
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+        std::fs::write(&tmp, modes_wasm()).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        path
     })
+    .clone()
 }

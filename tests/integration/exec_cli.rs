@@ -5,13 +5,7 @@ use crate::common::*;
 use std::process::{Command, Output, Stdio};
 
 fn modes_component() -> std::path::PathBuf {
-    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("modes.wasm");
-        std::fs::write(&path, modes_wasm()).unwrap();
-        path
-    })
-    .clone()
+    modes_path()
 }
 
 fn exec(args: &[&str]) -> Output {

@@ -11,3 +11,4 @@ mod queue_backends;
 mod queue_cli;
 mod queue_conformance;
 mod sandbox;
+mod worker;

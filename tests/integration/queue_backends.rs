@@ -130,6 +130,11 @@ impl Backend {
         cmd
     }
 
+    /// The `--queue` address of a queue made by this backend.
+    pub fn address_of(&self, q: &dyn Queue) -> String {
+        q.name().to_owned()
+    }
+
     pub fn data_dir(&self) -> Option<PathBuf> {
         match self {
             Backend::Embedded { dir, .. } => Some(dir.path().to_owned()),

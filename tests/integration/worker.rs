@@ -1,0 +1,682 @@
+//! The worker as a real process with real signals, against both backends:
+//! every scenario of the reference dispatcher's own tests, translated to
+//! jobs, plus heartbeats, concurrency, FIFO dead-lettering and SIGKILL of
+//! the parent. Jobs: `tests/fixtures/modes.wat` (no WASI) and
+//! `tests/fixtures/hostile.c` (sleeps, on-exit output).
+
+use crate::common::{hostile_path, modes_path};
+use crate::queue_backends::Backend;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use wasm_jobs::queue::{OutgoingMessage, Queue, QueueConfig, ReceiveRequest, ReceivedMessage};
+
+/// A running `wasm-jobs worker` whose log we read as it is written.
+struct Worker {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Worker {
+    fn start(b: &Backend, queue: &str, module: &Path, extra: &[&str]) -> Worker {
+        let mut cmd = b.cli();
+        cmd.args(["worker", "--queue", queue, "--module"])
+            .arg(module)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Worker { child, lines }
+    }
+
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Wait for a log line containing every one of `needles`.
+    fn wait_for(&self, needles: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {needles:?} in:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The pid of the first worker child started for any message.
+    fn child_pid(&self, timeout: Duration) -> i32 {
+        let line = self.wait_for(&["worker child started", "pid="], timeout);
+        field(&line, "pid").parse().unwrap()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    fn wait(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50)); // let the reader finish
+                return (status, self.log());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("worker did not exit in {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn field(line: &str, name: &str) -> String {
+    let key = format!("{name}=");
+    let start = line
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        + key.len();
+    line[start..]
+        .split(|c: char| c.is_whitespace() || c == '}')
+        .next()
+        .unwrap()
+        .trim_matches('"')
+        .to_owned()
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is dead for our purposes.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn process_state(pid: i32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit(')')
+        .next()
+        .unwrap_or("")
+        .trim_start()
+        .chars()
+        .next()
+        .unwrap_or('?')
+}
+
+/// SIGTERM the worker parent `lead` ms before `deadline` (ms since the epoch).
+fn signal_before(w: &Worker, deadline: u128, lead: u128) {
+    let at = deadline - lead;
+    let now = now_ms();
+    assert!(now < at, "the worker took too long to start:\n{}", w.log());
+    std::thread::sleep(Duration::from_millis((at - now) as u64));
+    w.signal(libc::SIGTERM);
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+fn config(visibility: u64) -> QueueConfig {
+    QueueConfig {
+        visibility_timeout: Duration::from_secs(visibility),
+        ..QueueConfig::default()
+    }
+}
+
+async fn all(q: &dyn Queue) -> Vec<ReceivedMessage> {
+    q.receive(ReceiveRequest {
+        max_messages: 10,
+        wait: Duration::ZERO,
+        visibility_timeout: Some(Duration::from_secs(1)),
+    })
+    .await
+    .unwrap()
+}
+
+async fn counts(q: &dyn Queue) -> (u64, u64, u64) {
+    let c = q.counts().await.unwrap();
+    (c.visible, c.in_flight, c.delayed)
+}
+
+const FAST: &[&str] = &[
+    "--visibility-timeout",
+    "4",
+    "--heartbeat",
+    "1",
+    "--exit-timeout",
+    "2",
+    "--wait",
+    "0",
+];
+
+async fn success_deletes_the_message(b: Backend) {
+    let (q, addr) = b.create("ok", &config(30)).await;
+    q.send(&OutgoingMessage::new("o")).await.unwrap();
+    let w = Worker::start(&b, &addr, &modes_path(), &[FAST, &["--drain"]].concat());
+    let (status, log) = w.wait(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+    assert!(log.contains("job succeeded; message deleted"), "{log}");
+    assert_eq!(counts(q.as_ref()).await, (0, 0, 0));
+}
+
+async fn a_failure_leaves_the_message_and_it_comes_back_with_count_two(b: Backend) {
+    let (q, addr) = b.create("redeliver", &config(30)).await;
+    q.send(&OutgoingMessage::new("x")).await.unwrap(); // traps on first delivery
+    let w = Worker::start(
+        &b,
+        &addr,
+        &modes_path(),
+        &[
+            "--visibility-timeout",
+            "1",
+            "--heartbeat",
+            "0.5",
+            "--wait",
+            "0",
+            "--drain",
+        ],
+    );
+    let (status, log) = w.wait(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+    let trap = log
+        .lines()
+        .position(|l| l.contains("leaving the message for redelivery"))
+        .expect("first try left");
+    let ok = log
+        .lines()
+        .position(|l| l.contains("job succeeded") && l.contains("attempt=2"))
+        .expect("second try, count 2");
+    assert!(trap < ok);
+    assert_eq!(counts(q.as_ref()).await, (0, 0, 0));
+}
+
+async fn worker_killed_by_sigterm_with_retries_is_redelivered(b: Backend) {
+    let (q, addr) = b.create("killretry", &config(30)).await;
+    q.send(&OutgoingMessage::new("y")).await.unwrap(); // loops on first delivery
+    let w = Worker::start(&b, &addr, &modes_path(), &[FAST, &["--drain"]].concat());
+    let pid = w.child_pid(Duration::from_secs(20));
+    // SAFETY: signalling the worker child's process group.
+    unsafe { libc::kill(-pid, libc::SIGTERM) };
+    let (status, log) = w.wait(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "the parent goes on after a child's signal: {log}"
+    );
+    assert!(log.contains("on-exit finished"), "{log}");
+    assert!(log.contains("message returned to the queue"), "{log}");
+    assert!(log.contains("attempt=2"), "redelivered: {log}");
+    assert_eq!(counts(q.as_ref()).await, (0, 0, 0));
+}
+
+async fn worker_killed_by_sigterm_without_retries_is_dead_lettered(b: Backend) {
+    let (q, dlq) = b.create_with_dlq("killdlq", 1, &config(30)).await;
+    let addr = b.address_of(q.as_ref());
+    q.send(&OutgoingMessage::new("y")).await.unwrap();
+    let w = Worker::start(&b, &addr, &modes_path(), &[FAST, &["--drain"]].concat());
+    let pid = w.child_pid(Duration::from_secs(20));
+    // SAFETY: signalling the worker child's process group.
+    unsafe { libc::kill(-pid, libc::SIGTERM) };
+    let (status, log) = w.wait(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+    assert!(log.contains("message dead-lettered"), "{log}");
+    let dead = all(dlq.as_ref()).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body, "y");
+    assert!(
+        dead[0]
+            .attributes
+            .contains_key("wasm-jobs.dead-letter-reason")
+    );
+    assert_eq!(counts(q.as_ref()).await, (0, 0, 0));
+}
+
+async fn parent_sigterm_suspends_runs_on_exit_requeues_and_dies_by_sigterm(b: Backend) {
+    let (q, addr) = b.create("parentterm", &config(30)).await;
+    // run sleeps until the deadline; on-exit sleeps until it too, so the
+    // suspended worker can be seen while on-exit runs (about 1.5 s).
+    let deadline = now_ms() + 6_000;
+    let id = q
+        .send(&OutgoingMessage::new(format!("until:{deadline}")))
+        .await
+        .unwrap();
+    let w = Worker::start(
+        &b,
+        &addr,
+        &hostile_path(),
+        &[
+            "--exit-timeout",
+            "10",
+            "--visibility-timeout",
+            "30",
+            "--heartbeat",
+            "1",
+            "--wait",
+            "0",
+        ],
+    );
+    let pid = w.child_pid(Duration::from_secs(30));
+    signal_before(&w, deadline, 1_500);
+    w.wait_for(&["worker suspended"], Duration::from_secs(10));
+    assert_eq!(process_state(pid), 'T', "worker stopped while on-exit runs");
+    let (status, log) = w.wait(Duration::from_secs(30));
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{log}");
+    assert!(
+        log.contains(&format!("on-exit: message {id} stopped by signal 15")),
+        "on-exit output in the log: {log}"
+    );
+    assert!(log.contains("message returned to the queue"), "{log}");
+    assert!(!alive(pid), "worker killed");
+    assert_eq!(
+        counts(q.as_ref()).await.0,
+        1,
+        "back on the queue, visible now (no long poll)"
+    );
+}
+
+async fn on_exit_that_hangs_is_tried_twice_then_dead_lettered_and_parent_exits_1(b: Backend) {
+    let (q, dlq) = b.create_with_dlq("hang", 5, &config(30)).await;
+    let addr = b.address_of(q.as_ref());
+    q.send(&OutgoingMessage::new("hang")).await.unwrap();
+    let w = Worker::start(
+        &b,
+        &addr,
+        &hostile_path(),
+        &[
+            "--exit-timeout",
+            "1",
+            "--visibility-timeout",
+            "30",
+            "--heartbeat",
+            "1",
+            "--wait",
+            "0",
+        ],
+    );
+    let pid = w.child_pid(Duration::from_secs(30));
+    w.signal(libc::SIGTERM);
+    let (status, log) = w.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert_eq!(w_count(&log, "on-exit did not finish in time"), 2, "{log}");
+    let kill = log
+        .find("killing the worker before the second on-exit try")
+        .expect("worker killed");
+    let second = log.rfind("on-exit did not finish in time").unwrap();
+    assert!(kill < second, "killed before the second try");
+    assert!(!alive(pid));
+    assert_eq!(all(dlq.as_ref()).await.len(), 1, "{log}");
+    assert_eq!(counts(q.as_ref()).await, (0, 0, 0));
+}
+
+fn w_count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// The message's on-exit sleeps until `deadline`; the signal goes out 3 s
+/// before it, so the first try (2 s) times out and the second finishes.
+async fn second_on_exit_try_succeeding(
+    b: &Backend,
+    addr: &str,
+    deadline: u128,
+) -> (ExitStatus, String) {
+    let w = Worker::start(
+        b,
+        addr,
+        &hostile_path(),
+        &[
+            "--exit-timeout",
+            "2",
+            "--visibility-timeout",
+            "30",
+            "--heartbeat",
+            "1",
+            "--wait",
+            "0",
+        ],
+    );
+    w.child_pid(Duration::from_secs(30));
+    signal_before(&w, deadline, 3_000);
+    w.wait(Duration::from_secs(30))
+}
+
+async fn second_try_after_the_kill_requeues_with_retries(b: Backend) {
+    let (q, addr) = b.create("second", &config(30)).await;
+    let deadline = now_ms() + 8_000;
+    q.send(&OutgoingMessage::new(format!("until:{deadline}")))
+        .await
+        .unwrap();
+    let (status, log) = second_on_exit_try_succeeding(&b, &addr, deadline).await;
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{log}");
+    assert_eq!(w_count(&log, "on-exit did not finish in time"), 1, "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("on-exit finished") && l.contains("on_exit_try=2")),
+        "{log}"
+    );
+    assert!(log.contains("message returned to the queue"), "{log}");
+    assert_eq!(counts(q.as_ref()).await.0, 1);
+}
+
+async fn second_try_after_the_kill_dead_letters_without_retries(b: Backend) {
+    let (q, dlq) = b.create_with_dlq("second-dlq", 1, &config(30)).await;
+    let addr = b.address_of(q.as_ref());
+    let deadline = now_ms() + 8_000;
+    q.send(&OutgoingMessage::new(format!("until:{deadline}")))
+        .await
+        .unwrap();
+    let (status, log) = second_on_exit_try_succeeding(&b, &addr, deadline).await;
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{log}");
+    assert!(log.contains("on-exit finished"), "{log}");
+    assert!(log.contains("message dead-lettered"), "{log}");
+    assert_eq!(all(dlq.as_ref()).await.len(), 1);
+}
+
+async fn the_queues_long_poll_setting_is_used_without_wait(b: Backend) {
+    let (q, addr) = b
+        .create(
+            "longpoll",
+            &QueueConfig {
+                receive_wait: Duration::from_secs(2),
+                ..config(30)
+            },
+        )
+        .await;
+    let deadline = now_ms() + 6_000;
+    q.send(&OutgoingMessage::new(format!("until:{deadline}")))
+        .await
+        .unwrap();
+    let w = Worker::start(
+        &b,
+        &addr,
+        &hostile_path(),
+        &[
+            "--exit-timeout",
+            "10",
+            "--visibility-timeout",
+            "30",
+            "--heartbeat",
+            "1",
+        ],
+    );
+    w.wait_for(
+        &["worker started", "long_poll_s=2"],
+        Duration::from_secs(20),
+    );
+    w.child_pid(Duration::from_secs(20));
+    signal_before(&w, deadline, 1_000);
+    let (status, log) = w.wait(Duration::from_secs(40));
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{log}");
+    assert!(
+        log.contains("visibility_s=3"),
+        "requeued after long poll + 1 s: {log}"
+    );
+    assert_eq!(counts(q.as_ref()).await.0, 0, "still invisible right after");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(counts(q.as_ref()).await.0, 1, "visible after 3 s");
+}
+
+async fn heartbeats_hold_a_job_three_times_the_visibility_timeout(b: Backend) {
+    let (q, addr) = b.create("heartbeat", &config(2)).await;
+    q.send(&OutgoingMessage::new("sleep-ms:6500"))
+        .await
+        .unwrap();
+    let args = [
+        "--visibility-timeout",
+        "2",
+        "--heartbeat",
+        "1",
+        "--wait",
+        "0",
+        "--drain",
+    ];
+    let a = Worker::start(&b, &addr, &hostile_path(), &args);
+    a.wait_for(&["worker child started"], Duration::from_secs(30));
+    let other = Worker::start(&b, &addr, &hostile_path(), &args); // would take it if it came back
+    let (sa, la) = a.wait(Duration::from_secs(40));
+    let (sb, lb) = other.wait(Duration::from_secs(40));
+    assert!(sa.success() && sb.success(), "{la}\n{lb}");
+    assert_eq!(
+        w_count(&la, "worker child started") + w_count(&lb, "worker child started"),
+        1,
+        "delivered once:\n{la}\n{lb}"
+    );
+    assert!(la.contains("job succeeded"));
+}
+
+async fn concurrency_runs_jobs_side_by_side(b: Backend) {
+    let (q, addr) = b.create("concurrency", &config(30)).await;
+    for _ in 0..4 {
+        q.send(&OutgoingMessage::new("sleep-ms:1500"))
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    let w = Worker::start(
+        &b,
+        &addr,
+        &hostile_path(),
+        &[FAST, &["--concurrency", "4", "--drain"]].concat(),
+    );
+    let (status, log) = w.wait(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    assert_eq!(w_count(&log, "job succeeded"), 4);
+    let first_end = log
+        .lines()
+        .position(|l| l.contains("worker child ended"))
+        .unwrap();
+    let starts_before = log
+        .lines()
+        .take(first_end)
+        .filter(|l| l.contains("worker child started"))
+        .count();
+    assert_eq!(starts_before, 4, "all four ran at once: {log}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+async fn fatal_on_a_fifo_queue_dead_letters_with_its_group(b: Backend) {
+    let fifo = QueueConfig {
+        fifo: true,
+        ..config(30)
+    };
+    let (q, dlq) = b.create_with_dlq("fifo.fifo", 3, &fifo).await;
+    let addr = b.address_of(q.as_ref());
+    q.send(&OutgoingMessage {
+        group_id: Some("g1".into()),
+        ..OutgoingMessage::new("f")
+    })
+    .await
+    .unwrap();
+    let w = Worker::start(&b, &addr, &modes_path(), &[FAST, &["--drain"]].concat());
+    let (status, log) = w.wait(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+    let dead = all(dlq.as_ref()).await;
+    assert_eq!(dead.len(), 1, "{log}");
+    assert_eq!(dead[0].group_id.as_deref(), Some("g1"));
+    assert_eq!(dead[0].body, "f");
+    assert_eq!(
+        dead[0].attributes["wasm-jobs.dead-letter-reason"].as_text(),
+        "job failed fatally: bad input"
+    );
+}
+
+async fn sigkill_of_the_parent_takes_every_child_down_and_loses_nothing(b: Backend) {
+    let (q, addr) = b.create("sigkill", &config(30)).await;
+    for _ in 0..3 {
+        q.send(&OutgoingMessage::new("l")).await.unwrap();
+    }
+    let w = Worker::start(
+        &b,
+        &addr,
+        &modes_path(),
+        &[
+            "--visibility-timeout",
+            "2",
+            "--heartbeat",
+            "1",
+            "--wait",
+            "0",
+            "--concurrency",
+            "3",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while w.count("worker child started") < 3 {
+        assert!(Instant::now() < deadline, "{}", w.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pids: Vec<i32> = w
+        .log()
+        .lines()
+        .filter(|l| l.contains("worker child started"))
+        .map(|l| field(l, "pid").parse().unwrap())
+        .collect();
+    let parent = w.child.id() as i32;
+    let fork_server = std::fs::read_to_string(format!("/proc/{}/stat", pids[0]))
+        .unwrap()
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<i32>()
+        .unwrap();
+    assert_ne!(fork_server, parent, "children belong to the fork server");
+    w.signal(libc::SIGKILL);
+    let (status, _) = w.wait(Duration::from_secs(10));
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    let gone_by = Instant::now() + Duration::from_secs(5);
+    while pids.iter().chain([&fork_server]).any(|p| alive(*p)) {
+        assert!(
+            Instant::now() < gone_by,
+            "orphans left: {pids:?} / {fork_server}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        counts(q.as_ref()).await.0,
+        3,
+        "every message back after its timeout"
+    );
+}
+
+async fn a_message_naming_a_missing_module_is_dead_lettered_and_the_worker_goes_on(b: Backend) {
+    let (q, dlq) = b.create_with_dlq("nomodule", 3, &config(30)).await;
+    let addr = b.address_of(q.as_ref());
+    let mut bad = OutgoingMessage::new("o");
+    bad.attributes.insert(
+        "module".into(),
+        wasm_jobs::queue::AttributeValue::String("/nonexistent/job.wasm".into()),
+    );
+    q.send(&bad).await.unwrap();
+    let mut good = OutgoingMessage::new("o");
+    good.attributes.insert(
+        "module".into(),
+        wasm_jobs::queue::AttributeValue::String(modes_path().display().to_string()),
+    );
+    q.send(&good).await.unwrap();
+    let mut cmd = b.cli();
+    cmd.args([
+        "worker",
+        "--queue",
+        &addr,
+        "--drain",
+        "--wait",
+        "0",
+        "--visibility-timeout",
+        "4",
+        "--heartbeat",
+        "1",
+    ]);
+    let out = cmd.output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("job succeeded"), "{log}");
+    let dead = all(dlq.as_ref()).await;
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].attributes["wasm-jobs.dead-letter-reason"]
+            .as_text()
+            .contains("/nonexistent/job.wasm")
+    );
+}
+
+macro_rules! worker_scenarios {
+    ($($scenario:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(crate::queue_backends::Backend::embedded()).await
+                }
+            )*
+        }
+        mod moto {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(crate::queue_backends::Backend::moto()).await
+                }
+            )*
+        }
+    };
+}
+
+worker_scenarios!(
+    success_deletes_the_message,
+    a_failure_leaves_the_message_and_it_comes_back_with_count_two,
+    worker_killed_by_sigterm_with_retries_is_redelivered,
+    worker_killed_by_sigterm_without_retries_is_dead_lettered,
+    parent_sigterm_suspends_runs_on_exit_requeues_and_dies_by_sigterm,
+    on_exit_that_hangs_is_tried_twice_then_dead_lettered_and_parent_exits_1,
+    second_try_after_the_kill_requeues_with_retries,
+    second_try_after_the_kill_dead_letters_without_retries,
+    the_queues_long_poll_setting_is_used_without_wait,
+    heartbeats_hold_a_job_three_times_the_visibility_timeout,
+    concurrency_runs_jobs_side_by_side,
+    fatal_on_a_fifo_queue_dead_letters_with_its_group,
+    sigkill_of_the_parent_takes_every_child_down_and_loses_nothing,
+    a_message_naming_a_missing_module_is_dead_lettered_and_the_worker_goes_on,
+);
