@@ -9,6 +9,7 @@
 //! - [`cli`]: the `wasm-jobs` command line.
 
 pub mod artifact_cache;
+pub mod bundled;
 pub mod capture;
 pub mod cli;
 pub mod componentize;

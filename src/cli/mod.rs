@@ -3,6 +3,7 @@
 //! returns the process exit code.
 
 mod args;
+mod demo;
 mod exec;
 mod queue_cmds;
 mod worker_cmd;
@@ -23,6 +24,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the main job on the embedded queue: a few hundred messages through
+    /// the bundled example job, with a live progress line and a summary.
+    Demo(demo::DemoArgs),
     /// Run one call of a job component in-process and print its outcome.
     Exec(exec::ExecArgs),
     /// Manage queues (embedded by name, SQS by URL).
@@ -109,6 +113,14 @@ pub fn main() -> ExitCode {
             exec::run(args)
         }
         Command::WasiAdapter(args) => write_wasi_adapter(args),
+        Command::Demo(args) => {
+            crate::logging::init("error");
+            match demo::run(args) {
+                Ok(worker_cmd::Ending::Code(code)) => Ok(code),
+                Ok(worker_cmd::Ending::Signal(sig)) => worker_cmd::reraise(sig),
+                Err(e) => Err(e),
+            }
+        }
         Command::Worker(args) => {
             crate::logging::init("info");
             let stats = std::sync::Arc::default();

@@ -134,13 +134,14 @@ async fn run_job(
                 tracing::error!(pid, "lost track of the worker (fork server gone); leaving the message");
                 return ok;
             };
-            ctx.stats.record_latency(started.elapsed());
+            let ended_at = Instant::now();
             let end = WorkerEnd::from_process(status, outcome);
-            tracing::info!(pid, end = ?end, "worker child ended");
+            tracing::info!(pid, end = ?end, run_ms = started.elapsed().as_secs_f64() * 1e3, "worker child ended");
             match fate::decide(&end) {
                 Fate::ExitHandling { signal } => exit_handling(ctx, msg, None, signal).await,
                 other => {
                     apply(ctx, msg, other).await;
+                    ctx.stats.record_exit_to_settled(ended_at.elapsed());
                     ok
                 }
             }

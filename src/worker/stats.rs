@@ -18,21 +18,28 @@ pub struct WorkerStats {
     pub released: AtomicU64,
     pub stale_receipts: AtomicU64,
     pub queue_errors: AtomicU64,
-    /// Worker run times (start to end), for percentiles.
-    latencies: Mutex<Vec<Duration>>,
+    /// From learning that a worker child exited to its message's fate being
+    /// applied (deleted, left, dead-lettered), for percentiles.
+    exit_to_settled: Mutex<Vec<Duration>>,
 }
 
 impl WorkerStats {
-    pub fn record_latency(&self, d: Duration) {
-        self.latencies.lock().unwrap().push(d);
+    pub fn record_exit_to_settled(&self, d: Duration) {
+        self.exit_to_settled.lock().unwrap().push(d);
     }
 
-    pub fn latencies(&self) -> Vec<Duration> {
-        self.latencies.lock().unwrap().clone()
+    pub fn exit_to_settled(&self) -> Vec<Duration> {
+        self.exit_to_settled.lock().unwrap().clone()
     }
 
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+    pub fn succeeded_count(&self) -> u64 {
+        self.succeeded.load(Ordering::Relaxed)
+    }
+    pub fn left_count(&self) -> u64 {
+        self.left.load(Ordering::Relaxed)
+    }
+    pub fn dead_lettered_count(&self) -> u64 {
+        self.dead_lettered.load(Ordering::Relaxed)
     }
 
     /// Messages whose handling has ended, whatever the fate.

@@ -104,6 +104,17 @@ impl Worker {
     }
 }
 
+impl Drop for Worker {
+    /// A failing test must not leave a worker behind: SIGKILL the parent;
+    /// its fork server and children die with it.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn field(line: &str, name: &str) -> String {
     let key = format!("{name}=");
     let start = line
