@@ -10,7 +10,7 @@ if [ -f "$out" ] && [ -z "$(find "$here/job.js" "$wit" -newer "$out" -print -qui
   echo "$out is up to date"; exit 0
 fi
 cd "$here"
-[ -x node_modules/.bin/componentize-js ] || npm install --no-audit --no-fund
+[ -d node_modules/@bytecodealliance/preview2-shim ] || npm ci --no-audit --no-fund
 mkdir -p build
 # -d: leave out the WASI features this job does not use, so the component
 # imports no wasi:http (the host would link it as traps anyway).

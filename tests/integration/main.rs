@@ -12,3 +12,4 @@ mod queue_cli;
 mod queue_conformance;
 mod sandbox;
 mod worker;
+mod worker_harness;

@@ -6,11 +6,16 @@
 //! our classification of errors (transient vs permanent), so there is one
 //! place that decides what is retried.
 
+mod errors;
+
+use errors::batch_failure;
+pub use errors::{classify, classify_code, parse_redrive};
+
 use super::retry::Backoff;
 use super::{
     AttributeValue, Attributes, BatchEntryResult, OutgoingMessage, Queue, QueueAttributes,
-    QueueConfig, QueueCounts, QueueError, ReceiveRequest, ReceivedMessage, RedrivePolicy,
-    VisibilityChange, validate,
+    QueueConfig, QueueCounts, QueueError, ReceiveRequest, ReceivedMessage, VisibilityChange,
+    validate,
 };
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::retry::RetryConfig;
@@ -40,94 +45,6 @@ pub async fn client(endpoint: Option<&str>) -> Client {
         loader = loader.endpoint_url(ep);
     }
     Client::new(&loader.load().await)
-}
-
-/// Map an SDK error to our classification.
-pub fn classify<E, R>(err: SdkError<E, R>) -> QueueError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
-{
-    match &err {
-        SdkError::ServiceError(service) => {
-            let e = service.err();
-            classify_code(e.code().unwrap_or(""), e.message().unwrap_or(""))
-        }
-        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-            QueueError::Transient(error_chain(&err))
-        }
-        SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) | _ => {
-            let text = error_chain(&err);
-            let lower = text.to_ascii_lowercase();
-            if lower.contains("credential") {
-                QueueError::Unauthorized(text)
-            } else if lower.contains("region") {
-                QueueError::Other(format!("no AWS region configured (set AWS_REGION): {text}"))
-            } else {
-                // Connection refused, reset, DNS: the endpoint may come back.
-                QueueError::Transient(text)
-            }
-        }
-    }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-/// Map an SQS error code (and message) to our classification.
-pub fn classify_code(code: &str, message: &str) -> QueueError {
-    let text = if message.is_empty() {
-        code.to_owned()
-    } else {
-        format!("{code}: {message}")
-    };
-    match code {
-        "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist" => {
-            QueueError::NoSuchQueue(message.to_owned())
-        }
-        "ReceiptHandleIsInvalid" | "InvalidReceiptHandle" => QueueError::StaleReceipt,
-        "AWS.SimpleQueueService.MessageNotInflight" | "MessageNotInflight" => {
-            QueueError::NotInFlight
-        }
-        "AccessDenied"
-        | "AccessDeniedException"
-        | "InvalidClientTokenId"
-        | "SignatureDoesNotMatch"
-        | "UnrecognizedClientException"
-        | "MissingAuthenticationToken"
-        | "ExpiredToken"
-        | "InvalidSecurity" => QueueError::Unauthorized(text),
-        "Throttling"
-        | "ThrottlingException"
-        | "RequestThrottled"
-        | "ServiceUnavailable"
-        | "InternalError"
-        | "InternalFailure"
-        | "KmsThrottled"
-        | "RequestTimeout" => QueueError::Transient(text),
-        c if c.starts_with("Invalid")
-            || c.starts_with("Missing")
-            || c.contains("TooManyEntries")
-            || c.contains("BatchEntryIdsNotDistinct")
-            || c.contains("EmptyBatchRequest")
-            || c.contains("UnsupportedOperation") =>
-        {
-            QueueError::InvalidInput(text)
-        }
-        _ => QueueError::Other(text),
-    }
-}
-
-fn batch_failure(e: &BatchResultErrorEntry) -> QueueError {
-    classify_code(e.code(), e.message().unwrap_or(""))
 }
 
 fn secs(d: Duration) -> i32 {
@@ -614,70 +531,5 @@ impl Queue for SqsQueue {
             })
             .await?;
         Ok(())
-    }
-}
-
-/// Parse an SQS RedrivePolicy JSON (maxReceiveCount may be a number or a
-/// string).
-pub fn parse_redrive(json: &str) -> Result<RedrivePolicy, QueueError> {
-    let v: serde_json::Value = serde_json::from_str(json)
-        .map_err(|e| QueueError::Other(format!("RedrivePolicy is not JSON: {e}")))?;
-    let target = v["deadLetterTargetArn"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let max = match &v["maxReceiveCount"] {
-        serde_json::Value::Number(n) => n.as_u64(),
-        serde_json::Value::String(s) => s.parse().ok(),
-        _ => None,
-    };
-    match (target.is_empty(), max) {
-        (false, Some(max)) => Ok(RedrivePolicy {
-            dead_letter_target: target,
-            max_receive_count: max.min(u32::MAX as u64) as u32,
-        }),
-        _ => Err(QueueError::Other(format!(
-            "RedrivePolicy `{json}` is incomplete"
-        ))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_codes_are_classified() {
-        assert!(classify_code("ThrottlingException", "slow down").is_transient());
-        assert!(classify_code("InternalError", "").is_transient());
-        assert!(matches!(
-            classify_code("AWS.SimpleQueueService.NonExistentQueue", "q"),
-            QueueError::NoSuchQueue(_)
-        ));
-        assert!(matches!(
-            classify_code("AccessDenied", ""),
-            QueueError::Unauthorized(_)
-        ));
-        assert_eq!(
-            classify_code("ReceiptHandleIsInvalid", ""),
-            QueueError::StaleReceipt
-        );
-        assert!(matches!(
-            classify_code("InvalidParameterValue", "x"),
-            QueueError::InvalidInput(_)
-        ));
-    }
-
-    #[test]
-    fn redrive_policy_parses_both_encodings() {
-        let p = parse_redrive(
-            r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:1:dlq","maxReceiveCount":"3"}"#,
-        )
-        .unwrap();
-        assert_eq!(p.max_receive_count, 3);
-        let p = parse_redrive(r#"{"deadLetterTargetArn":"arn:a:b:c:1:dlq","maxReceiveCount":1}"#)
-            .unwrap();
-        assert_eq!(p.dead_letter_target, "arn:a:b:c:1:dlq");
-        assert!(parse_redrive("{}").is_err());
     }
 }
