@@ -68,6 +68,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<Ending> {
         timeout: Duration::from_secs(60),
         max_memory: DEFAULT_MAX_MEMORY,
         drain: true,
+        metrics_addr: None,
         location: Location {
             data_dir: Some(dir.clone()),
             endpoint_url: None,

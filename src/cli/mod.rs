@@ -18,6 +18,10 @@ use std::process::ExitCode;
     about = "Run WebAssembly component jobs from a message queue"
 )]
 struct Cli {
+    /// Log lines as JSON objects or pretty text (default: pretty on a
+    /// terminal, JSON otherwise). Logs go to stderr.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<crate::logging::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -96,7 +100,6 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<u8>>,
 {
-    crate::logging::init("warn");
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -107,22 +110,21 @@ where
 /// code (errors print one line and exit 1).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_level = match &cli.command {
+        Command::Worker(_) => "info",
+        Command::Demo(_) => "error",
+        _ => "warn",
+    };
+    crate::logging::init(default_level, cli.log_format);
     let result = match cli.command {
-        Command::Exec(args) => {
-            crate::logging::init("warn");
-            exec::run(args)
-        }
+        Command::Exec(args) => exec::run(args),
         Command::WasiAdapter(args) => write_wasi_adapter(args),
-        Command::Demo(args) => {
-            crate::logging::init("error");
-            match demo::run(args) {
-                Ok(worker_cmd::Ending::Code(code)) => Ok(code),
-                Ok(worker_cmd::Ending::Signal(sig)) => worker_cmd::reraise(sig),
-                Err(e) => Err(e),
-            }
-        }
+        Command::Demo(args) => match demo::run(args) {
+            Ok(worker_cmd::Ending::Code(code)) => Ok(code),
+            Ok(worker_cmd::Ending::Signal(sig)) => worker_cmd::reraise(sig),
+            Err(e) => Err(e),
+        },
         Command::Worker(args) => {
-            crate::logging::init("info");
             let stats = std::sync::Arc::default();
             match worker_cmd::run_worker(&args, stats, || async { Ok(()) }) {
                 Ok(worker_cmd::Ending::Code(code)) => Ok(code),

@@ -51,6 +51,9 @@ pub struct WorkerArgs {
     /// Exit 0 once the queue is empty and every job has ended.
     #[arg(long)]
     pub drain: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub location: Location,
 }
@@ -119,6 +122,11 @@ where
     let ending = runtime.block_on(async {
         let forks = ForkClient::new(fork_server)?;
         let signals = exit_signals()?;
+        if let Some(addr) = args.metrics_addr {
+            crate::worker::metrics::serve(addr, Arc::clone(&stats))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+        }
         before_run().await?;
         let queue = match crate::queue::open(&address, &data_dir, args.location.endpoint_url.as_deref()).await {
             Ok(q) => q,

@@ -20,6 +20,7 @@ pub(super) struct ChildCall<'a> {
     pub fork_server: Pid,
     pub process: u64,
     pub job: &'a LoadedJob,
+    pub module: &'a std::path::Path,
     pub executor: &'a Executor,
     pub message: JobMessage,
     pub call: CallKind,
@@ -57,7 +58,23 @@ pub(super) fn run_child(c: ChildCall<'_>) -> ! {
         CallKind::Run => Call::Run,
         CallKind::OnExit { signal } => Call::OnExit { signal },
     };
-    let span = tracing::info_span!("job", message_id = %c.message.id, pid, process = c.process);
+    let tenant = c
+        .message
+        .attributes
+        .iter()
+        .find(|(k, _)| k == super::job::TENANT_ATTRIBUTE)
+        .map(|(_, v)| v.clone())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "default".into());
+    let span = tracing::info_span!(
+        "job",
+        message_id = %c.message.id,
+        module = %c.module.display(),
+        tenant = %tenant,
+        attempt = c.message.receive_count,
+        pid,
+        process = c.process,
+    );
     let _entered = span.enter();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -223,6 +223,7 @@ impl Server {
                     fork_server: me,
                     process,
                     job: &job,
+                    module: &module,
                     executor: &self.executor,
                     message,
                     call,

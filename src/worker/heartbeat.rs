@@ -5,6 +5,7 @@
 //! once. Never asks past SQS's 12-hour ceiling: such a lease is dropped from
 //! the rounds with a warning.
 
+use super::stats::WorkerStats;
 use crate::queue::{Queue, QueueError, VisibilityChange, limits};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,19 +19,10 @@ struct Entry {
     first_received: Instant,
 }
 
-/// Counters for logs and metrics.
-#[derive(Debug, Default)]
-pub struct HeartbeatStats {
-    pub calls: AtomicU64,
-    pub extended: AtomicU64,
-    pub failed: AtomicU64,
-    pub stale: AtomicU64,
-}
-
 struct Inner {
     entries: Mutex<HashMap<u64, Entry>>,
     next: AtomicU64,
-    stats: HeartbeatStats,
+    stats: Arc<WorkerStats>,
 }
 
 /// The heartbeat service of one worker. Dropping it stops the ticker.
@@ -58,11 +50,16 @@ impl Drop for Heartbeats {
 }
 
 impl Heartbeats {
-    pub fn start(queue: Arc<dyn Queue>, interval: Duration, visibility: Duration) -> Self {
+    pub fn start(
+        queue: Arc<dyn Queue>,
+        interval: Duration,
+        visibility: Duration,
+        stats: Arc<WorkerStats>,
+    ) -> Self {
         let inner = Arc::new(Inner {
             entries: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
-            stats: HeartbeatStats::default(),
+            stats,
         });
         let ticker = tokio::spawn(tick(Arc::clone(&inner), queue, interval, visibility));
         Heartbeats { inner, ticker }
@@ -83,10 +80,6 @@ impl Heartbeats {
             inner: Arc::clone(&self.inner),
             id,
         }
-    }
-
-    pub fn stats(&self) -> &HeartbeatStats {
-        &self.inner.stats
     }
 
     pub fn active(&self) -> usize {
@@ -117,7 +110,7 @@ async fn tick(inner: Arc<Inner>, queue: Arc<dyn Queue>, interval: Duration, visi
                 .collect()
         };
         for chunk in due.chunks(limits::MAX_BATCH) {
-            inner.stats.calls.fetch_add(1, Ordering::Relaxed);
+            inner.stats.heartbeat_calls.fetch_add(1, Ordering::Relaxed);
             let results: Vec<Result<(), QueueError>> = if chunk.len() == 1 {
                 vec![queue.change_visibility(&chunk[0].1, visibility).await]
             } else {
@@ -139,18 +132,28 @@ async fn tick(inner: Arc<Inner>, queue: Arc<dyn Queue>, interval: Duration, visi
                     Err(e) => vec![Err(e); chunk.len()],
                 }
             };
-            for ((_, _, message_id), result) in chunk.iter().zip(results) {
+            for ((id, _, message_id), result) in chunk.iter().zip(results) {
+                if result.is_err() && !inner.entries.lock().unwrap().contains_key(id) {
+                    continue; // the job ended while the call was under way
+                }
                 match result {
                     Ok(()) => {
-                        inner.stats.extended.fetch_add(1, Ordering::Relaxed);
+                        inner.stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(%message_id, visibility_s = visibility.as_secs(), "heartbeat");
                     }
                     Err(QueueError::StaleReceipt | QueueError::NotInFlight) => {
-                        inner.stats.stale.fetch_add(1, Ordering::Relaxed);
+                        inner
+                            .stats
+                            .heartbeats_failed
+                            .fetch_add(1, Ordering::Relaxed);
+                        inner.stats.stale_receipts.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(%message_id, "heartbeat: receipt handle is stale; the message may be delivered elsewhere");
                     }
                     Err(e) => {
-                        inner.stats.failed.fetch_add(1, Ordering::Relaxed);
+                        inner
+                            .stats
+                            .heartbeats_failed
+                            .fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(%message_id, error = %e, "heartbeat failed");
                     }
                 }

@@ -24,6 +24,16 @@ use tracing::Instrument;
 pub const DEAD_LETTER_REASON_ATTRIBUTE: &str = "wasm-jobs.dead-letter-reason";
 /// Message attribute naming the component to run when no --module is given.
 pub const MODULE_ATTRIBUTE: &str = "module";
+/// Message attribute naming the job's tenant (for logs and metrics).
+pub const TENANT_ATTRIBUTE: &str = "tenant";
+
+/// The message's tenant, or `default`.
+pub fn tenant_of(m: &ReceivedMessage) -> String {
+    match m.attributes.get(TENANT_ATTRIBUTE) {
+        Some(v) if !v.as_text().is_empty() => v.as_text(),
+        _ => "default".into(),
+    }
+}
 /// Extra time a job gets past its own timeout before the parent kills it.
 const KILL_GRACE: Duration = Duration::from_secs(10);
 
@@ -86,8 +96,32 @@ pub async fn handle(ctx: Arc<JobContext>, msg: ReceivedMessage, received: Instan
             return ok;
         }
     };
-    let span = tracing::info_span!("job", message_id = %msg.message_id, module = %module.display(), attempt = msg.receive_count);
+    let span = tracing::info_span!(
+        "job",
+        message_id = %msg.message_id,
+        module = %module.display(),
+        tenant = %tenant_of(&msg),
+        attempt = msg.receive_count,
+        pid = tracing::field::Empty,
+    );
     run_job(&ctx, &msg, module, received).instrument(span).await
+}
+
+/// Count a failed job by reason (and trap kind) for the metrics.
+fn record_failure(ctx: &JobContext, end: &WorkerEnd) {
+    let (reason, kind) = match end {
+        WorkerEnd::Reported(Outcome::Ok) => return,
+        WorkerEnd::Reported(Outcome::Retry { .. }) => ("retry", String::new()),
+        WorkerEnd::Reported(Outcome::Fatal { .. }) => ("fatal", String::new()),
+        WorkerEnd::Reported(Outcome::Trap { kind, .. }) => ("trap", kind.label().to_owned()),
+        WorkerEnd::Reported(Outcome::Timeout { .. }) => ("timeout", String::new()),
+        WorkerEnd::Reported(Outcome::OnExitFailed { .. }) | WorkerEnd::ExitCode(_) => {
+            ("crash", String::new())
+        }
+        WorkerEnd::Killed(_) => ("signal", String::new()),
+        WorkerEnd::Unloadable(_) => ("unloadable", String::new()),
+    };
+    ctx.stats.job_failed(reason, &kind);
 }
 
 async fn run_job(
@@ -104,13 +138,15 @@ async fn run_job(
         .lease(&msg.message_id, &msg.receipt_handle, received);
     let spawned = match ctx
         .forks
-        .spawn(module, job_message(msg), CallKind::Run)
+        .spawn(module.clone(), job_message(msg), CallKind::Run)
         .await
     {
         Ok(s) => s,
         Err(SpawnError::Load { error, .. }) => {
             drop(lease);
-            apply(ctx, msg, fate::decide(&WorkerEnd::Unloadable(error))).await;
+            let end = WorkerEnd::Unloadable(error);
+            record_failure(ctx, &end);
+            apply(ctx, msg, fate::decide(&end)).await;
             return ok;
         }
         Err(e @ SpawnError::ForkServerGone) => {
@@ -120,8 +156,21 @@ async fn run_job(
         }
     };
     let pid = spawned.pid.as_raw();
-    tracing::info!(pid, "worker child started");
+    tracing::Span::current().record("pid", pid);
+    tracing::info!("worker child started");
     let started = Instant::now();
+    let _in_flight = ctx
+        .stats
+        .job_started(&module.display().to_string(), &tenant_of(msg));
+    if msg.sent_timestamp_ms > 0 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        ctx.stats.queue_to_start.observe(Duration::from_millis(
+            now.saturating_sub(msg.sent_timestamp_ms),
+        ));
+    }
     let Spawned { pid: group, end } = spawned;
     let mut end = end;
     let mut exit_signal = ctx.exit_signal.clone();
@@ -131,12 +180,14 @@ async fn run_job(
         ended = &mut end => {
             drop(lease);
             let Ok(ProcessEnd { status, outcome, .. }) = ended else {
-                tracing::error!(pid, "lost track of the worker (fork server gone); leaving the message");
+                tracing::error!("lost track of the worker (fork server gone); leaving the message");
                 return ok;
             };
             let ended_at = Instant::now();
+            ctx.stats.job_duration.observe(started.elapsed());
             let end = WorkerEnd::from_process(status, outcome);
-            tracing::info!(pid, end = ?end, run_ms = started.elapsed().as_secs_f64() * 1e3, "worker child ended");
+            record_failure(ctx, &end);
+            tracing::info!(end = ?end, run_ms = started.elapsed().as_secs_f64() * 1e3, "worker child ended");
             match fate::decide(&end) {
                 Fate::ExitHandling { signal } => exit_handling(ctx, msg, None, signal).await,
                 other => {
@@ -158,7 +209,8 @@ async fn run_job(
         }
         _ = &mut hard_limit => {
             drop(lease);
-            tracing::error!(pid, "worker outlived its timeout; killing its process group");
+            tracing::error!("worker outlived its timeout; killing its process group");
+            ctx.stats.job_failed("timeout", "");
             let worker = Spawned { pid: group, end };
             worker.signal_group(Signal::SIGKILL);
             let _ = tokio::time::timeout(Duration::from_secs(5), worker.end).await;

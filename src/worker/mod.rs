@@ -12,6 +12,7 @@ pub mod forks;
 pub mod forkserver;
 pub mod heartbeat;
 pub mod job;
+pub mod metrics;
 pub mod protocol;
 pub mod stats;
 
@@ -120,6 +121,7 @@ pub async fn run(
             Arc::clone(&queue),
             config.heartbeat,
             config.visibility_timeout,
+            Arc::clone(&stats),
         ),
         module: config.module.clone(),
         retries_allowed: attrs.allows_retries(),

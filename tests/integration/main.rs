@@ -7,6 +7,7 @@ mod common;
 mod exec_cli;
 mod executor_outcomes;
 mod guests;
+mod observability;
 mod queue_backends;
 mod queue_cli;
 mod queue_conformance;

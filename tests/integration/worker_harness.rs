@@ -23,6 +23,7 @@ impl Worker {
         cmd.args(["worker", "--queue", queue, "--module"])
             .arg(module)
             .args(extra)
+            .args(["--log-format", "pretty"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
