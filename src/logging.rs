@@ -18,10 +18,10 @@ pub enum LogFormat {
 }
 
 impl LogFormat {
-    /// The default: pretty on a terminal, JSON otherwise. Logs go to stderr,
-    /// so that is the stream looked at.
+    /// The default: JSON when stdout is not a terminal (a service manager, a
+    /// pipe, a file), pretty text when a person is watching.
     pub fn auto() -> Self {
-        if std::io::stderr().is_terminal() {
+        if std::io::stdout().is_terminal() {
             LogFormat::Pretty
         } else {
             LogFormat::Json

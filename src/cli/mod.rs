@@ -18,8 +18,8 @@ use std::process::ExitCode;
     about = "Run WebAssembly component jobs from a message queue"
 )]
 struct Cli {
-    /// Log lines as JSON objects or pretty text (default: pretty on a
-    /// terminal, JSON otherwise). Logs go to stderr.
+    /// Log lines as JSON objects or pretty text (default: JSON when stdout is
+    /// not a terminal, pretty otherwise). Logs go to stderr.
     #[arg(long, global = true, value_enum)]
     log_format: Option<crate::logging::LogFormat>,
     #[command(subcommand)]
