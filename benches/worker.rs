@@ -130,6 +130,8 @@ struct Bench {
 fn config(module: &Path, concurrency: usize, drain: bool) -> WorkerConfig {
     WorkerConfig {
         module: Some(module.to_owned()),
+        registry: wasm_jobs::registry::Registry::new(module.with_extension("registry")),
+        default_tenant: "default".into(),
         concurrency,
         visibility_timeout: Duration::from_secs(30),
         heartbeat: Duration::from_secs(1),

@@ -194,6 +194,23 @@ impl Executor {
         })
     }
 
+    /// The import and export names of a component (compiling it into the
+    /// cache if needed), for `module inspect`.
+    pub fn describe(&self, wasm: &[u8]) -> Result<(Vec<String>, Vec<String>), LoadError> {
+        contract::check_header(wasm)?;
+        let (component, _) = self.cache.load_or_compile(&self.engine, wasm)?;
+        let ty = component.component_type();
+        let imports = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        let exports = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        Ok((imports, exports))
+    }
+
     /// Make one call in a fresh instance under `policy`. A guest misbehaving
     /// in any way ends in `Ok(report)` with a typed outcome; `Err` is for
     /// host-side problems only.

@@ -21,5 +21,6 @@ pub mod logging;
 pub mod outcome;
 pub mod paths;
 pub mod queue;
+pub mod registry;
 pub mod sandbox;
 pub mod worker;

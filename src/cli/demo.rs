@@ -60,6 +60,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<Ending> {
     let worker = WorkerArgs {
         queue: QUEUE.into(),
         module: Some(module),
+        registry: None,
+        tenant: crate::registry::DEFAULT_TENANT.into(),
         concurrency: args.concurrency,
         visibility_timeout: Duration::from_secs(30),
         heartbeat: Duration::from_secs(5),

@@ -5,6 +5,7 @@
 mod args;
 mod demo;
 mod exec;
+mod module_cmds;
 mod queue_cmds;
 mod worker_cmd;
 
@@ -33,6 +34,13 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run one call of a job component in-process and print its outcome.
     Exec(exec::ExecArgs),
+    /// The module registry: push, list, inspect and remove job components.
+    Module {
+        #[command(subcommand)]
+        command: module_cmds::ModuleCommand,
+        #[command(flatten)]
+        location: module_cmds::RegistryLocation,
+    },
     /// Manage queues (embedded by name, SQS by URL).
     Queue {
         #[command(subcommand)]
@@ -132,6 +140,7 @@ pub fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
+        Command::Module { command, location } => module_cmds::run(&location, command),
         Command::Queue { command, location } => {
             with_runtime(|| queue_cmds::queue_command(&location, command))
         }

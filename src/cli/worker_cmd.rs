@@ -24,9 +24,15 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub queue: String,
     /// Run this component for every message; without it, each message's
-    /// `module` attribute names the component file.
+    /// `module` attribute names a registry module (NAME or NAME@sha256:HEX).
     #[arg(long)]
     pub module: Option<PathBuf>,
+    /// Registry directory (default: `<data dir>/registry`).
+    #[arg(long, env = "WASM_JOBS_REGISTRY")]
+    pub registry: Option<PathBuf>,
+    /// Tenant of messages that carry no `tenant` attribute.
+    #[arg(long, default_value = crate::registry::DEFAULT_TENANT)]
+    pub tenant: String,
     /// Jobs at once.
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
@@ -88,8 +94,15 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
+    let data_dir = paths::data_dir(args.location.data_dir.as_deref());
     let config = WorkerConfig {
         module: args.module.clone(),
+        registry: crate::registry::Registry::new(
+            args.registry
+                .clone()
+                .unwrap_or_else(|| data_dir.join("registry")),
+        ),
+        default_tenant: args.tenant.clone(),
         concurrency: args.concurrency,
         visibility_timeout: args.visibility_timeout,
         heartbeat: args.heartbeat,
@@ -103,7 +116,6 @@ where
         return Ok(Ending::Code(exit_code::USAGE));
     }
     let address = QueueAddress::parse(&args.queue)?;
-    let data_dir = paths::data_dir(args.location.data_dir.as_deref());
     let policy = SandboxPolicy {
         timeout: args.timeout,
         max_memory: args.max_memory,

@@ -27,11 +27,11 @@ pub const MODULE_ATTRIBUTE: &str = "module";
 /// Message attribute naming the job's tenant (for logs and metrics).
 pub const TENANT_ATTRIBUTE: &str = "tenant";
 
-/// The message's tenant, or `default`.
-pub fn tenant_of(m: &ReceivedMessage) -> String {
+/// The message's tenant: its `tenant` attribute, else the worker's default.
+pub fn tenant_of(ctx: &JobContext, m: &ReceivedMessage) -> String {
     match m.attributes.get(TENANT_ATTRIBUTE) {
         Some(v) if !v.as_text().is_empty() => v.as_text(),
-        _ => "default".into(),
+        _ => ctx.default_tenant.clone(),
     }
 }
 /// Extra time a job gets past its own timeout before the parent kills it.
@@ -44,6 +44,9 @@ pub struct JobContext {
     pub forks: Arc<ForkClient>,
     pub heartbeats: Heartbeats,
     pub module: Option<PathBuf>,
+    /// Where `module` attributes are looked up (for the message's tenant).
+    pub registry: crate::registry::Registry,
+    pub default_tenant: String,
     pub retries_allowed: bool,
     pub long_poll: Duration,
     pub exit_timeout: Duration,
@@ -72,12 +75,20 @@ fn job_message(m: &ReceivedMessage) -> JobMessage {
     }
 }
 
-fn module_for(ctx: &JobContext, m: &ReceivedMessage) -> Result<PathBuf, String> {
+/// The component file for a message: the worker's `--module`, else the
+/// registry module its `module` attribute names (`NAME` or
+/// `NAME@sha256:HEX`) for its tenant.
+/// Returns the file and the label logs and metrics use for it.
+fn module_for(ctx: &JobContext, m: &ReceivedMessage) -> Result<(PathBuf, String), String> {
     if let Some(module) = &ctx.module {
-        return Ok(module.clone());
+        return Ok((module.clone(), module.display().to_string()));
     }
     match m.attributes.get(MODULE_ATTRIBUTE) {
-        Some(AttributeValue::String(path)) if !path.is_empty() => Ok(PathBuf::from(path)),
+        Some(AttributeValue::String(reference)) if !reference.is_empty() => ctx
+            .registry
+            .resolve(reference, &tenant_of(ctx, m))
+            .map(|r| (r.path, reference.clone()))
+            .map_err(|e| e.to_string()),
         _ => Err(format!(
             "the message has no `{MODULE_ATTRIBUTE}` attribute and the worker has no --module"
         )),
@@ -89,22 +100,26 @@ pub async fn handle(ctx: Arc<JobContext>, msg: ReceivedMessage, received: Instan
     let ok = JobResult {
         exit_handling_failed: false,
     };
-    let module = match module_for(&ctx, &msg) {
+    let (module, label) = match module_for(&ctx, &msg) {
         Ok(m) => m,
         Err(why) => {
-            apply(&ctx, &msg, Fate::DeadLetter { why }).await;
+            let end = WorkerEnd::Unloadable(why);
+            record_failure(&ctx, &end);
+            apply(&ctx, &msg, fate::decide(&end)).await;
             return ok;
         }
     };
     let span = tracing::info_span!(
         "job",
         message_id = %msg.message_id,
-        module = %module.display(),
-        tenant = %tenant_of(&msg),
+        module = %label,
+        tenant = %tenant_of(&ctx, &msg),
         attempt = msg.receive_count,
         pid = tracing::field::Empty,
     );
-    run_job(&ctx, &msg, module, received).instrument(span).await
+    run_job(&ctx, &msg, module, &label, received)
+        .instrument(span)
+        .await
 }
 
 /// Count a failed job by reason (and trap kind) for the metrics.
@@ -128,6 +143,7 @@ async fn run_job(
     ctx: &JobContext,
     msg: &ReceivedMessage,
     module: PathBuf,
+    label: &str,
     received: Instant,
 ) -> JobResult {
     let ok = JobResult {
@@ -159,9 +175,7 @@ async fn run_job(
     tracing::Span::current().record("pid", pid);
     tracing::info!("worker child started");
     let started = Instant::now();
-    let _in_flight = ctx
-        .stats
-        .job_started(&module.display().to_string(), &tenant_of(msg));
+    let _in_flight = ctx.stats.job_started(label, &tenant_of(ctx, msg));
     if msg.sent_timestamp_ms > 0 {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -299,9 +313,8 @@ async fn dead_letter(ctx: &JobContext, msg: &ReceivedMessage, why: &str) -> Resu
 
 /// Run `on-exit(msg, signal)` in a fresh process, bounded by the exit timeout.
 async fn try_on_exit(ctx: &JobContext, msg: &ReceivedMessage, signal: i32, attempt: u32) -> bool {
-    let module = match module_for(ctx, msg) {
-        Ok(m) => m,
-        Err(_) => return false,
+    let Ok((module, _)) = module_for(ctx, msg) else {
+        return false;
     };
     let call = CallKind::OnExit {
         signal: signal as u32,

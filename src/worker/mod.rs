@@ -31,8 +31,12 @@ use tokio::task::JoinSet;
 /// The worker's settings (see `wasm-jobs worker --help`).
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Run this component for every message; else the `module` attribute.
+    /// Run this component for every message; else the `module` attribute,
+    /// looked up in `registry`.
     pub module: Option<PathBuf>,
+    pub registry: crate::registry::Registry,
+    /// Tenant of messages without a `tenant` attribute.
+    pub default_tenant: String,
     pub concurrency: usize,
     pub visibility_timeout: Duration,
     pub heartbeat: Duration,
@@ -124,6 +128,8 @@ pub async fn run(
             Arc::clone(&stats),
         ),
         module: config.module.clone(),
+        registry: config.registry.clone(),
+        default_tenant: config.default_tenant.clone(),
         retries_allowed: attrs.allows_retries(),
         long_poll,
         exit_timeout: config.exit_timeout,

@@ -11,6 +11,7 @@ mod observability;
 mod queue_backends;
 mod queue_cli;
 mod queue_conformance;
+mod registry;
 mod sandbox;
 mod worker;
 mod worker_harness;

@@ -10,7 +10,7 @@ use crate::worker_harness::*;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
-use wasm_jobs::queue::{OutgoingMessage, QueueConfig};
+use wasm_jobs::queue::{AttributeValue, OutgoingMessage, QueueConfig};
 
 const FAST: &[&str] = &[
     "--visibility-timeout",
@@ -430,44 +430,80 @@ async fn sigkill_of_the_parent_takes_every_child_down_and_loses_nothing(b: Backe
     );
 }
 
-async fn a_message_naming_a_missing_module_is_dead_lettered_and_the_worker_goes_on(b: Backend) {
-    let (q, dlq) = b.create_with_dlq("nomodule", 3, &config(30)).await;
+async fn registry_modules_run_by_name_and_unknown_ones_are_dead_lettered(b: Backend) {
+    let (q, dlq) = b.create_with_dlq("registry", 3, &config(30)).await;
     let addr = b.address_of(q.as_ref());
-    let mut bad = OutgoingMessage::new("o");
-    bad.attributes.insert(
-        "module".into(),
-        wasm_jobs::queue::AttributeValue::String("/nonexistent/job.wasm".into()),
+    let registry = tempfile::tempdir().unwrap();
+    let push = b
+        .cli()
+        .args(["module", "push", "--name", "modes", "--registry"])
+        .arg(registry.path())
+        .arg(modes_path())
+        .output()
+        .unwrap();
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
     );
-    q.send(&bad).await.unwrap();
-    let mut good = OutgoingMessage::new("o");
-    good.attributes.insert(
-        "module".into(),
-        wasm_jobs::queue::AttributeValue::String(modes_path().display().to_string()),
-    );
-    q.send(&good).await.unwrap();
-    let mut cmd = b.cli();
-    cmd.args([
-        "worker",
-        "--queue",
-        &addr,
-        "--drain",
-        "--wait",
-        "0",
-        "--visibility-timeout",
-        "4",
-        "--heartbeat",
-        "1",
-    ]);
-    let out = cmd.output().unwrap();
+    let with = |module: &str, tenant: Option<&str>| {
+        let mut m = OutgoingMessage::new("o");
+        m.attributes
+            .insert("module".into(), AttributeValue::String(module.into()));
+        if let Some(t) = tenant {
+            m.attributes
+                .insert("tenant".into(), AttributeValue::String(t.into()));
+        }
+        m
+    };
+    q.send(&with("modes", None)).await.unwrap();
+    q.send(&with("no-such-module", None)).await.unwrap();
+    q.send(&with("modes", Some("other-tenant"))).await.unwrap();
+    q.send(&with("/etc/passwd", None)).await.unwrap();
+    let out = b
+        .cli()
+        .args([
+            "worker",
+            "--queue",
+            &addr,
+            "--drain",
+            "--wait",
+            "0",
+            "--log-format",
+            "pretty",
+            "--registry",
+        ])
+        .arg(registry.path())
+        .output()
+        .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
-    assert!(log.contains("job succeeded"), "{log}");
-    let dead = all(dlq.as_ref()).await;
-    assert_eq!(dead.len(), 1);
+    assert_eq!(w_count(&log, "job succeeded"), 1, "{log}");
     assert!(
-        dead[0].attributes["wasm-jobs.dead-letter-reason"]
-            .as_text()
-            .contains("/nonexistent/job.wasm")
+        log.contains("source=Cached"),
+        "pushed modules are not compiled again: {log}"
+    );
+    let dead = all(dlq.as_ref()).await;
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|m| m.attributes["wasm-jobs.dead-letter-reason"].as_text())
+        .collect();
+    assert_eq!(dead.len(), 3, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("no module `no-such-module` for tenant `default`")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("no module `modes` for tenant `other-tenant`")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("/etc/passwd")),
+        "a path is not a module name: {reasons:?}"
     );
 }
 
@@ -506,5 +542,5 @@ worker_scenarios!(
     concurrency_runs_jobs_side_by_side,
     fatal_on_a_fifo_queue_dead_letters_with_its_group,
     sigkill_of_the_parent_takes_every_child_down_and_loses_nothing,
-    a_message_naming_a_missing_module_is_dead_lettered_and_the_worker_goes_on,
+    registry_modules_run_by_name_and_unknown_ones_are_dead_lettered,
 );
