@@ -137,7 +137,10 @@ fn config(module: &Path, concurrency: usize, drain: bool) -> WorkerConfig {
         heartbeat: Duration::from_secs(1),
         exit_timeout: Duration::from_secs(30),
         wait: Some(Duration::ZERO),
-        job_timeout: Duration::from_secs(120),
+        policies: wasm_jobs::policy::Policies::open(SandboxPolicy {
+            timeout: Duration::from_secs(120),
+            ..SandboxPolicy::default()
+        }),
         drain,
     }
 }
@@ -248,7 +251,6 @@ fn main() -> anyhow::Result<()> {
     let server = forkserver::start(ForkServerConfig {
         engine: EngineSettings::default(),
         cache_dir: cache,
-        policy: SandboxPolicy::default(),
     })?;
     // Spinning jobs yield the CPU to the parent being measured.
     // SAFETY: setpriority on our own child process.

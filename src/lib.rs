@@ -20,6 +20,7 @@ pub mod linking;
 pub mod logging;
 pub mod outcome;
 pub mod paths;
+pub mod policy;
 pub mod queue;
 pub mod registry;
 pub mod sandbox;

@@ -89,7 +89,8 @@ pub struct Registry {
     root: PathBuf,
 }
 
-fn valid_name(s: &str) -> bool {
+/// Module and tenant names: 1-64 of a-z, 0-9, `.`, `_`, `-`, starting with a letter or digit.
+pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.chars()

@@ -30,7 +30,7 @@ const MAX_TABLES: usize = 1_000;
 const MAX_MEMORIES: usize = 100;
 
 /// What one job call may use. `Default` is the locked-down policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SandboxPolicy {
     /// Total bytes of linear memory the instance may hold.
     pub max_memory: u64,
@@ -64,7 +64,7 @@ impl Default for SandboxPolicy {
 }
 
 /// A host directory made visible to the guest at `guest_path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Preopen {
     pub host_path: PathBuf,
     pub guest_path: String,
@@ -72,7 +72,7 @@ pub struct Preopen {
 }
 
 /// Outbound network access of a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum NetworkPolicy {
     /// No sockets and no name lookups.
     Denied,
@@ -82,7 +82,7 @@ pub enum NetworkPolicy {
 }
 
 /// One allowed `host:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetworkTarget {
     pub host: String,
     pub port: u16,

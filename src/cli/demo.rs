@@ -61,6 +61,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<Ending> {
         queue: QUEUE.into(),
         module: Some(module),
         registry: None,
+        policy: None,
         tenant: crate::registry::DEFAULT_TENANT.into(),
         concurrency: args.concurrency,
         visibility_timeout: Duration::from_secs(30),

@@ -2,7 +2,7 @@
 //! `main.rs` calls [`main`]; each subcommand lives in its own module and
 //! returns the process exit code.
 
-mod args;
+pub(crate) mod args;
 mod demo;
 mod exec;
 mod module_cmds;
@@ -41,6 +41,11 @@ enum Command {
         #[command(flatten)]
         location: module_cmds::RegistryLocation,
     },
+    /// Tenant policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Manage queues (embedded by name, SQS by URL).
     Queue {
         #[command(subcommand)]
@@ -74,6 +79,22 @@ enum Command {
     /// Write the WASI preview1 adapter that matches this host, for turning a
     /// wasip1 core module into a component (`wasm-tools component new --adapt`).
     WasiAdapter(WasiAdapterArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file and print the effective policy of each tenant.
+    Check { file: std::path::PathBuf },
+}
+
+fn policy_command(cmd: PolicyCommand) -> anyhow::Result<u8> {
+    let PolicyCommand::Check { file } = cmd;
+    let policies = crate::policy::Policies::load(&file)?;
+    println!("{}", serde_json::to_string_pretty(&policies.describe())?);
+    if policies.default.is_none() {
+        eprintln!("note: no [default] section: tenants not listed are rejected");
+    }
+    Ok(crate::outcome::exit_code::OK)
 }
 
 #[derive(Debug, clap::Args)]
@@ -141,6 +162,7 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Module { command, location } => module_cmds::run(&location, command),
+        Command::Policy { command } => policy_command(command),
         Command::Queue { command, location } => {
             with_runtime(|| queue_cmds::queue_command(&location, command))
         }

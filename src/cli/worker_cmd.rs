@@ -30,6 +30,10 @@ pub struct WorkerArgs {
     /// Registry directory (default: `<data dir>/registry`).
     #[arg(long, env = "WASM_JOBS_REGISTRY")]
     pub registry: Option<PathBuf>,
+    /// Tenant policies (TOML; see `wasm-jobs policy check`). Without one every
+    /// tenant gets --timeout and --max-memory and nothing else.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
     /// Tenant of messages that carry no `tenant` attribute.
     #[arg(long, default_value = crate::registry::DEFAULT_TENANT)]
     pub tenant: String,
@@ -95,6 +99,18 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let data_dir = paths::data_dir(args.location.data_dir.as_deref());
+    let base = SandboxPolicy {
+        timeout: args.timeout,
+        max_memory: args.max_memory,
+        ..SandboxPolicy::default()
+    };
+    let policies = match &args.policy {
+        Some(path) => crate::policy::Policies::load(path)?,
+        None => crate::policy::Policies::open(base),
+    };
+    let engine = EngineSettings {
+        fuel_metering: policies.uses_fuel(),
+    };
     let config = WorkerConfig {
         module: args.module.clone(),
         registry: crate::registry::Registry::new(
@@ -108,7 +124,7 @@ where
         heartbeat: args.heartbeat,
         exit_timeout: args.exit_timeout,
         wait: args.wait,
-        job_timeout: args.timeout,
+        policies,
         drain: args.drain,
     };
     if let Err(why) = worker::check_config(&config) {
@@ -116,16 +132,10 @@ where
         return Ok(Ending::Code(exit_code::USAGE));
     }
     let address = QueueAddress::parse(&args.queue)?;
-    let policy = SandboxPolicy {
-        timeout: args.timeout,
-        max_memory: args.max_memory,
-        ..SandboxPolicy::default()
-    };
     // Before any runtime or thread exists.
     let fork_server = forkserver::start(ForkServerConfig {
-        engine: EngineSettings::default(),
+        engine,
         cache_dir: paths::compiled_dir(&data_dir),
-        policy,
     })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

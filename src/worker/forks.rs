@@ -6,6 +6,7 @@ use super::forkserver::ForkServerHandle;
 use super::protocol::{self, CallKind, Command, Event, ExitStatus};
 use crate::contract::JobMessage;
 use crate::outcome::Outcome;
+use crate::sandbox::SandboxPolicy;
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::socket::{MsgFlags, recv};
 use nix::unistd::Pid;
@@ -132,6 +133,7 @@ impl ForkClient {
         module: PathBuf,
         message: JobMessage,
         call: CallKind,
+        policy: SandboxPolicy,
     ) -> Result<Spawned, SpawnError> {
         if *self.shared.gone.borrow() {
             return Err(SpawnError::ForkServerGone);
@@ -155,6 +157,7 @@ impl ForkClient {
                 module,
                 message,
                 call,
+                policy,
             },
         )
         .map_err(|_| SpawnError::ForkServerGone)?;

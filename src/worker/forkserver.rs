@@ -13,7 +13,6 @@ use super::child;
 use super::protocol::{self, Command, Event, ExitStatus};
 use crate::engine::EngineSettings;
 use crate::executor::{Executor, LoadedJob};
-use crate::sandbox::SandboxPolicy;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -50,7 +49,6 @@ pub struct ForkServerHandle {
 pub struct ForkServerConfig {
     pub engine: EngineSettings,
     pub cache_dir: PathBuf,
-    pub policy: SandboxPolicy,
 }
 
 /// Fork the fork server. Call this while the process is single-threaded:
@@ -102,7 +100,6 @@ pub(super) fn send_event(events: &impl AsFd, event: &Event) {
 
 struct Server {
     executor: Executor,
-    policy: SandboxPolicy,
     events: OwnedFd,
     modules: HashMap<PathBuf, (ModuleStamp, Rc<LoadedJob>)>,
     running: HashMap<Pid, u64>,
@@ -139,7 +136,6 @@ fn serve(parent: Pid, commands: UnixStream, events: OwnedFd, config: ForkServerC
     };
     let mut server = Server {
         executor,
-        policy: config.policy,
         events,
         modules: HashMap::new(),
         running: HashMap::new(),
@@ -187,6 +183,7 @@ impl Server {
             module,
             message,
             call,
+            policy,
         } = cmd;
         let job = match self.load(&module) {
             Ok(job) => job,
@@ -227,7 +224,7 @@ impl Server {
                     executor: &self.executor,
                     message,
                     call,
-                    policy: &self.policy,
+                    policy: &policy,
                     events: &self.events,
                     close: &fds_to_close,
                 })

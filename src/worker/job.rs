@@ -50,7 +50,11 @@ pub struct JobContext {
     pub retries_allowed: bool,
     pub long_poll: Duration,
     pub exit_timeout: Duration,
-    pub job_timeout: Duration,
+    /// Every tenant's sandbox, concurrency cap and allowed modules.
+    pub policies: crate::policy::Policies,
+    /// One semaphore per tenant that has a concurrency cap.
+    pub tenant_slots:
+        std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
     pub exit_signal: watch::Receiver<Option<i32>>,
     pub stats: Arc<WorkerStats>,
 }
@@ -95,13 +99,35 @@ fn module_for(ctx: &JobContext, m: &ReceivedMessage) -> Result<(PathBuf, String)
     }
 }
 
+/// The tenant's policy and the module to run, or why the message is refused.
+fn admit(
+    ctx: &JobContext,
+    msg: &ReceivedMessage,
+) -> Result<(crate::policy::TenantPolicy, PathBuf, String), String> {
+    let tenant = tenant_of(ctx, msg);
+    let policy = ctx
+        .policies
+        .for_tenant(&tenant)
+        .cloned()
+        .ok_or_else(|| format!("tenant `{tenant}` has no policy on this worker"))?;
+    if ctx.module.is_none()
+        && let Some(AttributeValue::String(reference)) = msg.attributes.get(MODULE_ATTRIBUTE)
+        && let Ok((name, _)) = crate::registry::parse_reference(reference)
+        && !policy.allows_module(&name)
+    {
+        return Err(format!("tenant `{tenant}` may not run module `{name}`"));
+    }
+    let (module, label) = module_for(ctx, msg)?;
+    Ok((policy, module, label))
+}
+
 /// Handle one received message to the end.
 pub async fn handle(ctx: Arc<JobContext>, msg: ReceivedMessage, received: Instant) -> JobResult {
     let ok = JobResult {
         exit_handling_failed: false,
     };
-    let (module, label) = match module_for(&ctx, &msg) {
-        Ok(m) => m,
+    let (policy, module, label) = match admit(&ctx, &msg) {
+        Ok(a) => a,
         Err(why) => {
             let end = WorkerEnd::Unloadable(why);
             record_failure(&ctx, &end);
@@ -117,9 +143,26 @@ pub async fn handle(ctx: Arc<JobContext>, msg: ReceivedMessage, received: Instan
         attempt = msg.receive_count,
         pid = tracing::field::Empty,
     );
-    run_job(&ctx, &msg, module, &label, received)
+    run_job(&ctx, &msg, &policy, module, &label, received)
         .instrument(span)
         .await
+}
+
+/// Wait for a slot of the tenant's concurrency cap, if it has one.
+async fn tenant_slot(
+    ctx: &JobContext,
+    tenant: &str,
+    cap: Option<usize>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let cap = cap?;
+    let sem = Arc::clone(
+        ctx.tenant_slots
+            .lock()
+            .unwrap()
+            .entry(tenant.to_owned())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(cap))),
+    );
+    sem.acquire_owned().await.ok()
 }
 
 /// Count a failed job by reason (and trap kind) for the metrics.
@@ -142,6 +185,7 @@ fn record_failure(ctx: &JobContext, end: &WorkerEnd) {
 async fn run_job(
     ctx: &JobContext,
     msg: &ReceivedMessage,
+    policy: &crate::policy::TenantPolicy,
     module: PathBuf,
     label: &str,
     received: Instant,
@@ -152,9 +196,27 @@ async fn run_job(
     let lease = ctx
         .heartbeats
         .lease(&msg.message_id, &msg.receipt_handle, received);
+    // Heartbeats hold the message while it waits for its tenant's slot.
+    let tenant = tenant_of(ctx, msg);
+    let mut exit_signal = ctx.exit_signal.clone();
+    let _slot = tokio::select! {
+        slot = tenant_slot(ctx, &tenant, policy.max_concurrency) => slot,
+        _ = async { exit_signal.wait_for(Option::is_some).await.map(|_| ()) } => {
+            drop(lease);
+            let visibility = fate::requeue_visibility(ctx.long_poll);
+            report_queue_error(ctx, &msg.message_id, ctx.queue.change_visibility(&msg.receipt_handle, visibility).await);
+            ctx.stats.released.fetch_add(1, Ordering::Relaxed);
+            return ok;
+        }
+    };
     let spawned = match ctx
         .forks
-        .spawn(module.clone(), job_message(msg), CallKind::Run)
+        .spawn(
+            module.clone(),
+            job_message(msg),
+            CallKind::Run,
+            policy.sandbox.clone(),
+        )
         .await
     {
         Ok(s) => s,
@@ -187,8 +249,7 @@ async fn run_job(
     }
     let Spawned { pid: group, end } = spawned;
     let mut end = end;
-    let mut exit_signal = ctx.exit_signal.clone();
-    let hard_limit = tokio::time::sleep(ctx.job_timeout + KILL_GRACE);
+    let hard_limit = tokio::time::sleep(policy.sandbox.timeout + KILL_GRACE);
     tokio::pin!(hard_limit);
     tokio::select! {
         ended = &mut end => {
@@ -313,13 +374,17 @@ async fn dead_letter(ctx: &JobContext, msg: &ReceivedMessage, why: &str) -> Resu
 
 /// Run `on-exit(msg, signal)` in a fresh process, bounded by the exit timeout.
 async fn try_on_exit(ctx: &JobContext, msg: &ReceivedMessage, signal: i32, attempt: u32) -> bool {
-    let Ok((module, _)) = module_for(ctx, msg) else {
+    let Ok((policy, module, _)) = admit(ctx, msg) else {
         return false;
     };
     let call = CallKind::OnExit {
         signal: signal as u32,
     };
-    let spawned = match ctx.forks.spawn(module, job_message(msg), call).await {
+    let spawned = match ctx
+        .forks
+        .spawn(module, job_message(msg), call, policy.sandbox)
+        .await
+    {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(on_exit_try = attempt, error = %e, "cannot start on-exit");

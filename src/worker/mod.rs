@@ -43,8 +43,8 @@ pub struct WorkerConfig {
     pub exit_timeout: Duration,
     /// Long-poll time; `None` uses the queue's ReceiveMessageWaitTimeSeconds.
     pub wait: Option<Duration>,
-    /// Each job's wall-time limit (also in the sandbox policy).
-    pub job_timeout: Duration,
+    /// Every tenant's sandbox, concurrency cap and allowed modules.
+    pub policies: crate::policy::Policies,
     /// Exit 0 once the queue is empty and every job has ended.
     pub drain: bool,
 }
@@ -133,7 +133,8 @@ pub async fn run(
         retries_allowed: attrs.allows_retries(),
         long_poll,
         exit_timeout: config.exit_timeout,
-        job_timeout: config.job_timeout,
+        policies: config.policies.clone(),
+        tenant_slots: Default::default(),
         exit_signal: exit_rx.clone(),
         stats: Arc::clone(&stats),
     });

@@ -8,6 +8,7 @@
 
 use crate::contract::JobMessage;
 use crate::outcome::Outcome;
+use crate::sandbox::SandboxPolicy;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
@@ -37,6 +38,8 @@ pub enum Command {
         module: PathBuf,
         message: JobMessage,
         call: CallKind,
+        /// The tenant's sandbox for this call.
+        policy: SandboxPolicy,
     },
 }
 
@@ -153,6 +156,7 @@ mod tests {
                 receive_count: 2,
             },
             call: CallKind::OnExit { signal: 15 },
+            policy: SandboxPolicy::default(),
         };
         let mut buf = Vec::new();
         write_command(&mut buf, &cmd).unwrap();

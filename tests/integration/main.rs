@@ -13,5 +13,6 @@ mod queue_cli;
 mod queue_conformance;
 mod registry;
 mod sandbox;
+mod tenants;
 mod worker;
 mod worker_harness;

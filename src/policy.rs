@@ -1,0 +1,371 @@
+//! Tenant policies: one TOML file (`--policy FILE`) that gives each tenant
+//! its sandbox (memory, time, fuel, output), capabilities (directories,
+//! environment variables passed through, outbound network), how many of its
+//! jobs may run at once on a worker, and which modules it may run.
+//!
+//! ```toml
+//! [default]                      # optional: tenants not listed; without it they are rejected
+//! max_memory = "128MiB"
+//!
+//! [tenants.acme]
+//! max_memory = "64MiB"           # default 256MiB
+//! timeout_secs = 60              # default 900
+//! fuel = 5_000_000_000           # optional CPU budget
+//! max_output = "1MiB"            # per stream
+//! max_concurrency = 2            # on this worker; default: no cap
+//! modules = ["wc", "resize"]     # default: any module of the tenant
+//! env = ["ACME_REGION"]          # passed through from the worker's environment
+//! network = ["api.acme.test:443"]
+//! dirs = [{ host = "/srv/acme", guest = "/data", read_only = true }]
+//! ```
+//!
+//! The worker asks [`Policies::for_tenant`] for every message; `wasm-jobs
+//! policy check` loads a file and prints the effective policies.
+
+use crate::cli::args::parse_bytes;
+use crate::sandbox::{NetworkPolicy, NetworkTarget, Preopen, SandboxPolicy};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("policy file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    default: Option<TenantEntry>,
+    #[serde(default)]
+    tenants: BTreeMap<String, TenantEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantEntry {
+    max_memory: Option<Size>,
+    timeout_secs: Option<f64>,
+    fuel: Option<u64>,
+    max_output: Option<Size>,
+    max_concurrency: Option<usize>,
+    modules: Option<Vec<String>>,
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    network: Vec<String>,
+    #[serde(default)]
+    dirs: Vec<DirEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DirEntry {
+    host: PathBuf,
+    guest: String,
+    #[serde(default = "yes")]
+    read_only: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One tenant's effective policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TenantPolicy {
+    pub sandbox: SandboxPolicy,
+    /// Jobs of this tenant at once on one worker; `None` for no cap.
+    pub max_concurrency: Option<usize>,
+    /// Module names the tenant may run; `None` for any of its modules.
+    pub modules: Option<Vec<String>>,
+}
+
+impl TenantPolicy {
+    /// The effective policy for people to read: limits in plain units, the
+    /// names (not values) of the environment variables passed through.
+    pub fn describe(&self) -> serde_json::Value {
+        let s = &self.sandbox;
+        serde_json::json!({
+            "max_memory_bytes": s.max_memory,
+            "timeout_secs": s.timeout.as_secs_f64(),
+            "fuel": s.fuel,
+            "max_output_bytes": s.max_output,
+            "max_concurrency": self.max_concurrency,
+            "modules": self.modules.clone().map_or(serde_json::json!("any"), |m| serde_json::json!(m)),
+            "env": s.env.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+            "network": match &s.network {
+                NetworkPolicy::Denied => serde_json::json!("denied"),
+                NetworkPolicy::AllowList(t) => serde_json::json!(t.iter().map(|t| format!("{}:{}", t.host, t.port)).collect::<Vec<_>>()),
+            },
+            "dirs": s.preopens.iter().map(|p| serde_json::json!({
+                "host": p.host_path, "guest": p.guest_path, "read_only": p.read_only,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    pub fn allows_module(&self, name: &str) -> bool {
+        self.modules
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|allowed| allowed == name))
+    }
+}
+
+/// Every tenant's policy, from one file (or the open default without one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Policies {
+    pub tenants: BTreeMap<String, TenantPolicy>,
+    /// For tenants not listed; `None` rejects them.
+    pub default: Option<TenantPolicy>,
+}
+
+impl Policies {
+    /// Without a policy file every tenant gets `base` and may run any module.
+    pub fn open(base: SandboxPolicy) -> Self {
+        Policies {
+            tenants: BTreeMap::new(),
+            default: Some(TenantPolicy {
+                sandbox: base,
+                max_concurrency: None,
+                modules: None,
+            }),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, |name| std::env::var(name).ok()).map_err(|message| {
+            PolicyError::Invalid {
+                path: path.to_owned(),
+                message,
+            }
+        })
+    }
+
+    /// Parse a policy file; `env` looks up passed-through variables.
+    pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut tenants = BTreeMap::new();
+        for (name, entry) in file.tenants {
+            if !crate::registry::valid_name(&name) {
+                return Err(format!("tenant name `{name}` is not a valid name"));
+            }
+            let policy = effective(entry, &env).map_err(|e| format!("tenant {name}: {e}"))?;
+            tenants.insert(name, policy);
+        }
+        let default = file
+            .default
+            .map(|d| effective(d, &env).map_err(|e| format!("default: {e}")))
+            .transpose()?;
+        Ok(Policies { tenants, default })
+    }
+
+    pub fn for_tenant(&self, tenant: &str) -> Option<&TenantPolicy> {
+        self.tenants.get(tenant).or(self.default.as_ref())
+    }
+
+    /// Every tenant's effective policy, for `policy check`.
+    pub fn describe(&self) -> serde_json::Value {
+        let tenants: serde_json::Map<String, serde_json::Value> = self
+            .tenants
+            .iter()
+            .map(|(k, v)| (k.clone(), v.describe()))
+            .collect();
+        serde_json::json!({
+            "tenants": tenants,
+            "default": self.default.as_ref().map(TenantPolicy::describe),
+        })
+    }
+
+    /// Whether any tenant has a fuel budget (the engine then meters fuel).
+    pub fn uses_fuel(&self) -> bool {
+        self.tenants
+            .values()
+            .chain(self.default.as_ref())
+            .any(|t| t.sandbox.fuel.is_some())
+    }
+}
+
+fn size(s: Option<Size>, default: u64) -> Result<u64, String> {
+    match s {
+        None => Ok(default),
+        Some(Size::Bytes(n)) => Ok(n),
+        Some(Size::Text(t)) => parse_bytes(&t),
+    }
+}
+
+fn effective(
+    e: TenantEntry,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<TenantPolicy, String> {
+    let base = SandboxPolicy::default();
+    let timeout = match e.timeout_secs {
+        None => base.timeout,
+        Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s),
+        Some(s) => return Err(format!("timeout_secs must be positive, got {s}")),
+    };
+    let mut vars = Vec::new();
+    for name in &e.env {
+        if name.is_empty() || name.contains('=') {
+            return Err(format!("`{name}` is not an environment variable name"));
+        }
+        // A variable the worker does not have is simply not passed.
+        if let Some(value) = env(name) {
+            vars.push((name.clone(), value));
+        }
+    }
+    let mut preopens = Vec::new();
+    for d in e.dirs {
+        if !d.guest.starts_with('/') {
+            return Err(format!("guest path `{}` must be absolute", d.guest));
+        }
+        let host = d
+            .host
+            .canonicalize()
+            .map_err(|err| format!("directory {}: {err}", d.host.display()))?;
+        if !host.is_dir() {
+            return Err(format!("{} is not a directory", host.display()));
+        }
+        preopens.push(Preopen {
+            host_path: host,
+            guest_path: d.guest,
+            read_only: d.read_only,
+        });
+    }
+    let mut targets = Vec::new();
+    for t in &e.network {
+        let (host, port) = t
+            .rsplit_once(':')
+            .ok_or_else(|| format!("network target `{t}` is not host:port"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("network target `{t}`: bad port"))?;
+        if host.is_empty() {
+            return Err(format!("network target `{t}` has no host"));
+        }
+        targets.push(NetworkTarget {
+            host: host.trim_matches(|c| c == '[' || c == ']').to_owned(),
+            port,
+        });
+    }
+    if e.max_concurrency == Some(0) {
+        return Err("max_concurrency must be at least 1".into());
+    }
+    if let Some(modules) = &e.modules {
+        for m in modules {
+            if !crate::registry::valid_name(m) {
+                return Err(format!("module name `{m}` is not valid"));
+            }
+        }
+    }
+    Ok(TenantPolicy {
+        sandbox: SandboxPolicy {
+            max_memory: size(e.max_memory, base.max_memory)?,
+            timeout,
+            fuel: e.fuel,
+            max_output: usize::try_from(size(e.max_output, base.max_output as u64)?)
+                .map_err(|_| "max_output is too large".to_owned())?,
+            env: vars,
+            preopens,
+            network: if targets.is_empty() {
+                NetworkPolicy::Denied
+            } else {
+                NetworkPolicy::AllowList(targets)
+            },
+        },
+        max_concurrency: e.max_concurrency,
+        modules: e.modules,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "ACME_REGION").then(|| "eu-west-1".into())
+    }
+
+    #[test]
+    fn a_full_policy_file_parses_to_effective_policies() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"
+            [default]
+            max_memory = "128MiB"
+
+            [tenants.acme]
+            max_memory = "64MiB"
+            timeout_secs = 60
+            fuel = 5000
+            max_concurrency = 2
+            modules = ["wc"]
+            env = ["ACME_REGION", "NOT_SET_ANYWHERE"]
+            network = ["127.0.0.1:8080"]
+            dirs = [{{ host = "{}", guest = "/data" }}]
+            "#,
+            dir.path().display()
+        );
+        let p = Policies::parse(&text, env).unwrap();
+        let acme = p.for_tenant("acme").unwrap();
+        assert_eq!(acme.sandbox.max_memory, 64 << 20);
+        assert_eq!(acme.sandbox.timeout, Duration::from_secs(60));
+        assert_eq!(
+            acme.sandbox.env,
+            vec![("ACME_REGION".into(), "eu-west-1".into())]
+        );
+        assert!(acme.sandbox.preopens[0].read_only, "read-only unless said");
+        assert!(acme.allows_module("wc") && !acme.allows_module("other"));
+        assert!(p.uses_fuel());
+        let other = p.for_tenant("someone-else").unwrap();
+        assert_eq!(other.sandbox.max_memory, 128 << 20);
+        assert_eq!(other.sandbox.network, NetworkPolicy::Denied);
+    }
+
+    #[test]
+    fn unknown_tenants_are_rejected_without_a_default() {
+        let p = Policies::parse("[tenants.acme]\n", env).unwrap();
+        assert!(p.for_tenant("acme").is_some());
+        assert!(p.for_tenant("intruder").is_none());
+    }
+
+    #[test]
+    fn bad_files_say_what_is_wrong() {
+        for (text, expected) in [
+            ("[tenants.acme]\nmax_memory = \"lots\"", "byte size"),
+            ("[tenants.acme]\nnetwork = [\"nohost\"]", "host:port"),
+            (
+                "[tenants.acme]\ndirs = [{ host = \"/nonexistent/x\", guest = \"/d\" }]",
+                "/nonexistent/x",
+            ),
+            (
+                "[tenants.acme]\ndirs = [{ host = \"/tmp\", guest = \"rel\" }]",
+                "absolute",
+            ),
+            ("[tenants.acme]\nmax_concurency = 2", "unknown field"),
+            ("[tenants.acme]\nmax_concurrency = 0", "at least 1"),
+            ("[tenants.\"Bad Name\"]\n", "not a valid name"),
+        ] {
+            let err = Policies::parse(text, env).unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! Tenant isolation, proved from inside real guests: each tenant's sandbox
+//! comes from a policy file; the hostile C guest tries to read what it must
+//! not, the Python guest tries to connect where it must not. Then a worker
+//! process with a policy: per-tenant concurrency caps, unknown tenants and
+//! forbidden modules.
+
+use crate::common::{
+    bin, call_with, executor, fuel_executor, hostile_guest, hostile_path, message, repo_root,
+};
+use crate::queue_backends::Backend;
+use crate::worker_harness::{all, w_count};
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use wasm_jobs::executor::{Call, CallReport, LoadedJob};
+use wasm_jobs::outcome::{Outcome, TrapKind};
+use wasm_jobs::policy::Policies;
+use wasm_jobs::queue::{AttributeValue, OutgoingMessage, QueueConfig};
+
+fn policies(text: &str) -> Policies {
+    Policies::parse(text, |name| {
+        (name == "WJ_TENANT_A_TOKEN").then(|| "a-secret".into())
+    })
+    .unwrap()
+}
+
+fn run_as(p: &Policies, tenant: &str, job: &LoadedJob, body: &str) -> CallReport {
+    let sandbox = &p.for_tenant(tenant).unwrap().sandbox;
+    call_with(executor(), job, &message(body), Call::Run, sandbox)
+}
+
+/// As a worker whose policy file has a fuel budget: one engine that meters
+/// fuel for every tenant (unlimited for tenants without a budget).
+fn run_metered(p: &Policies, tenant: &str, job: &LoadedJob, body: &str) -> CallReport {
+    let sandbox = &p.for_tenant(tenant).unwrap().sandbox;
+    call_with(fuel_executor(), job, &message(body), Call::Run, sandbox)
+}
+
+fn denied(r: &CallReport) -> String {
+    match &r.outcome {
+        Outcome::Fatal { reason } => reason.clone(),
+        other => panic!(
+            "expected a refusal, got {other:?} with stdout {:?}",
+            r.stdout.text
+        ),
+    }
+}
+
+#[test]
+fn a_tenant_sees_only_its_own_directory_and_environment() {
+    let root = tempfile::tempdir().unwrap();
+    let (a, b) = (root.path().join("a"), root.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(a.join("mine.txt"), "tenant a data\n").unwrap();
+    std::fs::write(b.join("secret-b.txt"), "tenant b secret\n").unwrap();
+    std::os::unix::fs::symlink(b.join("secret-b.txt"), a.join("link-to-b")).unwrap();
+    std::os::unix::fs::symlink("../b/secret-b.txt", a.join("relative-link-to-b")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", a.join("link-to-passwd")).unwrap();
+    let p = policies(&format!(
+        r#"
+        [tenants.a]
+        env = ["WJ_TENANT_A_TOKEN"]
+        dirs = [{{ host = "{}", guest = "/data" }}]
+        [tenants.b]
+        dirs = [{{ host = "{}", guest = "/data", read_only = false }}]
+        "#,
+        a.display(),
+        b.display()
+    ));
+    let job = hostile_guest();
+    assert_eq!(
+        run_as(&p, "a", job, "read:/data/mine.txt").stdout.text,
+        "tenant a data\n"
+    );
+    for escape in [
+        "read:/data/../b/secret-b.txt".to_owned(),
+        format!("read:{}", b.join("secret-b.txt").display()),
+        "read:/data/link-to-b".into(),
+        "read:/data/relative-link-to-b".into(),
+        "read:/data/link-to-passwd".into(),
+        "read:/etc/passwd".into(),
+        "read:/data/secret-b.txt".into(),
+    ] {
+        let why = denied(&run_as(&p, "a", job, &escape));
+        assert!(why.starts_with("open "), "{escape}: {why}");
+    }
+    // Read-only for a: no writes; b may write in its own directory only.
+    denied(&run_as(&p, "a", job, "write:/data/new.txt"));
+    assert!(!a.join("new.txt").exists());
+    assert_eq!(
+        run_as(&p, "b", job, "write:/data/new.txt").outcome,
+        Outcome::Ok
+    );
+    assert!(b.join("new.txt").exists());
+    assert_eq!(
+        run_as(&p, "b", job, "read:/data/secret-b.txt").stdout.text,
+        "tenant b secret\n"
+    );
+    denied(&run_as(&p, "b", job, "read:/data/mine.txt"));
+
+    assert_eq!(
+        run_as(&p, "a", job, "env").stdout.text,
+        "WJ_TENANT_A_TOKEN=a-secret\nenv count: 1\n"
+    );
+    assert_eq!(run_as(&p, "b", job, "env").stdout.text, "env count: 0\n");
+}
+
+#[test]
+fn each_tenant_has_its_own_memory_time_and_cpu_limits() {
+    let p = policies(
+        r#"
+        [tenants.small]
+        max_memory = "16MiB"
+        timeout_secs = 0.5
+        [tenants.metered]
+        fuel = 100000
+        [tenants.large]
+        max_memory = "128MiB"
+        timeout_secs = 10
+        "#,
+    );
+    // Policies with fuel run on an engine that meters it.
+    let fuel_hostile = fuel_executor().load_file(&hostile_path()).unwrap();
+    let job = &fuel_hostile;
+    match run_metered(&p, "small", job, "malloc").outcome {
+        Outcome::Trap {
+            kind: TrapKind::OutOfMemory,
+            detail,
+        } => assert!(detail.contains("16777216"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+    match run_metered(&p, "large", job, "malloc").outcome {
+        Outcome::Trap {
+            kind: TrapKind::OutOfMemory,
+            detail,
+        } => assert!(detail.contains("134217728"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+    let started = std::time::Instant::now();
+    // Sleeping burns no fuel: the wall-time limit ends it.
+    let r = run_metered(&p, "small", job, "sleep-ms:3000");
+    assert!(
+        matches!(r.outcome, Outcome::Timeout { .. }),
+        "{:?}",
+        r.outcome
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        run_metered(&p, "large", job, "sleep-ms:600").outcome,
+        Outcome::Ok
+    );
+    // The fuel budget is per tenant too: "w" spins 20M iterations.
+    let modes = fuel_executor()
+        .load_bytes(crate::common::modes_wasm())
+        .unwrap();
+    let r = run_metered(&p, "metered", &modes, "w");
+    assert!(
+        matches!(
+            r.outcome,
+            Outcome::Trap {
+                kind: TrapKind::OutOfFuel,
+                ..
+            }
+        ),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(run_metered(&p, "large", &modes, "w").outcome, Outcome::Ok);
+}
+
+/// The Python socket job, built once with componentize-py.
+fn socket_guest() -> std::path::PathBuf {
+    let script = repo_root().join("tests/fixtures/socket-job/build.sh");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("socket-job.wasm");
+    crate::common::build_with_script("socket-job", &script, &[&out], out.clone())
+}
+
+#[test]
+fn sockets_only_to_the_tenants_allowed_addresses() {
+    let allowed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (pa, po) = (
+        allowed.local_addr().unwrap().port(),
+        other.local_addr().unwrap().port(),
+    );
+    let p = policies(&format!(
+        "[tenants.a]\nnetwork = [\"127.0.0.1:{pa}\"]\n[tenants.b]\n"
+    ));
+    let job = executor().load_file(&socket_guest()).unwrap();
+    let accept = std::thread::spawn(move || {
+        let (mut conn, _) = allowed.accept().unwrap();
+        let mut got = String::new();
+        conn.read_to_string(&mut got).unwrap();
+        got
+    });
+    let r = run_as(&p, "a", &job, &format!("127.0.0.1:{pa}"));
+    assert_eq!(r.outcome, Outcome::Ok, "{:?}", r.stderr.text);
+    assert_eq!(accept.join().unwrap(), "hello");
+    let why = denied(&run_as(&p, "a", &job, &format!("127.0.0.1:{po}")));
+    assert!(why.contains("connect failed"), "{why}");
+    let why = denied(&run_as(&p, "b", &job, &format!("127.0.0.1:{pa}")));
+    assert!(why.contains("connect failed"), "{why}");
+    other.set_nonblocking(true).unwrap();
+    assert!(
+        other.accept().is_err(),
+        "nothing reached the address a tenant may not use"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_at_its_cap_does_not_hold_up_others_and_strangers_are_refused() {
+    let b = Backend::embedded();
+    let home = b.data_dir().unwrap();
+    let (q, dlq) = b
+        .create_with_dlq(
+            "tenants",
+            3,
+            &QueueConfig {
+                visibility_timeout: Duration::from_secs(30),
+                ..QueueConfig::default()
+            },
+        )
+        .await;
+    let addr = b.address_of(q.as_ref());
+    for tenant in ["busy", "light"] {
+        let out = Command::new(bin())
+            .args(["module", "push", "--name", "hostile", "--tenant", tenant])
+            .arg(hostile_path())
+            .env("WASM_JOBS_HOME", &home)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let policy = home.join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[tenants.busy]\nmax_concurrency = 1\n[tenants.light]\nmodules = [\"hostile\"]\n[tenants.nomods]\nmodules = [\"other\"]\n",
+    )
+    .unwrap();
+    let send = |tenant: &str, body: &str| {
+        let mut m = OutgoingMessage::new(body);
+        m.attributes
+            .insert("module".into(), AttributeValue::String("hostile".into()));
+        m.attributes
+            .insert("tenant".into(), AttributeValue::String(tenant.into()));
+        m
+    };
+    for _ in 0..3 {
+        q.send(&send("busy", "sleep-ms:2000")).await.unwrap();
+    }
+    for _ in 0..3 {
+        q.send(&send("light", "sleep-ms:100")).await.unwrap();
+    }
+    q.send(&send("stranger", "sleep-ms:1")).await.unwrap();
+    q.send(&send("nomods", "sleep-ms:1")).await.unwrap();
+    let out = b
+        .cli()
+        .args([
+            "worker",
+            "--queue",
+            &addr,
+            "--drain",
+            "--wait",
+            "0",
+            "--concurrency",
+            "6",
+            "--log-format",
+            "pretty",
+            "--policy",
+        ])
+        .arg(&policy)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(w_count(&log, "job succeeded"), 6, "{log}");
+    let lines: Vec<&str> = log.lines().collect();
+    let busy_starts: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains("tenant=busy") && lines[i].contains("worker child started"))
+        .collect();
+    let busy_ends: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains("tenant=busy") && lines[i].contains("worker child ended"))
+        .collect();
+    assert_eq!(busy_starts.len(), 3);
+    for k in 1..3 {
+        assert!(
+            busy_starts[k] > busy_ends[k - 1],
+            "busy ran more than one at once:\n{log}"
+        );
+    }
+    let light_done = (0..lines.len())
+        .filter(|&i| lines[i].contains("tenant=light") && lines[i].contains("job succeeded"))
+        .max()
+        .unwrap();
+    assert!(
+        light_done < busy_starts[1],
+        "light jobs waited for busy ones:\n{log}"
+    );
+    let reasons: Vec<String> = all(dlq.as_ref())
+        .await
+        .iter()
+        .map(|m| m.attributes["wasm-jobs.dead-letter-reason"].as_text())
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("tenant `stranger` has no policy")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("tenant `nomods` may not run module `hostile`")),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn policy_check_prints_the_effective_policy_or_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "[default]\nmax_memory = \"32MiB\"\n[tenants.acme]\ntimeout_secs = 5\nenv = [\"WJ_POLICY_CHECK\"]\ndirs = [{{ host = \"{}\", guest = \"/data\" }}]\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["policy", "check"])
+        .arg(&good)
+        .env("WJ_POLICY_CHECK", "do-not-print-me")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tenants"]["acme"]["timeout_secs"], 5.0);
+    assert_eq!(v["tenants"]["acme"]["max_memory_bytes"], 256 << 20);
+    assert_eq!(
+        v["tenants"]["acme"]["env"],
+        serde_json::json!(["WJ_POLICY_CHECK"])
+    );
+    assert_eq!(v["tenants"]["acme"]["network"], "denied");
+    assert_eq!(v["default"]["max_memory_bytes"], 32 << 20);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("do-not-print-me"),
+        "values stay secret"
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[tenants.acme]\nnetwork = [\"no-port\"]\n").unwrap();
+    let out = Command::new(bin())
+        .args(["policy", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("host:port"),
+        "{err}"
+    );
+}
