@@ -4,8 +4,11 @@
 //!
 //! Run: `cargo bench --bench queue`. Prints a Markdown table.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+#[path = "support/moto.rs"]
+mod moto;
+
+use moto::start_moto;
 use wasm_jobs::queue::embedded::EmbeddedStore;
 use wasm_jobs::queue::sqs::SqsQueue;
 use wasm_jobs::queue::{OutgoingMessage, Queue, QueueConfig, ReceiveRequest};
@@ -72,35 +75,6 @@ async fn round_trips(q: &dyn Queue, n: usize) -> anyhow::Result<(Duration, Durat
     Ok((samples[n / 2], samples[n * 99 / 100]))
 }
 
-fn start_moto() -> Option<(Child, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let child = Command::new("python3")
-        .args([
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Some((child, format!("http://127.0.0.1:{port}")))
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -128,7 +102,8 @@ async fn main() -> anyhow::Result<()> {
     );
 
     match start_moto() {
-        Some((mut child, endpoint)) => {
+        Some((mut child, port)) => {
+            let endpoint = format!("http://127.0.0.1:{port}");
             let config = aws_sdk_sqs::Config::builder()
                 .behavior_version_latest()
                 .region(aws_sdk_sqs::config::Region::new("us-east-1"))

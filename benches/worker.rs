@@ -8,6 +8,10 @@
 //!
 //! Run: `cargo bench --bench worker` (or `scripts/bench` for the report).
 
+#[path = "support/moto.rs"]
+mod moto;
+
+use moto::start_moto;
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, fork};
 use std::io::{Read, Write};
@@ -70,35 +74,6 @@ fn raw_sqlite_us(dir: &Path) -> anyhow::Result<f64> {
         })
         .collect();
     Ok(median(samples))
-}
-
-fn start_moto() -> Option<(std::process::Child, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let child = std::process::Command::new("python3")
-        .args([
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Some((child, port))
 }
 
 /// A raw HTTP request to moto (ListQueues), new connection each time, in ms.

@@ -8,7 +8,7 @@ use crate::common::{
     bin, call_with, executor, fuel_executor, hostile_guest, hostile_path, message, repo_root,
 };
 use crate::queue_backends::Backend;
-use crate::worker_harness::{all, w_count};
+use crate::worker_harness::{dead_letter_reasons, w_count};
 use std::io::Read;
 use std::path::Path;
 use std::process::Command;
@@ -302,11 +302,7 @@ async fn a_tenant_at_its_cap_does_not_hold_up_others_and_strangers_are_refused()
         light_done < busy_starts[1],
         "light jobs waited for busy ones:\n{log}"
     );
-    let reasons: Vec<String> = all(dlq.as_ref())
-        .await
-        .iter()
-        .map(|m| m.attributes["wasm-jobs.dead-letter-reason"].as_text())
-        .collect();
+    let reasons = dead_letter_reasons(dlq.as_ref()).await;
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(
         reasons

@@ -483,12 +483,8 @@ async fn registry_modules_run_by_name_and_unknown_ones_are_dead_lettered(b: Back
         log.contains("source=Cached"),
         "pushed modules are not compiled again: {log}"
     );
-    let dead = all(dlq.as_ref()).await;
-    let reasons: Vec<String> = dead
-        .iter()
-        .map(|m| m.attributes["wasm-jobs.dead-letter-reason"].as_text())
-        .collect();
-    assert_eq!(dead.len(), 3, "{reasons:?}");
+    let reasons = dead_letter_reasons(dlq.as_ref()).await;
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
     assert!(
         reasons
             .iter()

@@ -192,3 +192,12 @@ pub async fn counts(q: &dyn Queue) -> (u64, u64, u64) {
 pub fn w_count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
+
+/// The `wasm-jobs.dead-letter-reason` of every message in a dead-letter queue.
+pub async fn dead_letter_reasons(dlq: &dyn Queue) -> Vec<String> {
+    all(dlq)
+        .await
+        .iter()
+        .map(|m| m.attributes["wasm-jobs.dead-letter-reason"].as_text())
+        .collect()
+}
