@@ -81,9 +81,12 @@ impl Drop for EpochTicker {
 }
 
 /// The number of ticks after which a call with this timeout is interrupted.
+/// One tick more than the timeout holds, because the tick in progress when
+/// the call starts is partly over: the call is never stopped early, and at
+/// most two ticks late.
 pub fn deadline_ticks(timeout: Duration) -> u64 {
-    let ticks = timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos());
-    u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+    let ticks = timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) + 1;
+    u64::try_from(ticks).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -91,11 +94,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn deadline_rounds_up_to_whole_ticks() {
-        assert_eq!(deadline_ticks(Duration::from_millis(10)), 1);
-        assert_eq!(deadline_ticks(Duration::from_millis(11)), 2);
+    fn deadline_rounds_up_and_covers_the_partial_first_tick() {
+        assert_eq!(deadline_ticks(Duration::from_millis(10)), 2);
+        assert_eq!(deadline_ticks(Duration::from_millis(11)), 3);
         assert_eq!(deadline_ticks(Duration::ZERO), 1);
-        assert_eq!(deadline_ticks(Duration::from_secs(900)), 90_000);
+        assert_eq!(deadline_ticks(Duration::from_secs(900)), 90_001);
     }
 
     #[test]

@@ -271,8 +271,8 @@ impl Executor {
         };
         // The epoch deadline stops a guest spinning in wasm; this timer stops
         // one blocked in a host call (a WASI sleep or poll), which epochs
-        // cannot reach. Two ticks of slack let the epoch path report first.
-        let outcome = match tokio::time::timeout(policy.timeout + EPOCH_TICK * 2, guest).await {
+        // cannot reach. Three ticks of slack let the epoch path report first.
+        let outcome = match tokio::time::timeout(policy.timeout + EPOCH_TICK * 3, guest).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(err)) => classify_error(&err, policy),
             Err(_elapsed) => Outcome::Timeout {
