@@ -154,10 +154,13 @@ impl Registry {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        let mut f = fs::File::create(&tmp).map_err(self.io(&tmp))?;
-        f.write_all(bytes).map_err(self.io(&tmp))?;
-        f.sync_all().map_err(self.io(&tmp))?;
-        fs::rename(&tmp, path).map_err(self.io(path))
+        let written = fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+            .and_then(|()| fs::rename(&tmp, path));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written.map_err(self.io(path))
     }
 
     /// Validate `file` as a job component (compiling it into `executor`'s
@@ -216,8 +219,12 @@ impl Registry {
             match written {
                 Ok(()) if record_path.is_file() => break,
                 Ok(()) if tries < 10 => continue,
+                // The directory vanished or reappeared under a concurrent rm.
                 Err(RegistryError::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound && tries < 10 =>
+                    if matches!(
+                        source.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::AlreadyExists
+                    ) && tries < 10 =>
                 {
                     continue;
                 }
@@ -319,7 +326,17 @@ impl Registry {
             }
             Err(e) => return Err(self.io(&dir)(e)),
         }
-        fs::remove_dir_all(&doomed).map_err(self.io(&doomed))
+        // A push that raced us may still drop a temporary file in there.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match fs::remove_dir_all(&doomed) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(_) if tries < 10 => std::thread::sleep(std::time::Duration::from_millis(5)),
+                Err(e) => return Err(self.io(&doomed)(e)),
+            }
+        }
     }
 }
 
