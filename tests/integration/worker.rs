@@ -131,6 +131,10 @@ async fn parent_sigterm_suspends_runs_on_exit_requeues_and_dies_by_sigterm(b: Ba
     let pid = w.child_pid(Duration::from_secs(30));
     signal_before(&w, deadline, 1_500);
     w.wait_for(&["worker suspended"], Duration::from_secs(10));
+    let stopped_by = Instant::now() + Duration::from_secs(1);
+    while process_state(pid) != 'T' && Instant::now() < stopped_by {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(process_state(pid), 'T', "worker stopped while on-exit runs");
     let (status, log) = w.wait(Duration::from_secs(30));
     assert_eq!(status.signal(), Some(libc::SIGTERM), "{log}");
@@ -285,13 +289,13 @@ async fn the_queues_long_poll_setting_is_used_without_wait(b: Backend) {
 }
 
 async fn heartbeats_hold_a_job_three_times_the_visibility_timeout(b: Backend) {
-    let (q, addr) = b.create("heartbeat", &config(2)).await;
-    q.send(&OutgoingMessage::new("sleep-ms:6500"))
+    let (q, addr) = b.create("heartbeat", &config(3)).await;
+    q.send(&OutgoingMessage::new("sleep-ms:10000"))
         .await
         .unwrap();
     let args = [
         "--visibility-timeout",
-        "2",
+        "3",
         "--heartbeat",
         "1",
         "--wait",
