@@ -1,8 +1,10 @@
-//! One message's life in the worker parent: fork its worker, keep its lease
-//! alive, act on how it ended ([`fate::decide`]), and on an exit signal run
-//! the exit-handling sequence: extend visibility, suspend the worker's group,
-//! call `on-exit` in a fresh process (twice at most, killing the worker
-//! before the second try), requeue or dead-letter, kill the group.
+//! One message's life in the worker parent: admit it (its tenant's policy,
+//! the module it names in the registry, the tenant's concurrency cap), fork
+//! its worker, keep its lease alive, act on how it ended ([`fate::decide`]),
+//! and on an exit signal run the exit-handling sequence: extend visibility,
+//! suspend the worker's group, call `on-exit` in a fresh process (twice at
+//! most, killing the worker before the second try), requeue or dead-letter,
+//! kill the group.
 
 use super::fate::{self, ExitHandlingFate, Fate, WorkerEnd};
 use super::forks::{ForkClient, ProcessEnd, SpawnError, Spawned};
@@ -24,8 +26,10 @@ use tracing::Instrument;
 pub const DEAD_LETTER_REASON_ATTRIBUTE: &str = "wasm-jobs.dead-letter-reason";
 /// Message attribute naming the component to run when no --module is given.
 pub const MODULE_ATTRIBUTE: &str = "module";
-/// Message attribute naming the job's tenant (for logs and metrics).
+/// Message attribute naming the job's tenant (its policy, logs, metrics).
 pub const TENANT_ATTRIBUTE: &str = "tenant";
+/// Extra time a job gets past its own timeout before the parent kills it.
+const KILL_GRACE: Duration = Duration::from_secs(10);
 
 /// The message's tenant: its `tenant` attribute, else the worker's default.
 pub fn tenant_of(ctx: &JobContext, m: &ReceivedMessage) -> String {
@@ -34,8 +38,6 @@ pub fn tenant_of(ctx: &JobContext, m: &ReceivedMessage) -> String {
         _ => ctx.default_tenant.clone(),
     }
 }
-/// Extra time a job gets past its own timeout before the parent kills it.
-const KILL_GRACE: Duration = Duration::from_secs(10);
 
 /// What every job task shares.
 pub struct JobContext {
