@@ -13,6 +13,30 @@ use wasm_jobs::queue::{Queue, QueueConfig};
 
 pub const MOTO_REGION: &str = "us-east-1";
 
+/// Make one test per backend for each scenario: `async fn scenario(b: Backend)`
+/// runs as `embedded::scenario` and `moto::scenario`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario($crate::queue_backends::Backend::embedded()).await
+                }
+            )*
+        }
+        mod moto {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario($crate::queue_backends::Backend::moto()).await
+                }
+            )*
+        }
+    };
+}
+
 /// Where a test's queues live.
 pub enum Backend {
     Embedded {

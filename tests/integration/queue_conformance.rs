@@ -363,28 +363,7 @@ async fn purge_empties_the_queue(b: Backend) {
     assert!(recv(q.as_ref(), 10, None).await.is_empty());
 }
 
-macro_rules! conformance {
-    ($($scenario:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(crate::queue_backends::Backend::embedded()).await
-                }
-            )*
-        }
-        mod moto {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(crate::queue_backends::Backend::moto()).await
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+crate::on_both_backends!(
     visibility_hides_and_expiry_redelivers_with_count_plus_one,
     change_visibility_extends_and_shortens,
     stale_receipt_handles_fail_clearly,

@@ -507,28 +507,7 @@ async fn registry_modules_run_by_name_and_unknown_ones_are_dead_lettered(b: Back
     );
 }
 
-macro_rules! worker_scenarios {
-    ($($scenario:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(crate::queue_backends::Backend::embedded()).await
-                }
-            )*
-        }
-        mod moto {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(crate::queue_backends::Backend::moto()).await
-                }
-            )*
-        }
-    };
-}
-
-worker_scenarios!(
+crate::on_both_backends!(
     success_deletes_the_message,
     a_failure_leaves_the_message_and_it_comes_back_with_count_two,
     worker_killed_by_sigterm_with_retries_is_redelivered,
