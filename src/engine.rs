@@ -6,7 +6,7 @@
 //! Building an engine starts no thread: the fork server may hold one. The
 //! [`EpochTicker`] thread is started only where guests run.
 
-use std::sync::mpsc;
+use std::sync::{OnceLock, mpsc};
 use std::thread;
 use std::time::Duration;
 use wasmtime::{Config, Engine, OptLevel};
@@ -46,14 +46,68 @@ pub fn build_engine(settings: EngineSettings) -> Result<Engine, EngineError> {
     Engine::new(&config).map_err(EngineError)
 }
 
-/// Increments an engine's epoch every [`EPOCH_TICK`] on a background thread
-/// until dropped. One per process that runs guests.
-pub struct EpochTicker {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<thread::JoinHandle<()>>,
+/// Increments an engine's epoch every [`EPOCH_TICK`] until dropped. One per
+/// process that runs guests: a background thread, or (in a forked worker
+/// child, where a thread costs more than the whole call) a SIGALRM timer.
+pub enum EpochTicker {
+    Thread {
+        stop: Option<mpsc::Sender<()>>,
+        thread: Option<thread::JoinHandle<()>>,
+    },
+    TimerSignal,
+}
+
+/// The engine the SIGALRM handler ticks (set once per process).
+static SIGNAL_TICKED_ENGINE: OnceLock<Engine> = OnceLock::new();
+
+extern "C" fn on_tick_signal(_: libc::c_int) {
+    // An atomic increment: safe in a signal handler.
+    if let Some(engine) = SIGNAL_TICKED_ENGINE.get() {
+        engine.increment_epoch();
+    }
+}
+
+fn set_tick_timer(interval: std::time::Duration) -> std::io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: interval.as_secs() as libc::time_t,
+        tv_usec: interval.subsec_micros() as libc::suseconds_t,
+    };
+    let timer = libc::itimerval {
+        it_interval: tv,
+        it_value: tv,
+    };
+    // SAFETY: setitimer with valid pointers; no old value requested.
+    if unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl EpochTicker {
+    /// Tick with SIGALRM every [`EPOCH_TICK`] instead of a thread. For a
+    /// process that runs one call and exits; threads it starts later should
+    /// block SIGALRM ([`block_tick_signal`]). SA_RESTART keeps interrupted
+    /// system calls going.
+    pub fn start_with_timer_signal(engine: &Engine) -> std::io::Result<Self> {
+        if SIGNAL_TICKED_ENGINE.set(engine.clone()).is_err() {
+            return Err(std::io::Error::other(
+                "the SIGALRM epoch ticker is already in use",
+            ));
+        }
+        // SAFETY: installing a handler that only does an atomic increment.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_tick_signal as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            if libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        set_tick_timer(EPOCH_TICK)?;
+        Ok(EpochTicker::TimerSignal)
+    }
+
     pub fn start(engine: &Engine) -> std::io::Result<Self> {
         let engine = engine.clone();
         let (stop, stopped) = mpsc::channel::<()>();
@@ -64,7 +118,7 @@ impl EpochTicker {
                     engine.increment_epoch();
                 }
             })?;
-        Ok(EpochTicker {
+        Ok(EpochTicker::Thread {
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -73,10 +127,29 @@ impl EpochTicker {
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        match self {
+            EpochTicker::Thread { stop, thread } => {
+                drop(stop.take());
+                if let Some(t) = thread.take() {
+                    let _ = t.join();
+                }
+            }
+            EpochTicker::TimerSignal => {
+                let _ = set_tick_timer(std::time::Duration::ZERO);
+            }
         }
+    }
+}
+
+/// Block SIGALRM in the calling thread, so timer ticks go to the thread
+/// running the guest (use in runtime thread-start hooks).
+pub fn block_tick_signal() {
+    // SAFETY: changing this thread's signal mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGALRM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 
@@ -99,6 +172,40 @@ mod tests {
         assert_eq!(deadline_ticks(Duration::from_millis(11)), 3);
         assert_eq!(deadline_ticks(Duration::ZERO), 1);
         assert_eq!(deadline_ticks(Duration::from_secs(900)), 90_001);
+    }
+
+    #[test]
+    fn the_timer_signal_ticker_advances_the_epoch() {
+        // Runs in a forked child: the signal handler and timer are per
+        // process. Compile first: the child must not need compiler threads.
+        let engine = build_engine(EngineSettings::default()).unwrap();
+        let module = wasmtime::Module::new(
+            &engine,
+            wat::parse_str("(module (func (export \"spin\") (loop br 0)))").unwrap(),
+        )
+        .unwrap();
+        // SAFETY: the child only instantiates, ticks, checks and _exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let ticker = EpochTicker::start_with_timer_signal(&engine).unwrap();
+                let mut store = wasmtime::Store::new(&engine, ());
+                store.set_epoch_deadline(5);
+                store.epoch_deadline_trap();
+                let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+                let spin = instance
+                    .get_typed_func::<(), ()>(&mut store, "spin")
+                    .unwrap();
+                let err = spin.call(&mut store, ()).unwrap_err();
+                let interrupted =
+                    err.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt);
+                drop(ticker);
+                unsafe { libc::_exit(if interrupted { 0 } else { 1 }) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
     }
 
     #[test]

@@ -287,6 +287,15 @@ impl Executor {
         })
     }
 
+    /// Tick this process's epochs with a SIGALRM timer instead of a thread
+    /// (for a forked child that makes one call). Call before the first call.
+    pub fn use_timer_signal_ticks(&self) -> Result<(), CallError> {
+        let ticker =
+            EpochTicker::start_with_timer_signal(&self.engine).map_err(CallError::Ticker)?;
+        let _ = self.ticker.set(ticker);
+        Ok(())
+    }
+
     fn ensure_ticker(&self) -> Result<(), CallError> {
         if self.ticker.get().is_none() {
             let ticker = EpochTicker::start(&self.engine).map_err(CallError::Ticker)?;

@@ -76,8 +76,15 @@ pub(super) fn run_child(c: ChildCall<'_>) -> ! {
         process = c.process,
     );
     let _entered = span.enter();
+    // One call, then exit: a SIGALRM timer ticks the epoch, cheaper than a
+    // thread; the runtime's blocking threads leave the signal to this one.
+    if let Err(e) = c.executor.use_timer_signal_ticks() {
+        tracing::error!(error = %e, "cannot start the epoch timer");
+        std::process::exit(exit_code::HOST_ERROR.into())
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_start(crate::engine::block_tick_signal)
         .build()
     {
         Ok(rt) => rt,

@@ -507,7 +507,46 @@ async fn registry_modules_run_by_name_and_unknown_ones_are_dead_lettered(b: Back
     );
 }
 
+async fn a_job_past_its_timeout_is_stopped_in_its_child(b: Backend) {
+    let (q, addr) = b.create("timeout", &config(30)).await;
+    // "l" spins in wasm: only the child's epoch ticks (a SIGALRM timer) can stop it.
+    q.send(&OutgoingMessage::new("l")).await.unwrap();
+    q.send(&OutgoingMessage::new("l")).await.unwrap();
+    let w = Worker::start(
+        &b,
+        &addr,
+        &modes_path(),
+        &[
+            "--timeout",
+            "1",
+            "--concurrency",
+            "2",
+            "--wait",
+            "0",
+            "--visibility-timeout",
+            "30",
+        ],
+    );
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(20);
+    while w.count("worker child ended") < 2 {
+        assert!(Instant::now() < deadline, "{}", w.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = w.log();
+    assert!(started.elapsed() < Duration::from_secs(10), "{log}");
+    assert_eq!(w_count(&log, "end=Reported(Timeout"), 2, "{log}");
+    assert_eq!(
+        w_count(&log, "worker outlived its timeout"),
+        0,
+        "stopped by its own deadline: {log}"
+    );
+    w.signal(libc::SIGTERM);
+    w.wait(Duration::from_secs(20));
+}
+
 crate::on_both_backends!(
+    a_job_past_its_timeout_is_stopped_in_its_child,
     success_deletes_the_message,
     a_failure_leaves_the_message_and_it_comes_back_with_count_two,
     worker_killed_by_sigterm_with_retries_is_redelivered,
