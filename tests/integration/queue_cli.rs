@@ -49,6 +49,18 @@ async fn drain(q: &dyn Queue) -> Vec<String> {
     }
 }
 
+/// `wasm-jobs send --batch FILE` into an embedded queue; must succeed.
+fn send_file(dir: &std::path::Path, queue: &str, file: &std::path::Path) {
+    let out = run(cli(dir)
+        .args(["send", "--queue", queue, "--batch"])
+        .arg(file));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn write_lines(n: usize) -> tempfile::NamedTempFile {
     let mut f = tempfile::NamedTempFile::new().unwrap();
     for i in 0..n {
@@ -96,13 +108,7 @@ async fn a_consumer_killed_mid_receive_or_delete_loses_nothing() {
     let dir = b.data_dir().unwrap();
     let (q, name) = b.create("killrecv", &QueueConfig::default()).await;
     let file = write_lines(3_000);
-    assert!(
-        run(cli(&dir)
-            .args(["send", "--queue", &name, "--batch"])
-            .arg(file.path()))
-        .status
-        .success()
-    );
+    send_file(&dir, &name, file.path());
     let mut child = cli(&dir)
         .args([
             "receive",
@@ -175,13 +181,7 @@ async fn processes_sharing_a_data_dir_never_get_the_same_message() {
     let dir = b.data_dir().unwrap();
     let (_, name) = b.create("shared", &QueueConfig::default()).await;
     let file = write_lines(2_000);
-    assert!(
-        run(cli(&dir)
-            .args(["send", "--queue", &name, "--batch"])
-            .arg(file.path()))
-        .status
-        .success()
-    );
+    send_file(&dir, &name, file.path());
     let consumers: Vec<_> = (0..3)
         .map(|_| {
             cli(&dir)
