@@ -5,6 +5,9 @@
 //! Run: `cargo bench --bench executor` (release build). Prints a Markdown
 //! table; `scripts/bench` saves it under bench/.
 
+// A benchmark is a measuring harness: a failed set-up may panic where it is.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 use wasm_jobs::artifact_cache::CompileSource;

@@ -4,6 +4,9 @@
 //!
 //! Run: `cargo bench --bench queue`. Prints a Markdown table.
 
+// A benchmark is a measuring harness: a failed set-up may panic where it is.
+#![allow(clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 #[path = "support/moto.rs"]
 mod moto;

@@ -8,6 +8,9 @@
 //!
 //! Run: `cargo bench --bench worker` (or `scripts/bench` for the report).
 
+// A benchmark is a measuring harness: a failed set-up may panic where it is.
+#![allow(clippy::unwrap_used)]
+
 #[path = "support/moto.rs"]
 mod moto;
 
@@ -24,10 +27,9 @@ use wasm_jobs::queue::embedded::EmbeddedStore;
 use wasm_jobs::queue::sqs::SqsQueue;
 use wasm_jobs::queue::{OutgoingMessage, Queue, QueueConfig};
 use wasm_jobs::sandbox::SandboxPolicy;
-use wasm_jobs::worker::forks::ForkClient;
-use wasm_jobs::worker::forkserver::{self, ForkServerConfig};
-use wasm_jobs::worker::stats::WorkerStats;
-use wasm_jobs::worker::{self, WorkerConfig, WorkerExit};
+use wasm_jobs::worker::{
+    self, BoundQueue, ForkServerSettings, ForkServers, WorkerConfig, WorkerExit, WorkerStats,
+};
 
 const MESSAGES: usize = 2_000;
 const REPEATS: usize = 3;
@@ -98,7 +100,7 @@ fn raw_moto_ms(port: u16) -> f64 {
 }
 
 struct Bench {
-    forks: Arc<ForkClient>,
+    forks: Arc<ForkServers>,
     module: PathBuf,
 }
 
@@ -106,7 +108,6 @@ fn config(module: &Path, concurrency: usize, drain: bool) -> WorkerConfig {
     WorkerConfig {
         module: Some(module.to_owned()),
         registry: wasm_jobs::registry::Registry::new(module.with_extension("registry")),
-        default_tenant: "default".into(),
         concurrency,
         visibility_timeout: Duration::from_secs(30),
         heartbeat: Duration::from_secs(1),
@@ -145,7 +146,10 @@ impl Bench {
         let started = Instant::now();
         let exit = worker::run(
             config(&self.module, concurrency, true),
-            q,
+            vec![BoundQueue {
+                queue: q,
+                tenant: Some("default".into()),
+            }],
             Arc::clone(&self.forks),
             Arc::clone(&stats),
             signals,
@@ -176,7 +180,10 @@ impl Bench {
         let (tx, signals) = tokio::sync::mpsc::channel(1);
         let run = tokio::spawn(worker::run(
             config(&self.module, n, false),
-            q,
+            vec![BoundQueue {
+                queue: q,
+                tenant: Some("default".into()),
+            }],
             Arc::clone(&self.forks),
             Arc::clone(&stats),
             signals,
@@ -221,15 +228,8 @@ fn main() -> anyhow::Result<()> {
     let cache = dir.path().join("compiled");
     wasm_jobs::executor::Executor::new(EngineSettings::default(), &cache)?.load_file(&module)?;
 
-    // Before any thread: the fork reference and the fork server.
+    // Before any thread: the fork reference.
     let fork_us = bare_fork_us();
-    let server = forkserver::start(ForkServerConfig {
-        engine: EngineSettings::default(),
-        cache_dir: cache,
-    })?;
-    // Spinning jobs yield the CPU to the parent being measured.
-    // SAFETY: setpriority on our own child process.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, server.pid.as_raw() as libc::id_t, 19) };
     let sqlite_us = raw_sqlite_us(dir.path())?;
     let moto = start_moto();
 
@@ -238,7 +238,24 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let rows = rt.block_on(async {
-        let bench = Bench { forks: ForkClient::new(server)?, module: module.clone() };
+        let settings = ForkServerSettings {
+            exe: env!("CARGO_BIN_EXE_wasm-jobs").into(),
+            cache_dir: cache,
+            fuel_metering: false,
+            compile_timeout: Duration::from_secs(300),
+            compile_memory: 4 << 30,
+            log: wasm_jobs::logging::LogSettings {
+                format: wasm_jobs::logging::LogFormat::Json,
+                filter: "error".into(),
+            },
+        };
+        let forks = ForkServers::start(settings, Arc::default()).await?;
+        // Spinning jobs yield the CPU to the parent being measured.
+        if let Some(pid) = forks.pid() {
+            // SAFETY: setpriority on our own child process.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, 19) };
+        }
+        let bench = Bench { forks, module: module.clone() };
         let store = EmbeddedStore::open(dir.path())?;
         let mut next = 0;
         let mut queue = |name: &str| -> anyhow::Result<Arc<dyn Queue>> {

@@ -5,6 +5,11 @@
 //! hands us precompiled code); a corrupt or stale entry is recompiled and
 //! replaced. Entries are written to a temporary file and renamed, so
 //! concurrent writers on one machine never expose a half-written artifact.
+//!
+//! Used wherever the executor loads components: the fork server loads cached
+//! artifacts, its compile helpers compile and store them, and the CLI process
+//! does both for `exec` and `module push|inspect`. The worker parent only
+//! uses [`content_digest`].
 
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -24,6 +29,7 @@ pub enum CompileSource {
     Cached,
     /// Compiled now (and stored for next time), taking this long.
     Compiled {
+        /// The compile time (milliseconds in JSON).
         #[serde(serialize_with = "as_millis")]
         took: Duration,
     },
@@ -33,14 +39,19 @@ fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
     s.serialize_f64(d.as_secs_f64() * 1000.0)
 }
 
+/// Why loading a component through the cache failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    /// The cache directory or an artifact file could not be written.
     #[error("cannot use compiled-artifact cache at {path}: {source}")]
     Io {
+        /// The file or directory that failed.
         path: PathBuf,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
+    /// wasmtime could not compile the component: the component's fault.
     #[error("compiling the component failed: {0:#}")]
     Compile(#[source] wasmtime::Error),
 }
@@ -57,12 +68,9 @@ pub fn content_digest(wasm: &[u8]) -> String {
 }
 
 impl ArtifactCache {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
+    /// A cache in `dir`, created on the first store.
+    pub(crate) fn new(dir: impl Into<PathBuf>) -> Self {
         ArtifactCache { dir: dir.into() }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// The file an artifact for `wasm` compiled by `engine` lives in.
@@ -75,13 +83,13 @@ impl ArtifactCache {
     }
 
     /// Whether an artifact for `wasm` is already cached.
-    pub fn contains(&self, engine: &Engine, wasm: &[u8]) -> bool {
+    pub(crate) fn contains(&self, engine: &Engine, wasm: &[u8]) -> bool {
         self.artifact_path(engine, wasm).is_file()
     }
 
     /// Load the compiled form of `wasm`, compiling and storing it first when
     /// it is not cached (or the cached file is unusable).
-    pub fn load_or_compile(
+    pub(crate) fn load_or_compile(
         &self,
         engine: &Engine,
         wasm: &[u8],

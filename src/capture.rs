@@ -2,8 +2,10 @@
 //! cap, drops the rest (counting it), and forwards each complete line to
 //! `tracing` tagged with the message id, as it is written.
 //!
-//! The executor gives one [`OutputCapture`] per stream to the guest's WASI
-//! context and reads the kept text back with [`OutputCapture::finish`].
+//! The executor gives one `OutputCapture` per stream to the guest's WASI
+//! context and reads the kept text back with `OutputCapture::finish`. Runs
+//! where guests run: in each worker child, and in the CLI process for
+//! `wasm-jobs exec`.
 
 use bytes::Bytes;
 use std::pin::Pin;
@@ -15,13 +17,16 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 /// Which guest stream a capture is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamName {
+pub(crate) enum StreamName {
+    /// The guest's stdout.
     Stdout,
+    /// The guest's stderr.
     Stderr,
 }
 
 impl StreamName {
-    pub fn as_str(self) -> &'static str {
+    /// The name logged in the `stream` field.
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             StreamName::Stdout => "stdout",
             StreamName::Stderr => "stderr",
@@ -41,7 +46,7 @@ pub struct CapturedText {
 /// A capped, line-forwarding output stream shared by all handles the guest
 /// opens on it. Cloning shares the buffer.
 #[derive(Clone)]
-pub struct OutputCapture {
+pub(crate) struct OutputCapture {
     state: Arc<Mutex<CaptureState>>,
 }
 
@@ -56,7 +61,9 @@ struct CaptureState {
 }
 
 impl OutputCapture {
-    pub fn new(stream: StreamName, message_id: &str, limit: usize) -> Self {
+    /// A capture of `stream` that keeps `limit` bytes and tags its log
+    /// lines with `message_id`.
+    pub(crate) fn new(stream: StreamName, message_id: &str, limit: usize) -> Self {
         OutputCapture {
             state: Arc::new(Mutex::new(CaptureState {
                 stream,
@@ -90,7 +97,7 @@ impl OutputCapture {
     }
 
     /// Forward any unterminated last line and return what was kept.
-    pub fn finish(&self) -> CapturedText {
+    pub(crate) fn finish(&self) -> CapturedText {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.forward_rest();
         if st.dropped > 0 {

@@ -2,15 +2,16 @@
 //! ABI into a job component, with `wit-component` and the embedded
 //! `wit/job.wit`. No guest toolchain needed.
 //!
-//! Used by the test fixtures (hand-written WAT jobs) and by the bundled
-//! example job of `wasm-jobs demo`.
+//! Used by the test fixtures and benchmarks (hand-written WAT jobs) and, in
+//! the CLI process, by the bundled example job of `wasm-jobs demo`. Runs no
+//! guest code.
 
 use anyhow::Context;
 use wit_component::{ComponentEncoder, StringEncoding, embed_component_metadata};
 use wit_parser::Resolve;
 
 /// The job contract, as shipped in this binary.
-pub const JOB_WIT: &str = include_str!("../wit/job.wit");
+const JOB_WIT: &str = include_str!("../wit/job.wit");
 
 /// Componentize a core module (binary or WAT text) exporting `run`,
 /// `on-exit`, `memory` and `cabi_realloc`.

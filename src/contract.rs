@@ -2,8 +2,11 @@
 //! the host's own message type, and the check that a component really targets
 //! the `wasm-jobs:job/job` world.
 //!
-//! The executor calls the exports through [`bindings::Job`]; queue code builds
-//! [`JobMessage`]s and never sees generated types.
+//! The executor calls the exports through the generated `bindings::Job`, in
+//! each worker child (and in the CLI process for `wasm-jobs exec`); the
+//! checks run wherever components are loaded (the fork server, its compile
+//! helpers, the CLI). The worker parent builds [`JobMessage`]s and never
+//! sees generated types.
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -12,7 +15,7 @@ use wasmtime::component::types::ComponentItem;
 /// Generated from `wit/job.wit`. Exports are async on the host side so that a
 /// call can be cancelled by its wall-time limit even while the guest is blocked
 /// in a WASI host call.
-pub mod bindings {
+pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "wit",
         world: "job",
@@ -23,17 +26,20 @@ pub mod bindings {
 use bindings::wasm_jobs::job::types as wit;
 
 /// The name of the world every job component must target.
-pub const WORLD: &str = "wasm-jobs:job/job@0.1.0";
+pub(crate) const WORLD: &str = "wasm-jobs:job/job@0.1.0";
 /// The one non-WASI interface a job may import (types only).
-pub const TYPES_INTERFACE: &str = "wasm-jobs:job/types@0.1.0";
+pub(crate) const TYPES_INTERFACE: &str = "wasm-jobs:job/types@0.1.0";
 
 /// A message as handed to a job: the host-side twin of `types.message`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JobMessage {
+    /// The queue's message id; stable across redeliveries.
     pub id: String,
+    /// The body, exactly as sent.
     pub body: String,
+    /// User attributes as (name, text): Binary values in base64.
     pub attributes: Vec<(String, String)>,
-    /// 1 on first delivery.
+    /// How many times the queue has delivered it: 1 on first delivery.
     pub receive_count: u32,
 }
 
@@ -51,17 +57,28 @@ impl JobMessage {
 /// Why a file is not a usable job component.
 #[derive(Debug, thiserror::Error)]
 pub enum ContractError {
+    /// The bytes are not WebAssembly at all.
     #[error("not a WebAssembly file (no `\\0asm` header)")]
     NotWasm,
+    /// A core module, not a component.
     #[error(
         "this is a core WebAssembly module, not a component; wrap it with \
          `wasm-tools component new` (see guest-examples/README.md)"
     )]
     CoreModule,
+    /// The component failed to validate, compile or link; the text says why.
     #[error("the component is invalid: {0:#}")]
     Invalid(String),
+    /// The component lacks the `run` or `on-exit` export, or has it with
+    /// the wrong type.
     #[error("the component does not target {WORLD}: {problem}; it exports [{exports}]")]
-    WrongWorld { problem: String, exports: String },
+    WrongWorld {
+        /// What is wrong.
+        problem: String,
+        /// The names it does export, comma-separated.
+        exports: String,
+    },
+    /// The component imports an interface wasm-jobs does not provide.
     #[error(
         "the component imports `{0}`, which wasm-jobs does not provide \
          (a job may import WASI 0.2 interfaces and {TYPES_INTERFACE} only)"
@@ -71,7 +88,7 @@ pub enum ContractError {
 
 /// Cheap header check before compiling: a clear error for a core module or
 /// for bytes that are not WebAssembly at all.
-pub fn check_header(bytes: &[u8]) -> Result<(), ContractError> {
+pub(crate) fn check_header(bytes: &[u8]) -> Result<(), ContractError> {
     if wasmparser::Parser::is_component(bytes) {
         Ok(())
     } else if wasmparser::Parser::is_core_wasm(bytes) {
@@ -82,7 +99,7 @@ pub fn check_header(bytes: &[u8]) -> Result<(), ContractError> {
 }
 
 /// Check a compiled component's imports and exports against the contract.
-pub fn check_world(engine: &Engine, component: &Component) -> Result<(), ContractError> {
+pub(crate) fn check_world(engine: &Engine, component: &Component) -> Result<(), ContractError> {
     let ty = component.component_type();
     for (name, _) in ty.imports(engine) {
         if !import_allowed(name) {

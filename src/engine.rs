@@ -3,8 +3,12 @@
 //!
 //! The artifact cache keys compiled code by this configuration (through
 //! wasmtime's compatibility hash), so compile and load can never disagree.
-//! Building an engine starts no thread: the fork server may hold one. The
-//! [`EpochTicker`] thread is started only where guests run.
+//!
+//! Engines are built wherever components are loaded: in the fork server
+//! (which forks, so building one must start no thread; its compile helpers
+//! and worker children inherit its engine) and in the CLI process (`exec`,
+//! `module`). The epoch ticker runs only where guests run: a SIGALRM timer in
+//! each worker child, a thread in `exec`.
 
 use std::sync::{OnceLock, mpsc};
 use std::thread;
@@ -13,7 +17,7 @@ use wasmtime::{Config, Engine, OptLevel};
 
 /// Period of the epoch ticker. Deadlines are counted in these ticks, so a
 /// timeout fires at most one tick late.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Engine settings that change the compiled code, and so the cache key.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -23,12 +27,13 @@ pub struct EngineSettings {
     pub fuel_metering: bool,
 }
 
+/// The engine configuration was refused (e.g. by this CPU or platform).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot configure the WebAssembly engine: {0}")]
-pub struct EngineError(#[source] wasmtime::Error);
+pub(crate) struct EngineError(#[source] wasmtime::Error);
 
 /// Build the engine every component is compiled for and run in.
-pub fn build_engine(settings: EngineSettings) -> Result<Engine, EngineError> {
+pub(crate) fn build_engine(settings: EngineSettings) -> Result<Engine, EngineError> {
     let mut config = Config::new();
     config
         .wasm_component_model(true)
@@ -40,8 +45,9 @@ pub fn build_engine(settings: EngineSettings) -> Result<Engine, EngineError> {
         .async_stack_size(2 << 20)
         // Copy-on-write images of initial memory make instantiation cheap.
         .memory_init_cow(true)
-        // A job may never be interrupted mid-compilation by a fork, but the
-        // fork server compiles in a child, so parallel compilation is safe.
+        // Compiler threads must never run in a process that forks; the fork
+        // server compiles only in helper children, so parallel compilation
+        // is safe.
         .parallel_compilation(true);
     Engine::new(&config).map_err(EngineError)
 }
@@ -49,11 +55,13 @@ pub fn build_engine(settings: EngineSettings) -> Result<Engine, EngineError> {
 /// Increments an engine's epoch every [`EPOCH_TICK`] until dropped. One per
 /// process that runs guests: a background thread, or (in a forked worker
 /// child, where a thread costs more than the whole call) a SIGALRM timer.
-pub enum EpochTicker {
+pub(crate) enum EpochTicker {
+    /// A thread that ticks until `stop` is dropped, joined on drop.
     Thread {
         stop: Option<mpsc::Sender<()>>,
         thread: Option<thread::JoinHandle<()>>,
     },
+    /// This process's SIGALRM interval timer, disarmed on drop.
     TimerSignal,
 }
 
@@ -88,7 +96,7 @@ impl EpochTicker {
     /// process that runs one call and exits; threads it starts later should
     /// block SIGALRM ([`block_tick_signal`]). SA_RESTART keeps interrupted
     /// system calls going.
-    pub fn start_with_timer_signal(engine: &Engine) -> std::io::Result<Self> {
+    pub(crate) fn start_with_timer_signal(engine: &Engine) -> std::io::Result<Self> {
         if SIGNAL_TICKED_ENGINE.set(engine.clone()).is_err() {
             return Err(std::io::Error::other(
                 "the SIGALRM epoch ticker is already in use",
@@ -108,7 +116,8 @@ impl EpochTicker {
         Ok(EpochTicker::TimerSignal)
     }
 
-    pub fn start(engine: &Engine) -> std::io::Result<Self> {
+    /// Tick from a background thread named `epoch-ticker`.
+    pub(crate) fn start(engine: &Engine) -> std::io::Result<Self> {
         let engine = engine.clone();
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = thread::Builder::new()
@@ -143,7 +152,7 @@ impl Drop for EpochTicker {
 
 /// Block SIGALRM in the calling thread, so timer ticks go to the thread
 /// running the guest (use in runtime thread-start hooks).
-pub fn block_tick_signal() {
+pub(crate) fn block_tick_signal() {
     // SAFETY: changing this thread's signal mask.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -157,7 +166,7 @@ pub fn block_tick_signal() {
 /// One tick more than the timeout holds, because the tick in progress when
 /// the call starts is partly over: the call is never stopped early, and at
 /// most two ticks late.
-pub fn deadline_ticks(timeout: Duration) -> u64 {
+pub(crate) fn deadline_ticks(timeout: Duration) -> u64 {
     let ticks = timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) + 1;
     u64::try_from(ticks).unwrap_or(u64::MAX)
 }

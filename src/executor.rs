@@ -2,9 +2,12 @@
 //! makes one sandboxed call of `run` or `on-exit` in a fresh `Store`,
 //! returning a typed [`Outcome`].
 //!
-//! It runs wherever guest code may run: in `wasm-jobs exec`, in benchmarks and,
-//! later, inside each forked worker child. It never forks and holds no queue.
-//! Loading starts no thread; the first call starts the epoch ticker.
+//! Loading happens in the fork server (which keeps loaded jobs and forks a
+//! child per call), in its compile helpers, and in the CLI process (`exec`,
+//! `module push|inspect`); calls are made in each worker child and, for
+//! `wasm-jobs exec`, in the CLI process. It never forks and holds no queue.
+//! Loading starts no thread. The first call starts the epoch ticker: a
+//! thread, unless the process chose SIGALRM ticks first (worker children).
 
 use crate::artifact_cache::{ArtifactCache, CacheError, CompileSource, content_digest};
 use crate::capture::{CapturedText, OutputCapture, StreamName};
@@ -22,7 +25,7 @@ use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// Per-call host state kept in the `Store`.
-pub struct HostState {
+pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: MemoryLimiter,
@@ -40,9 +43,11 @@ impl WasiView for HostState {
 /// Which export to call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {
+    /// `run(msg)`.
     Run,
     /// `on-exit(msg, signal)`.
     OnExit {
+        /// The number of the signal that stopped the worker.
         signal: u32,
     },
 }
@@ -50,10 +55,14 @@ pub enum Call {
 /// Everything one call produced.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CallReport {
+    /// How the call ended.
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// What the guest wrote to stdout, up to the policy's cap.
     pub stdout: CapturedText,
+    /// What the guest wrote to stderr, up to the policy's cap.
     pub stderr: CapturedText,
+    /// Wall time of instantiation and call (`duration_ms` in JSON).
     #[serde(rename = "duration_ms", serialize_with = "as_millis")]
     pub duration: Duration,
 }
@@ -65,14 +74,19 @@ fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
 /// Why a component could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The component file could not be read.
     #[error("cannot read component {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The component is not a usable job (including failing to compile).
     #[error(transparent)]
     Contract(#[from] ContractError),
+    /// The artifact cache could not be used.
     #[error(transparent)]
     Cache(CacheError),
 }
@@ -101,11 +115,14 @@ impl From<CacheError> for LoadError {
 /// Errors of a call that are the host's fault, not the guest's.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
+    /// The policy's grants could not be set up.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// The policy sets fuel, but the engine does not meter it.
     #[error("the policy sets a fuel budget but the engine was built without fuel metering")]
     FuelNeedsMetering,
-    #[error("cannot start the epoch ticker thread: {0}")]
+    /// The epoch ticker (thread or SIGALRM timer) could not be started.
+    #[error("cannot start the epoch ticker: {0}")]
     Ticker(#[source] std::io::Error),
 }
 
@@ -114,6 +131,7 @@ pub struct LoadedJob {
     pre: JobPre<HostState>,
     /// sha256 of the component bytes.
     pub digest: String,
+    /// Whether it was compiled now or came from the artifact cache.
     pub source: CompileSource,
 }
 
@@ -141,14 +159,17 @@ impl Executor {
         })
     }
 
+    /// The engine every component is compiled for and run in.
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
 
+    /// The compiled-artifact cache.
     pub fn cache(&self) -> &ArtifactCache {
         &self.cache
     }
 
+    /// Read `path` and load it like [`Executor::load_bytes`].
     pub fn load_file(&self, path: &Path) -> Result<LoadedJob, LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
             path: path.to_owned(),
@@ -196,7 +217,7 @@ impl Executor {
 
     /// The import and export names of a component (compiling it into the
     /// cache if needed), for `module inspect`.
-    pub fn describe(&self, wasm: &[u8]) -> Result<(Vec<String>, Vec<String>), LoadError> {
+    pub(crate) fn describe(&self, wasm: &[u8]) -> Result<(Vec<String>, Vec<String>), LoadError> {
         contract::check_header(wasm)?;
         let (component, _) = self.cache.load_or_compile(&self.engine, wasm)?;
         let ty = component.component_type();
@@ -289,7 +310,7 @@ impl Executor {
 
     /// Tick this process's epochs with a SIGALRM timer instead of a thread
     /// (for a forked child that makes one call). Call before the first call.
-    pub fn use_timer_signal_ticks(&self) -> Result<(), CallError> {
+    pub(crate) fn use_timer_signal_ticks(&self) -> Result<(), CallError> {
         let ticker =
             EpochTicker::start_with_timer_signal(&self.engine).map_err(CallError::Ticker)?;
         let _ = self.ticker.set(ticker);

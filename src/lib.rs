@@ -1,27 +1,44 @@
-//! wasm-jobs: run WebAssembly component jobs from a message queue.
+//! wasm-jobs: run WebAssembly component jobs from a message queue, one
+//! fresh sandboxed process per message.
 //!
-//! Module map (see README "Code map"):
+//! Module map (the README's "Code map" has the files):
+//! - [`cli`]: the `wasm-jobs` command line, one module per subcommand.
+//! - [`worker`]: the worker's three processes — the tokio parent (queues,
+//!   tenants, slots, leases, fates), the fork server (engine, compile
+//!   helpers, one child per call) and the wire protocol between them.
+//! - [`queue`]: the queue interface with SQS semantics; the embedded
+//!   (SQLite) and SQS backends.
+//! - [`registry`]: content-addressed modules per tenant.
+//! - [`policy`]: tenant policy files (sandbox, caps, weights, keys, queues).
+//! - [`signing`]: HMAC signatures of messages on shared queues.
 //! - [`contract`]: the `wasm-jobs:job/job` world on the host side.
 //! - [`executor`]: load (validate, compile, cache) and call a job in a sandbox.
-//! - [`sandbox`]: the policy of one call and how it is enforced.
+//! - [`sandbox`]: the limits and grants of one call and how they are enforced.
 //! - [`outcome`]: how a call ended, and the exit code for it.
-//! - [`engine`], [`artifact_cache`], [`capture`]: the executor's parts.
-//! - [`cli`]: the `wasm-jobs` command line.
+//! - [`engine`], [`artifact_cache`], [`capture`], `linking`: the executor's
+//!   parts (engine settings and epoch ticks, compiled-artifact cache, guest
+//!   output capture, the WASI linker).
+//! - [`componentize`], `bundled`: core module to job component; the demo's
+//!   bundled job.
+//! - [`logging`], `paths`, `units`: log set-up, the data directory, byte
+//!   sizes.
 
 pub mod artifact_cache;
-pub mod bundled;
+pub(crate) mod bundled;
 pub mod capture;
 pub mod cli;
 pub mod componentize;
 pub mod contract;
 pub mod engine;
 pub mod executor;
-pub mod linking;
+pub(crate) mod linking;
 pub mod logging;
 pub mod outcome;
-pub mod paths;
+pub(crate) mod paths;
 pub mod policy;
 pub mod queue;
 pub mod registry;
 pub mod sandbox;
+pub mod signing;
+pub(crate) mod units;
 pub mod worker;

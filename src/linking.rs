@@ -5,7 +5,9 @@
 //! fail the call with "capability denied" if the job ever uses them.
 //!
 //! The executor builds one base linker per engine and, per component that
-//! needs them, a clone with the stubs.
+//! needs them, a clone with the stubs. This happens where components are
+//! loaded: in the fork server (worker children inherit the linked, loaded
+//! job), its compile helpers, and the CLI process (`exec`, `module`).
 
 use crate::contract::TYPES_INTERFACE;
 use wasmtime::Engine;
@@ -24,7 +26,7 @@ const IMPLEMENTED_WASI: [&str; 6] = [
 ];
 
 /// The linker every job starts from.
-pub fn base_linker<T: WasiView + 'static>(engine: &Engine) -> wasmtime::Result<Linker<T>> {
+pub(crate) fn base_linker<T: WasiView + 'static>(engine: &Engine) -> wasmtime::Result<Linker<T>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     // Records and variants need no definitions; the instance must exist.
@@ -33,7 +35,7 @@ pub fn base_linker<T: WasiView + 'static>(engine: &Engine) -> wasmtime::Result<L
 }
 
 /// Imports of `component` that are WASI but not implemented here.
-pub fn unimplemented_wasi_imports(engine: &Engine, component: &Component) -> Vec<String> {
+pub(crate) fn unimplemented_wasi_imports(engine: &Engine, component: &Component) -> Vec<String> {
     component
         .component_type()
         .imports(engine)
@@ -46,7 +48,7 @@ pub fn unimplemented_wasi_imports(engine: &Engine, component: &Component) -> Vec
 
 /// Define each unimplemented WASI import of `component` in `linker` as stubs
 /// whose functions fail with "capability denied" when called.
-pub fn stub_unimplemented_wasi<T: 'static>(
+pub(crate) fn stub_unimplemented_wasi<T: 'static>(
     linker: &mut Linker<T>,
     engine: &Engine,
     component: &Component,

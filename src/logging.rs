@@ -1,6 +1,11 @@
 //! Logging set-up for the binary: `tracing` events to stderr, filtered by
 //! `RUST_LOG` or the command's default level, as JSON lines or pretty text.
 //!
+//! Every process logs this way. The CLI process (and so the worker parent)
+//! calls `init`; the fork server, which starts with an empty environment,
+//! `install`s the settings the parent hands it; worker children and
+//! compile helpers inherit the fork server's subscriber.
+//!
 //! In JSON each line is one object: the event's fields at the top level and
 //! the fields of the job span it happened in (`message_id`, `module`,
 //! `tenant`, `attempt`, `pid`) under `"span"`.
@@ -17,10 +22,28 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// The effective logging settings, handed on to the fork server (which
+/// starts with an empty environment, so it cannot read `RUST_LOG` itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// JSON or pretty.
+    pub format: LogFormat,
+    /// An `EnvFilter` directive such as `info` or `wasm_jobs=debug`.
+    pub filter: String,
+}
+
 impl LogFormat {
+    /// The name `--log-format` takes.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            LogFormat::Json => "json",
+            LogFormat::Pretty => "pretty",
+        }
+    }
+
     /// The default: JSON when stdout is not a terminal (a service manager, a
     /// pipe, a file), pretty text when a person is watching.
-    pub fn auto() -> Self {
+    fn auto() -> Self {
         if std::io::stdout().is_terminal() {
             LogFormat::Pretty
         } else {
@@ -31,13 +54,27 @@ impl LogFormat {
 
 /// Install the global subscriber. `default_level` applies when `RUST_LOG` is
 /// unset, e.g. `"warn"` for `exec` (guest output is printed directly there).
-pub fn init(default_level: &str, format: Option<LogFormat>) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+/// Returns the settings in force.
+pub(crate) fn init(default_level: &str, format: Option<LogFormat>) -> LogSettings {
+    let directive = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|d| EnvFilter::try_new(d).is_ok())
+        .unwrap_or_else(|| default_level.to_owned());
+    let settings = LogSettings {
+        format: format.unwrap_or_else(LogFormat::auto),
+        filter: directive,
+    };
+    install(&settings);
+    settings
+}
+
+/// Install the global subscriber with exactly these settings.
+pub(crate) fn install(settings: &LogSettings) {
+    let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = match format.unwrap_or_else(LogFormat::auto) {
+    let _ = match settings.format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)

@@ -1,4 +1,7 @@
-//! The `wasm-jobs` binary: everything lives in the library; see `cli`.
+//! The `wasm-jobs` binary: everything lives in the library; see `cli`. Every
+//! process runs it: the CLI (and so the worker parent), and the fork server,
+//! which the parent starts by executing this binary again as
+//! `wasm-jobs __fork-server`.
 
 use std::process::ExitCode;
 

@@ -1,10 +1,12 @@
 //! How one call into a job ended, as a typed value, and the process exit code
 //! that stands for it.
 //!
-//! The executor produces an [`Outcome`] for every call; `wasm-jobs exec` and the
-//! forked worker children turn it into an exit code with [`Outcome::exit_code`],
-//! and the worker parent turns exit codes (or the full outcome) back into what
-//! happens to the message. Nothing here runs guest code.
+//! Shared by the worker children, the worker parent and the CLI; nothing
+//! here runs guest code. The executor produces an [`Outcome`] for every call,
+//! in a worker child or in the CLI process for `wasm-jobs exec`; either exits
+//! with [`Outcome::exit_code`]. The child also sends the full outcome to the
+//! worker parent (on the fork server's event socket), which decides from it
+//! what happens to the message.
 
 use serde::Serialize;
 use std::fmt;
@@ -12,31 +14,31 @@ use std::time::Duration;
 
 /// Exit codes of `wasm-jobs exec` and of a forked worker child, one per outcome.
 /// They are part of the CLI's contract: documented in the README, stable.
-pub mod exit_code {
+pub(crate) mod exit_code {
     /// The job returned `ok`.
-    pub const OK: u8 = 0;
+    pub(crate) const OK: u8 = 0;
     /// wasm-jobs itself failed (I/O, bad configuration); nothing was judged.
-    pub const HOST_ERROR: u8 = 1;
+    pub(crate) const HOST_ERROR: u8 = 1;
     /// Command-line usage error (clap's own code).
-    pub const USAGE: u8 = 2;
+    pub(crate) const USAGE: u8 = 2;
     /// The job returned `failure::retry`.
-    pub const RETRY: u8 = 10;
+    pub(crate) const RETRY: u8 = 10;
     /// The job returned `failure::fatal`.
-    pub const FATAL: u8 = 11;
+    pub(crate) const FATAL: u8 = 11;
     /// `on-exit` returned an error.
-    pub const ON_EXIT_FAILED: u8 = 12;
+    pub(crate) const ON_EXIT_FAILED: u8 = 12;
     /// The guest trapped (unreachable, out-of-bounds access, a guest `exit`, ...).
-    pub const TRAP: u8 = 20;
+    pub(crate) const TRAP: u8 = 20;
     /// The guest tried to grow its linear memory past the policy's limit.
-    pub const OUT_OF_MEMORY: u8 = 21;
+    pub(crate) const OUT_OF_MEMORY: u8 = 21;
     /// The guest exhausted its call stack (deep or infinite recursion).
-    pub const STACK_OVERFLOW: u8 = 22;
+    pub(crate) const STACK_OVERFLOW: u8 = 22;
     /// The guest used up the fuel (CPU budget) the policy gave it.
-    pub const OUT_OF_FUEL: u8 = 23;
+    pub(crate) const OUT_OF_FUEL: u8 = 23;
     /// The call ran past the policy's wall-time limit.
-    pub const TIMEOUT: u8 = 24;
+    pub(crate) const TIMEOUT: u8 = 24;
     /// The file is not a component of the `wasm-jobs:job/job` world.
-    pub const INVALID_COMPONENT: u8 = 30;
+    pub(crate) const INVALID_COMPONENT: u8 = 30;
 }
 
 /// Why a guest trapped. Kinds that a worker operator acts on differently get
@@ -44,12 +46,19 @@ pub mod exit_code {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TrapKind {
+    /// Grew linear memory past the policy's limit.
     OutOfMemory,
+    /// Exhausted the wasm call stack (deep or infinite recursion).
     StackOverflow,
+    /// Executed an `unreachable` instruction (Rust panics end here).
     Unreachable,
+    /// Accessed linear memory out of bounds.
     MemoryOutOfBounds,
+    /// Divided an integer by zero.
     IntegerDivisionByZero,
+    /// Integer arithmetic overflowed (signed `INT_MIN / -1`).
     IntegerOverflow,
+    /// Used up the fuel (CPU budget) the policy gave it.
     OutOfFuel,
     /// The guest called `wasi:cli/exit` (C `exit()`, Python `sys.exit`) with
     /// this status instead of returning from the export.
@@ -60,7 +69,7 @@ pub enum TrapKind {
 
 impl TrapKind {
     /// A stable snake_case label for JSON, logs and metrics.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             TrapKind::OutOfMemory => "out_of_memory",
             TrapKind::StackOverflow => "stack_overflow",
@@ -99,17 +108,32 @@ pub enum Outcome {
     Ok,
     /// `run` returned `failure::retry`.
     Retry {
+        /// The job's explanation.
         reason: String,
+        /// How long the message should stay invisible before it is tried
+        /// again; `None` leaves it to the queue's visibility timeout.
         delay_seconds: Option<u32>,
     },
     /// `run` returned `failure::fatal`.
-    Fatal { reason: String },
+    Fatal {
+        /// The job's explanation.
+        reason: String,
+    },
     /// `on-exit` returned `err(reason)`.
-    OnExitFailed { reason: String },
-    /// The guest trapped; `detail` is the trap text for logs.
-    Trap { kind: TrapKind, detail: String },
+    OnExitFailed {
+        /// The job's explanation.
+        reason: String,
+    },
+    /// The guest trapped.
+    Trap {
+        /// What kind of trap.
+        kind: TrapKind,
+        /// The trap text, for logs.
+        detail: String,
+    },
     /// The call did not finish within the policy's wall-time limit.
     Timeout {
+        /// The limit it ran past.
         #[serde(serialize_with = "as_secs_f64", deserialize_with = "from_secs_f64")]
         limit: Duration,
     },
@@ -125,7 +149,8 @@ fn as_secs_f64<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Err
 }
 
 impl Outcome {
-    /// The documented process exit code for this outcome (see [`exit_code`]).
+    /// The documented process exit code for this outcome (listed in the
+    /// README's "Exit codes").
     pub fn exit_code(&self) -> u8 {
         match self {
             Outcome::Ok => exit_code::OK,
@@ -139,18 +164,6 @@ impl Outcome {
                 _ => exit_code::TRAP,
             },
             Outcome::Timeout { .. } => exit_code::TIMEOUT,
-        }
-    }
-
-    /// A short stable label for logs and metrics (`ok`, `retry`, `trap`, ...).
-    pub fn label(&self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Retry { .. } => "retry",
-            Outcome::Fatal { .. } => "fatal",
-            Outcome::OnExitFailed { .. } => "on_exit_failed",
-            Outcome::Trap { .. } => "trap",
-            Outcome::Timeout { .. } => "timeout",
         }
     }
 }

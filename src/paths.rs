@@ -3,11 +3,14 @@
 //!
 //! Resolution order: `--data-dir`, then `$WASM_JOBS_HOME`, then
 //! `$XDG_DATA_HOME/wasm-jobs`, then `~/.local/share/wasm-jobs`.
+//!
+//! Resolved once, in the CLI process; the fork server (which has no
+//! environment) is handed the paths it needs.
 
 use std::path::{Path, PathBuf};
 
 /// Resolve the data directory from an explicit flag and the environment.
-pub fn data_dir(explicit: Option<&Path>) -> PathBuf {
+pub(crate) fn data_dir(explicit: Option<&Path>) -> PathBuf {
     resolve(
         explicit,
         std::env::var_os("WASM_JOBS_HOME").map(PathBuf::from),
@@ -39,7 +42,7 @@ fn resolve(
 }
 
 /// The compiled-artifact cache inside a data directory.
-pub fn compiled_dir(data_dir: &Path) -> PathBuf {
+pub(crate) fn compiled_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("compiled")
 }
 

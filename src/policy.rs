@@ -14,6 +14,9 @@
 //! max_output = "1MiB"            # per stream
 //! max_concurrency = 2            # on this worker; default: no cap
 //! modules = ["wc", "resize"]     # default: any module of the tenant
+//! weight = 2                     # share of contended worker slots; default 1
+//! queues = ["acme-jobs"]         # queues bound to this tenant (also: --queue acme=Q)
+//! key_file = "/etc/wasm-jobs/acme.key"   # signs its messages on shared queues
 //! env = ["ACME_REGION"]          # passed through from the worker's environment
 //! network = ["api.acme.test:443"]
 //! dirs = [{ host = "/srv/acme", guest = "/data", read_only = true }]
@@ -22,23 +25,35 @@
 //! The worker asks [`Policies::for_tenant`] for every message; `wasm-jobs
 //! policy check` loads a file and prints the effective policies.
 
-use crate::cli::args::parse_bytes;
 use crate::sandbox::{NetworkPolicy, NetworkTarget, Preopen, SandboxPolicy};
+use crate::signing::SigningKey;
+use crate::units::parse_bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+/// Why a policy file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
+    /// The file cannot be read.
     #[error("cannot read policy file {path}: {source}")]
     Read {
+        /// The policy file.
         path: PathBuf,
+        /// What reading it said.
         #[source]
         source: std::io::Error,
     },
+    /// The file is read but wrong (syntax, values, directories, key files).
     #[error("policy file {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    Invalid {
+        /// The policy file.
+        path: PathBuf,
+        /// What is wrong, naming the tenant and field.
+        message: String,
+    },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,6 +73,10 @@ struct TenantEntry {
     max_output: Option<Size>,
     max_concurrency: Option<usize>,
     modules: Option<Vec<String>>,
+    weight: Option<u32>,
+    #[serde(default)]
+    queues: Vec<String>,
+    key_file: Option<PathBuf>,
     #[serde(default)]
     env: Vec<String>,
     #[serde(default)]
@@ -89,11 +108,18 @@ fn yes() -> bool {
 /// One tenant's effective policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TenantPolicy {
+    /// Limits and capabilities of each of its calls.
     pub sandbox: SandboxPolicy,
     /// Jobs of this tenant at once on one worker; `None` for no cap.
     pub max_concurrency: Option<usize>,
     /// Module names the tenant may run; `None` for any of its modules.
     pub modules: Option<Vec<String>>,
+    /// Its share of contended worker slots, relative to other tenants.
+    pub weight: u32,
+    /// Queues bound to this tenant (embedded names or SQS URLs).
+    pub queues: Vec<String>,
+    /// The file its shared-queue messages are signed with.
+    pub key_file: Option<PathBuf>,
 }
 
 impl TenantPolicy {
@@ -108,6 +134,9 @@ impl TenantPolicy {
             "max_output_bytes": s.max_output,
             "max_concurrency": self.max_concurrency,
             "modules": self.modules.clone().map_or(serde_json::json!("any"), |m| serde_json::json!(m)),
+            "weight": self.weight,
+            "queues": self.queues,
+            "key_file": self.key_file,
             "env": s.env.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
             "network": match &s.network {
                 NetworkPolicy::Denied => serde_json::json!("denied"),
@@ -119,6 +148,7 @@ impl TenantPolicy {
         })
     }
 
+    /// Whether the tenant may run the registry module `name`.
     pub fn allows_module(&self, name: &str) -> bool {
         self.modules
             .as_ref()
@@ -127,11 +157,14 @@ impl TenantPolicy {
 }
 
 /// Every tenant's policy, from one file (or the open default without one).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Policies {
+    /// The tenants listed, by name.
     pub tenants: BTreeMap<String, TenantPolicy>,
     /// For tenants not listed; `None` rejects them.
     pub default: Option<TenantPolicy>,
+    /// Signing keys of tenants with a `key_file`, loaded and checked once.
+    keys: BTreeMap<String, Arc<SigningKey>>,
 }
 
 impl Policies {
@@ -143,10 +176,15 @@ impl Policies {
                 sandbox: base,
                 max_concurrency: None,
                 modules: None,
+                weight: 1,
+                queues: Vec::new(),
+                key_file: None,
             }),
+            keys: BTreeMap::new(),
         }
     }
 
+    /// Read and check a policy file (key files included).
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
         let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
             path: path.to_owned(),
@@ -175,9 +213,53 @@ impl Policies {
             .default
             .map(|d| effective(d, &env).map_err(|e| format!("default: {e}")))
             .transpose()?;
-        Ok(Policies { tenants, default })
+        if let Some(d) = &default
+            && (d.key_file.is_some() || !d.queues.is_empty())
+        {
+            return Err("default: `key_file` and `queues` belong to a named tenant".into());
+        }
+        let mut keys = BTreeMap::new();
+        let mut bound = BTreeMap::new();
+        for (name, t) in &tenants {
+            if let Some(path) = &t.key_file {
+                let key = SigningKey::load(path).map_err(|e| format!("tenant {name}: {e}"))?;
+                keys.insert(name.clone(), Arc::new(key));
+            }
+            for q in &t.queues {
+                if let Some(other) = bound.insert(q.clone(), name.clone()) {
+                    return Err(format!("queue `{q}` is bound to both {other} and {name}"));
+                }
+            }
+        }
+        Ok(Policies {
+            tenants,
+            default,
+            keys,
+        })
     }
 
+    /// The signing key of `tenant`, if its policy names one.
+    pub fn signing_key(&self, tenant: &str) -> Option<&SigningKey> {
+        self.keys.get(tenant).map(|k| k.as_ref())
+    }
+
+    /// Each listed tenant's concurrency cap and weight, for the worker's slots.
+    pub(crate) fn slot_settings(&self) -> Vec<(String, Option<usize>, u32)> {
+        self.tenants
+            .iter()
+            .map(|(name, t)| (name.clone(), t.max_concurrency, t.weight))
+            .collect()
+    }
+
+    /// The queues policies bind to tenants: (tenant, queue).
+    pub fn bound_queues(&self) -> Vec<(String, String)> {
+        self.tenants
+            .iter()
+            .flat_map(|(name, t)| t.queues.iter().map(move |q| (name.clone(), q.clone())))
+            .collect()
+    }
+
+    /// The policy of `tenant`: its own, else the default, else `None`.
     pub fn for_tenant(&self, tenant: &str) -> Option<&TenantPolicy> {
         self.tenants.get(tenant).or(self.default.as_ref())
     }
@@ -269,6 +351,9 @@ fn effective(
     if e.max_concurrency == Some(0) {
         return Err("max_concurrency must be at least 1".into());
     }
+    if e.weight == Some(0) {
+        return Err("weight must be at least 1".into());
+    }
     if let Some(modules) = &e.modules {
         for m in modules {
             if !crate::registry::valid_name(m) {
@@ -293,6 +378,9 @@ fn effective(
         },
         max_concurrency: e.max_concurrency,
         modules: e.modules,
+        weight: e.weight.unwrap_or(1),
+        queues: e.queues,
+        key_file: e.key_file,
     })
 }
 
@@ -341,6 +429,29 @@ mod tests {
     }
 
     #[test]
+    fn keys_weights_and_queues_are_read_and_a_readable_key_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("acme.key");
+        std::fs::write(&key, "0123456789abcdef-acme").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = format!(
+            "[tenants.acme]\nweight = 3\nqueues = [\"acme-jobs\"]\nkey_file = \"{}\"\n[tenants.trial]\n",
+            key.display()
+        );
+        let p = Policies::parse(&text, env).unwrap();
+        assert!(p.signing_key("acme").is_some() && p.signing_key("trial").is_none());
+        assert_eq!(
+            p.bound_queues(),
+            [("acme".to_owned(), "acme-jobs".to_owned())]
+        );
+        assert!(p.slot_settings().contains(&("acme".to_owned(), None, 3)));
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = Policies::parse(&text, env).unwrap_err();
+        assert!(err.contains("chmod 600"), "{err}");
+    }
+
+    #[test]
     fn unknown_tenants_are_rejected_without_a_default() {
         let p = Policies::parse("[tenants.acme]\n", env).unwrap();
         assert!(p.for_tenant("acme").is_some());
@@ -363,6 +474,16 @@ mod tests {
             ("[tenants.acme]\nmax_concurency = 2", "unknown field"),
             ("[tenants.acme]\nmax_concurrency = 0", "at least 1"),
             ("[tenants.\"Bad Name\"]\n", "not a valid name"),
+            ("[tenants.acme]\nweight = 0", "weight must be at least 1"),
+            (
+                "[tenants.a]\nqueues = [\"q\"]\n[tenants.b]\nqueues = [\"q\"]",
+                "bound to both a and b",
+            ),
+            ("[default]\nqueues = [\"q\"]", "belong to a named tenant"),
+            (
+                "[tenants.acme]\nkey_file = \"/nonexistent/acme.key\"",
+                "/nonexistent/acme.key",
+            ),
         ] {
             let err = Policies::parse(text, env).unwrap_err();
             assert!(err.contains(expected), "{text}: {err}");

@@ -10,8 +10,9 @@
 //! Every file is written to a temporary name and renamed, so concurrent
 //! pushes and removes never leave a half-written file; `NAME@sha256:HEX`
 //! pins a version. Push validates (and compiles, caching the artifact)
-//! before storing anything. Used by `wasm-jobs module` and, through
-//! [`Registry::resolve`], by the worker.
+//! before storing anything. Used in the CLI process by `wasm-jobs module`
+//! and, through [`Registry::resolve`], by the worker parent when it admits a
+//! message; the fork server only reads the resolved blob files.
 
 use crate::artifact_cache::content_digest;
 use crate::executor::{Executor, LoadError};
@@ -22,37 +23,58 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Default largest component a push accepts.
-pub const DEFAULT_MAX_MODULE_BYTES: u64 = 64 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_MODULE_BYTES: u64 = 64 * 1024 * 1024;
 /// The tenant of a module pushed or looked up without one.
-pub const DEFAULT_TENANT: &str = "default";
+pub(crate) const DEFAULT_TENANT: &str = "default";
 
+/// What went wrong with a registry operation.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// A module or tenant name breaks the naming rule.
     #[error(
         "module name `{0}`: use 1-64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
     )]
     BadName(String),
+    /// A reference is neither `NAME` nor `NAME@sha256:HEX`.
     #[error("`{0}` is not NAME or NAME@sha256:HEX (64 hex digits)")]
     BadReference(String),
+    /// The file to push is over the size limit.
     #[error("{path} is {size} bytes; the limit is {limit}")]
     TooLarge {
+        /// The file.
         path: PathBuf,
+        /// Its size in bytes.
         size: u64,
+        /// The limit in bytes.
         limit: u64,
     },
+    /// The file to push is not a loadable job component.
     #[error("not stored: {0}")]
     Invalid(LoadError),
+    /// The tenant has no module by that name.
     #[error("no module `{name}` for tenant `{tenant}`")]
-    NotFound { name: String, tenant: String },
+    NotFound {
+        /// The module name.
+        name: String,
+        /// The tenant looked in.
+        tenant: String,
+    },
+    /// The module exists, but not the pinned version.
     #[error("module `{name}` of tenant `{tenant}` has no version {digest}")]
     NoSuchVersion {
+        /// The module name.
         name: String,
+        /// The tenant looked in.
         tenant: String,
+        /// The pinned sha256, hex.
         digest: String,
     },
+    /// A registry file could not be read or written.
     #[error("registry at {path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
@@ -67,17 +89,22 @@ impl From<LoadError> for RegistryError {
 /// One pushed version of a module.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ModuleVersion {
+    /// The module's name.
     pub name: String,
+    /// The tenant it belongs to.
     pub tenant: String,
     /// sha256 of the component, lowercase hex.
     pub digest: String,
+    /// The component's size in bytes.
     pub size: u64,
+    /// When it was pushed, milliseconds since the Unix epoch.
     pub pushed_at_ms: u64,
 }
 
 /// What a module reference resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
+    /// The version's record.
     pub version: ModuleVersion,
     /// The component file to load.
     pub path: PathBuf,
@@ -90,7 +117,7 @@ pub struct Registry {
 }
 
 /// Module and tenant names: 1-64 of a-z, 0-9, `.`, `_`, `-`, starting with a letter or digit.
-pub fn valid_name(s: &str) -> bool {
+pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.chars()
@@ -101,7 +128,7 @@ pub fn valid_name(s: &str) -> bool {
 }
 
 /// Split `NAME` or `NAME@sha256:HEX`.
-pub fn parse_reference(r: &str) -> Result<(String, Option<String>), RegistryError> {
+pub(crate) fn parse_reference(r: &str) -> Result<(String, Option<String>), RegistryError> {
     let bad = || RegistryError::BadReference(r.to_owned());
     let (name, digest) = match r.split_once('@') {
         None => (r, None),
@@ -120,12 +147,9 @@ pub fn parse_reference(r: &str) -> Result<(String, Option<String>), RegistryErro
 }
 
 impl Registry {
+    /// The registry in directory `root` (created on the first push).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Registry { root: root.into() }
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     fn io(&self, path: &Path) -> impl Fn(std::io::Error) -> RegistryError + '_ {

@@ -2,9 +2,11 @@
 //! `Store`: the WASI context (what the guest may see of files, environment and
 //! network) and the resource limiter (how much linear memory it may hold).
 //!
-//! The executor builds both from a [`SandboxPolicy`] for every call; later the
-//! tenant policy file fills one policy per tenant. Everything is denied unless
-//! the policy grants it.
+//! A [`SandboxPolicy`] is decided by the worker parent (from the tenant
+//! policy file, `crate::policy`, or the worker's flags) and sent with each
+//! spawn; the executor turns it into a WASI context and a limiter for every
+//! call, in the worker child that makes the call (or in the CLI process for
+//! `wasm-jobs exec`). Everything is denied unless the policy grants it.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -15,11 +17,11 @@ use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 /// Default cap on a job's linear memory (all memories of the instance together).
-pub const DEFAULT_MAX_MEMORY: u64 = 256 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_MEMORY: u64 = 256 * 1024 * 1024;
 /// Default wall-time limit of one call, instantiation included.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// Default cap on captured guest stdout and on stderr, each.
-pub const DEFAULT_MAX_OUTPUT: usize = 1024 * 1024;
+pub(crate) const DEFAULT_MAX_OUTPUT: usize = 1024 * 1024;
 /// Cap on the elements of any one table (8 bytes each on the host).
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 /// Cap on core instances, tables and memories in one store: generous for
@@ -66,8 +68,11 @@ impl Default for SandboxPolicy {
 /// A host directory made visible to the guest at `guest_path`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Preopen {
+    /// The directory on the host.
     pub host_path: PathBuf,
+    /// Where the guest sees it.
     pub guest_path: String,
+    /// Whether the guest may only read it (no writes, creates or removes).
     pub read_only: bool,
 }
 
@@ -84,22 +89,30 @@ pub enum NetworkPolicy {
 /// One allowed `host:port`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetworkTarget {
+    /// A host name or an IP address.
     pub host: String,
+    /// The TCP port.
     pub port: u16,
 }
 
 /// Errors while turning a policy into a sandbox.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// A granted directory could not be opened.
     #[error("cannot preopen {path}: {source}")]
     Preopen {
+        /// The host directory.
         path: PathBuf,
+        /// Why it could not be opened.
         #[source]
         source: wasmtime::Error,
     },
+    /// An allowed `host:port` did not resolve.
     #[error("cannot resolve allowed network target {target}: {source}")]
     Resolve {
+        /// The `host:port` as written in the policy.
         target: String,
+        /// The lookup error.
         #[source]
         source: std::io::Error,
     },
@@ -109,7 +122,7 @@ impl SandboxPolicy {
     /// Fill `builder` with everything this policy grants. The builder starts
     /// empty (no env, no args, no preopens, no network), so only grants are
     /// added here; stdio is the executor's business.
-    pub fn apply_to(&self, builder: &mut WasiCtxBuilder) -> Result<(), SandboxError> {
+    pub(crate) fn apply_to(&self, builder: &mut WasiCtxBuilder) -> Result<(), SandboxError> {
         builder.envs(&self.env);
         for preopen in &self.preopens {
             let perms = if preopen.read_only {
@@ -168,22 +181,25 @@ fn resolve_targets(targets: &[NetworkTarget]) -> Result<Vec<SocketAddr>, Sandbox
 /// looks for it to report [`crate::outcome::TrapKind::OutOfMemory`].
 #[derive(Debug, thiserror::Error)]
 #[error("linear memory limit of {limit} bytes exceeded (asked for {requested} bytes in all)")]
-pub struct MemoryLimitExceeded {
-    pub limit: u64,
-    pub requested: u64,
+pub(crate) struct MemoryLimitExceeded {
+    /// The policy's limit, in bytes.
+    pub(crate) limit: u64,
+    /// The total the grow would have brought all memories to.
+    pub(crate) requested: u64,
 }
 
 /// Counts the linear memory of every memory in a store against one limit and
 /// traps the guest (rather than failing `memory.grow`) when it would pass it,
 /// so that a memory bomb ends as a typed out-of-memory outcome.
 #[derive(Debug)]
-pub struct MemoryLimiter {
+pub(crate) struct MemoryLimiter {
     limit: u64,
     in_use: u64,
 }
 
 impl MemoryLimiter {
-    pub fn new(limit: u64) -> Self {
+    /// A limiter for a store whose memories may hold `limit` bytes in all.
+    pub(crate) fn new(limit: u64) -> Self {
         MemoryLimiter { limit, in_use: 0 }
     }
 }

@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The server and its port.
-pub fn start_moto() -> Option<(Child, u16)> {
+pub(crate) fn start_moto() -> Option<(Child, u16)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .ok()?
         .local_addr()

@@ -1,9 +1,11 @@
 //! Jobs that ship inside the binary, built without any guest toolchain: the
 //! example job of `wasm-jobs demo` (`demo_job.wat`, componentized at run
-//! time by [`crate::componentize`]).
+//! time by [`crate::componentize`]). Used by the CLI process, which writes
+//! the component to a file for the worker to load.
 
-/// The demo job as a component.
-pub fn demo_job_component() -> anyhow::Result<Vec<u8>> {
+/// The demo job as a component: it counts a body's words, asks for a retry
+/// when the body starts with `retry` and fails fatally on `fatal`.
+pub(crate) fn demo_job_component() -> anyhow::Result<Vec<u8>> {
     crate::componentize::job_component_from_core(include_bytes!("demo_job.wat"))
 }
 

@@ -1,38 +1,20 @@
 //! Parsers for command-line values shared by several subcommands: byte sizes,
-//! durations, `KEY=VALUE` attributes and signal names.
+//! durations, `KEY=VALUE` attributes and signal names. CLI process only.
 
 use std::time::Duration;
 
 /// `KEY=VALUE`, the key non-empty.
-pub fn parse_attr(s: &str) -> Result<(String, String), String> {
+pub(super) fn parse_attr(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("expected KEY=VALUE, got `{s}`")),
     }
 }
 
-/// A byte count: plain digits, or with a K/M/G (or KiB/MiB/GiB) suffix,
-/// powers of 1024.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, suffix) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{s}` is not a byte size (e.g. 1048576, 64MiB, 1G)"))?;
-    let mult: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("unknown size suffix `{other}` in `{s}`")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
-}
+pub(super) use crate::units::parse_bytes;
 
 /// Seconds, possibly fractional (`0.5`), positive and finite.
-pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+pub(super) fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
@@ -43,7 +25,7 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
 }
 
 /// A signal as a number (`15`) or a name (`SIGTERM`, `TERM`, `term`).
-pub fn parse_signal(s: &str) -> Result<u32, String> {
+pub(super) fn parse_signal(s: &str) -> Result<u32, String> {
     if let Ok(n) = s.parse::<u32>() {
         return if (1..=64).contains(&n) {
             Ok(n)

@@ -2,13 +2,14 @@
 //! cargo. Creates a queue and its dead-letter queue in `<data dir>/demo`,
 //! sends a few hundred messages to the bundled example job, runs a worker
 //! with a live progress line until the queue is drained, and prints a summary.
+//! Runs in the CLI process, which becomes the worker parent for the run.
 
 use super::queue_cmds::Location;
 use super::worker_cmd::{Ending, WorkerArgs, run_worker};
 use crate::queue::embedded::EmbeddedStore;
 use crate::queue::{OutgoingMessage, Queue, QueueConfig};
 use crate::sandbox::DEFAULT_MAX_MEMORY;
-use crate::worker::stats::WorkerStats;
+use crate::worker::WorkerStats;
 use crate::{bundled, paths};
 use anyhow::Context;
 use std::io::Write;
@@ -16,17 +17,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// `wasm-jobs demo` options.
 #[derive(Debug, clap::Args)]
-pub struct DemoArgs {
+pub(super) struct DemoArgs {
     /// Messages to send.
     #[arg(long, default_value_t = 300)]
-    pub messages: usize,
+    messages: usize,
     /// Jobs at once.
     #[arg(long, default_value_t = 2)]
-    pub concurrency: usize,
+    concurrency: usize,
     /// Data directory (the demo uses its `demo/` subdirectory).
     #[arg(long, env = "WASM_JOBS_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
 }
 
 const QUEUE: &str = "demo";
@@ -42,7 +44,8 @@ fn body(i: usize) -> String {
     }
 }
 
-pub fn run(args: DemoArgs) -> anyhow::Result<Ending> {
+/// Run the demo; ends like the worker it ran (a code, or a signal to raise).
+pub(super) fn run(args: DemoArgs, log: &crate::logging::LogSettings) -> anyhow::Result<Ending> {
     let dir = paths::data_dir(args.data_dir.as_deref()).join("demo");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let module = dir.join("demo-job.wasm");
@@ -58,7 +61,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<Ending> {
         },
     )?;
     let worker = WorkerArgs {
-        queue: QUEUE.into(),
+        queue: vec![QUEUE.into()],
+        shared_queue: Vec::new(),
         module: Some(module),
         registry: None,
         policy: None,
@@ -72,6 +76,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<Ending> {
         max_memory: DEFAULT_MAX_MEMORY,
         drain: true,
         metrics_addr: None,
+        compile_timeout: Duration::from_secs(300),
+        compile_memory: 4 << 30,
         location: Location {
             data_dir: Some(dir.clone()),
             endpoint_url: None,
@@ -82,7 +88,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<Ending> {
     let started = Instant::now();
     let progress_stats = Arc::clone(&stats);
     let queues = store.clone();
-    let ending = run_worker(&worker, Arc::clone(&stats), || async move {
+    let ending = run_worker(&worker, log, Arc::clone(&stats), || async move {
         let q = queues.queue(QUEUE)?;
         let dlq = queues.queue(DEAD_LETTERS)?;
         q.purge().await?;

@@ -1,5 +1,6 @@
 //! `wasm-jobs exec`: run one call of a job component in this process and
 //! report the outcome, for job authors trying a job before queueing it.
+//! Everything happens in the CLI process: no fork server, no worker child.
 
 use super::args::{parse_attr, parse_bytes, parse_seconds, parse_signal};
 use crate::contract::JobMessage;
@@ -13,49 +14,51 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `wasm-jobs exec` options.
 #[derive(Debug, clap::Args)]
-pub struct ExecArgs {
+pub(super) struct ExecArgs {
     /// The job component (.wasm) to run.
-    pub component: PathBuf,
+    component: PathBuf,
     /// Message body.
     #[arg(long, conflicts_with = "body_file", default_value = "")]
-    pub body: String,
+    body: String,
     /// Read the message body from this file (`-` for stdin).
     #[arg(long)]
-    pub body_file: Option<PathBuf>,
+    body_file: Option<PathBuf>,
     /// A message attribute, repeatable.
     #[arg(long = "attr", value_name = "KEY=VALUE", value_parser = parse_attr)]
-    pub attrs: Vec<(String, String)>,
+    attrs: Vec<(String, String)>,
     /// The message id the job sees.
     #[arg(long, default_value = "exec-1")]
-    pub message_id: String,
+    message_id: String,
     /// The receive count the job sees (1 = first delivery).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    pub receive_count: u32,
+    receive_count: u32,
     /// Call `on-exit(msg, SIGNAL)` instead of `run` (number or name, e.g. SIGTERM).
     #[arg(long, value_name = "SIGNAL", value_parser = parse_signal)]
-    pub on_exit: Option<u32>,
+    on_exit: Option<u32>,
     /// Wall-time limit in seconds (fractions allowed).
     #[arg(long, value_name = "SECS", value_parser = parse_seconds, default_value = "900")]
-    pub timeout: Duration,
+    timeout: Duration,
     /// Linear memory limit (bytes, or with a KiB/MiB/GiB suffix).
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, default_value_t = DEFAULT_MAX_MEMORY)]
-    pub max_memory: u64,
+    max_memory: u64,
     /// Bytes of stdout and of stderr kept; the rest is dropped.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, default_value_t = DEFAULT_MAX_OUTPUT as u64)]
-    pub max_output: u64,
+    max_output: u64,
     /// CPU budget in wasmtime fuel units (turns on fuel metering).
     #[arg(long)]
-    pub fuel: Option<u64>,
+    fuel: Option<u64>,
     /// Print the report as one JSON object.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
     /// Data directory (holds the compiled-artifact cache).
     #[arg(long, env = "WASM_JOBS_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
 }
 
-pub fn run(args: ExecArgs) -> anyhow::Result<u8> {
+/// Load and call the component; the exit code is the outcome's.
+pub(super) fn run(args: ExecArgs) -> anyhow::Result<u8> {
     debug_assert_eq!(DEFAULT_TIMEOUT, Duration::from_secs(900));
     let body = match &args.body_file {
         Some(p) if p.as_os_str() == "-" => {

@@ -1,8 +1,13 @@
 //! The command line: argument definitions and dispatch to each subcommand.
 //! `main.rs` calls [`main`]; each subcommand lives in its own module and
 //! returns the process exit code.
+//!
+//! Runs in the CLI process, the one a user starts. For `worker` (and
+//! `demo`) that process becomes the worker parent. The hidden
+//! `__fork-server` subcommand is how the parent starts the fork server: it
+//! hands over to `crate::worker::forkserver::main` at once.
 
-pub(crate) mod args;
+mod args;
 mod demo;
 mod exec;
 mod module_cmds;
@@ -79,6 +84,18 @@ enum Command {
     /// Write the WASI preview1 adapter that matches this host, for turning a
     /// wasip1 core module into a component (`wasm-tools component new --adapt`).
     WasiAdapter(WasiAdapterArgs),
+    /// The worker's fork server (started by `wasm-jobs worker`, not by hand).
+    #[command(name = "__fork-server", hide = true)]
+    ForkServer(ForkServerArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ForkServerArgs {
+    /// The parent's log filter (the fork server has no environment).
+    #[arg(long)]
+    log_filter: String,
+    /// Its settings, as JSON.
+    config: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,23 +156,32 @@ where
 /// code (errors print one line and exit 1).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::ForkServer(args) = &cli.command {
+        crate::logging::install(&crate::logging::LogSettings {
+            format: cli.log_format.unwrap_or(crate::logging::LogFormat::Json),
+            filter: args.log_filter.clone(),
+        });
+        let code = crate::worker::forkserver::main(&args.config);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let default_level = match &cli.command {
         Command::Worker(_) => "info",
         Command::Demo(_) => "error",
         _ => "warn",
     };
-    crate::logging::init(default_level, cli.log_format);
+    let log = crate::logging::init(default_level, cli.log_format);
     let result = match cli.command {
         Command::Exec(args) => exec::run(args),
         Command::WasiAdapter(args) => write_wasi_adapter(args),
-        Command::Demo(args) => match demo::run(args) {
+        Command::ForkServer(_) => Ok(crate::outcome::exit_code::USAGE),
+        Command::Demo(args) => match demo::run(args, &log) {
             Ok(worker_cmd::Ending::Code(code)) => Ok(code),
             Ok(worker_cmd::Ending::Signal(sig)) => worker_cmd::reraise(sig),
             Err(e) => Err(e),
         },
         Command::Worker(args) => {
             let stats = std::sync::Arc::default();
-            match worker_cmd::run_worker(&args, stats, || async { Ok(()) }) {
+            match worker_cmd::run_worker(&args, &log, stats, || async { Ok(()) }) {
                 Ok(worker_cmd::Ending::Code(code)) => Ok(code),
                 Ok(worker_cmd::Ending::Signal(sig)) => worker_cmd::reraise(sig),
                 Err(e) => Err(e),

@@ -1,5 +1,5 @@
 //! `wasm-jobs module push|list|inspect|rm`: the module registry from the
-//! command line (see `crate::registry`).
+//! command line (see `crate::registry`), in the CLI process.
 
 use super::args::parse_bytes;
 use crate::engine::EngineSettings;
@@ -10,21 +10,21 @@ use std::path::PathBuf;
 
 /// Where the registry and the compiled-artifact cache are.
 #[derive(Debug, Clone, clap::Args)]
-pub struct RegistryLocation {
+pub(super) struct RegistryLocation {
     /// Registry directory (default: `<data dir>/registry`).
     #[arg(long, global = true, env = "WASM_JOBS_REGISTRY")]
-    pub registry: Option<PathBuf>,
+    registry: Option<PathBuf>,
     /// Data directory (holds the compiled-artifact cache).
     #[arg(long, global = true, env = "WASM_JOBS_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
 }
 
 impl RegistryLocation {
-    pub fn data_dir(&self) -> PathBuf {
+    fn data_dir(&self) -> PathBuf {
         paths::data_dir(self.data_dir.as_deref())
     }
 
-    pub fn registry(&self) -> Registry {
+    fn registry(&self) -> Registry {
         Registry::new(
             self.registry
                 .clone()
@@ -32,7 +32,8 @@ impl RegistryLocation {
         )
     }
 
-    pub fn executor(&self) -> anyhow::Result<Executor> {
+    /// An executor whose artifact cache is the data directory's.
+    fn executor(&self) -> anyhow::Result<Executor> {
         Executor::new(
             EngineSettings::default(),
             paths::compiled_dir(&self.data_dir()),
@@ -40,8 +41,9 @@ impl RegistryLocation {
     }
 }
 
+/// The `wasm-jobs module` subcommands.
 #[derive(Debug, clap::Subcommand)]
-pub enum ModuleCommand {
+pub(super) enum ModuleCommand {
     /// Validate, compile and store a component under a name.
     Push {
         file: PathBuf,
@@ -78,7 +80,8 @@ pub enum ModuleCommand {
     },
 }
 
-pub fn run(loc: &RegistryLocation, cmd: ModuleCommand) -> anyhow::Result<u8> {
+/// Run one `module` subcommand.
+pub(super) fn run(loc: &RegistryLocation, cmd: ModuleCommand) -> anyhow::Result<u8> {
     let registry = loc.registry();
     match cmd {
         ModuleCommand::Push {

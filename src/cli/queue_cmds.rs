@@ -1,5 +1,6 @@
 //! Queue subcommands: `queue create|stats|purge`, `dlq redrive`, `send`,
-//! `receive`. They talk to a queue only through `crate::queue`.
+//! `receive`. They talk to a queue only through `crate::queue`; `send
+//! --key-file` signs messages with `crate::signing`.
 
 use super::args::{parse_attr, parse_seconds};
 use crate::paths;
@@ -9,16 +10,17 @@ use crate::queue::sqs::{self, SqsQueue};
 use crate::queue::{
     AttributeValue, Attributes, OutgoingMessage, Queue, QueueConfig, ReceiveRequest, limits,
 };
+use crate::signing::{self, SigningKey};
 use anyhow::{Context, bail};
 use base64::Engine;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Where queues are: shared by every queue subcommand.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Location {
+pub(super) struct Location {
     /// Data directory of embedded queues.
     #[arg(long, global = true, env = "WASM_JOBS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -28,18 +30,18 @@ pub struct Location {
 }
 
 impl Location {
-    pub fn data_dir(&self) -> PathBuf {
+    pub(super) fn data_dir(&self) -> PathBuf {
         paths::data_dir(self.data_dir.as_deref())
     }
 
-    pub async fn open(&self, queue: &str) -> anyhow::Result<Arc<dyn Queue>> {
+    pub(super) async fn open(&self, queue: &str) -> anyhow::Result<Arc<dyn Queue>> {
         let address = QueueAddress::parse(queue)?;
         Ok(crate::queue::open(&address, &self.data_dir(), self.endpoint_url.as_deref()).await?)
     }
 }
 
 #[derive(Debug, clap::Subcommand)]
-pub enum QueueCommand {
+pub(super) enum QueueCommand {
     /// Create a queue (embedded, or on SQS with --sqs).
     Create(CreateArgs),
     /// Visible, in-flight and delayed counts (and its dead-letter queue's).
@@ -53,7 +55,7 @@ pub enum QueueCommand {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct CreateArgs {
+pub(super) struct CreateArgs {
     pub name: String,
     /// Dead-letter queue (must exist) for messages received too often.
     #[arg(long, requires = "max_receives")]
@@ -75,13 +77,13 @@ pub struct CreateArgs {
 }
 
 #[derive(Debug, clap::Subcommand)]
-pub enum DlqCommand {
+pub(super) enum DlqCommand {
     /// Move the messages of QUEUE's dead-letter queue back to QUEUE.
     Redrive { queue: String },
 }
 
 #[derive(Debug, clap::Args)]
-pub struct SendArgs {
+pub(super) struct SendArgs {
     #[arg(long)]
     pub queue: String,
     /// Message attribute: KEY=VALUE (String), KEY:Number=VALUE, KEY:Binary=BASE64.
@@ -98,13 +100,24 @@ pub struct SendArgs {
     /// Send one message per line of FILE (`-` for stdin), 10 per call.
     #[arg(long, conflicts_with = "body")]
     pub batch: Option<PathBuf>,
+    /// Tenant of the message(s): sets the `tenant` String attribute.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Sign each message with the HMAC-SHA256 key in FILE (a regular file,
+    /// mode 600, owned by you); see `wasm_jobs::signing`.
+    #[arg(long, value_name = "FILE", requires = "tenant")]
+    pub key_file: Option<PathBuf>,
+    /// Signed messages expire this many seconds from now.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600, requires = "key_file",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub expires_in: u64,
     /// The body; `-` reads stdin.
     #[arg(required_unless_present = "batch")]
     pub body: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
-pub struct ReceiveArgs {
+pub(super) struct ReceiveArgs {
     #[arg(long)]
     pub queue: String,
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(1..=10))]
@@ -130,7 +143,7 @@ fn parse_seconds_or_zero(s: &str) -> Result<Duration, String> {
 }
 
 /// `KEY=VALUE`, `KEY:Number=VALUE` or `KEY:Binary=BASE64` into attributes.
-pub fn typed_attributes(raw: &[(String, String)]) -> anyhow::Result<Attributes> {
+pub(super) fn typed_attributes(raw: &[(String, String)]) -> anyhow::Result<Attributes> {
     let mut out = Attributes::new();
     for (key, value) in raw {
         let (name, ty) = key.split_once(':').unwrap_or((key, "String"));
@@ -149,7 +162,7 @@ pub fn typed_attributes(raw: &[(String, String)]) -> anyhow::Result<Attributes> 
     Ok(out)
 }
 
-pub async fn queue_command(loc: &Location, cmd: QueueCommand) -> anyhow::Result<u8> {
+pub(super) async fn queue_command(loc: &Location, cmd: QueueCommand) -> anyhow::Result<u8> {
     match cmd {
         QueueCommand::Create(args) => {
             let config = QueueConfig {
@@ -205,7 +218,7 @@ pub async fn queue_command(loc: &Location, cmd: QueueCommand) -> anyhow::Result<
     Ok(0)
 }
 
-pub async fn dlq_command(loc: &Location, cmd: DlqCommand) -> anyhow::Result<u8> {
+pub(super) async fn dlq_command(loc: &Location, cmd: DlqCommand) -> anyhow::Result<u8> {
     let DlqCommand::Redrive { queue } = cmd;
     let moved = match QueueAddress::parse(&queue)? {
         QueueAddress::Embedded { name } => {
@@ -266,11 +279,51 @@ async fn move_all(from: &dyn Queue, to: &dyn Queue) -> anyhow::Result<u64> {
     }
 }
 
-pub async fn send(loc: &Location, args: SendArgs) -> anyhow::Result<u8> {
+/// `--key-file`'s key and the expiry it signs with.
+struct Signer {
+    key: SigningKey,
+    expires_at: u64,
+}
+
+impl Signer {
+    fn new(args: &SendArgs) -> anyhow::Result<Option<Signer>> {
+        let Some(path) = &args.key_file else {
+            return Ok(None);
+        };
+        let key = SigningKey::load(path)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .context("the system clock is before 1970")?;
+        let expires_at = now.as_secs().saturating_add(args.expires_in);
+        Ok(Some(Signer { key, expires_at }))
+    }
+}
+
+/// The message for `body`, signed when there is a signer.
+fn message(template: &OutgoingMessage, body: String, signer: Option<&Signer>) -> OutgoingMessage {
+    let mut m = OutgoingMessage {
+        body,
+        ..template.clone()
+    };
+    if let Some(s) = signer {
+        signing::sign(&s.key, &m.body, &mut m.attributes, s.expires_at);
+    }
+    m
+}
+
+pub(super) async fn send(loc: &Location, args: SendArgs) -> anyhow::Result<u8> {
+    let signer = Signer::new(&args)?;
+    let mut attributes = typed_attributes(&args.attrs)?;
+    if let Some(tenant) = &args.tenant {
+        if attributes.contains_key("tenant") {
+            bail!("give the tenant once: --tenant or --attr tenant=..., not both");
+        }
+        attributes.insert("tenant".into(), AttributeValue::String(tenant.clone()));
+    }
     let q = loc.open(&args.queue).await?;
     let template = OutgoingMessage {
         body: String::new(),
-        attributes: typed_attributes(&args.attrs)?,
+        attributes,
         delay: args.delay,
         group_id: args.group.clone(),
         dedup_id: args.dedup_id.clone(),
@@ -291,10 +344,7 @@ pub async fn send(loc: &Location, args: SendArgs) -> anyhow::Result<u8> {
             if line.is_empty() {
                 continue;
             }
-            pending.push(OutgoingMessage {
-                body: line,
-                ..template.clone()
-            });
+            pending.push(message(&template, line, signer.as_ref()));
             if pending.len() == limits::MAX_BATCH {
                 flush_batch(q.as_ref(), &mut pending, &mut out, &mut sent, &mut failed).await?;
             }
@@ -310,7 +360,7 @@ pub async fn send(loc: &Location, args: SendArgs) -> anyhow::Result<u8> {
         Some(b) => b.to_owned(),
         None => unreachable!("clap requires a body or --batch"),
     };
-    let id = q.send(&OutgoingMessage { body, ..template }).await?;
+    let id = q.send(&message(&template, body, signer.as_ref())).await?;
     println!("{id}");
     Ok(0)
 }
@@ -340,7 +390,7 @@ async fn flush_batch(
     Ok(())
 }
 
-pub async fn receive(loc: &Location, args: ReceiveArgs) -> anyhow::Result<u8> {
+pub(super) async fn receive(loc: &Location, args: ReceiveArgs) -> anyhow::Result<u8> {
     let q = loc.open(&args.queue).await?;
     let mut out = std::io::stdout().lock();
     loop {

@@ -1,17 +1,17 @@
-//! `wasm-jobs worker`: start the fork server while the process is still
-//! single-threaded, then the tokio runtime, then run the worker; end the
-//! process as the worker's end asks (exit 0, exit 1, or killed by the signal
-//! that stopped it).
+//! `wasm-jobs worker`: start the tokio runtime and the fork server, open
+//! every queue the worker serves with its tenant binding, run the worker,
+//! and end the process as the worker's end asks (exit 0, exit 1, or killed
+//! by the signal that stopped it).
 
 use super::args::{parse_bytes, parse_seconds};
 use super::queue_cmds::Location;
-use crate::engine::EngineSettings;
+use crate::logging::LogSettings;
 use crate::queue::address::QueueAddress;
 use crate::sandbox::{DEFAULT_MAX_MEMORY, SandboxPolicy};
-use crate::worker::forks::ForkClient;
-use crate::worker::forkserver::{self, EXIT_SIGNALS, ForkServerConfig};
-use crate::worker::stats::WorkerStats;
-use crate::worker::{self, WorkerConfig, WorkerExit};
+use crate::worker::forkserver::EXIT_SIGNALS;
+use crate::worker::{
+    self, BoundQueue, ForkServerSettings, ForkServers, WorkerConfig, WorkerExit, WorkerStats,
+};
 use crate::{outcome::exit_code, paths};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,53 +19,66 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 #[derive(Debug, clap::Args)]
-pub struct WorkerArgs {
-    /// The queue: an embedded queue name, or an SQS queue URL.
-    #[arg(long)]
-    pub queue: String,
+pub(super) struct WorkerArgs {
+    /// A queue this worker serves, bound to a tenant: `TENANT=QUEUE`, or a
+    /// bare `QUEUE` for `--tenant`. An embedded queue name or an SQS queue
+    /// URL. Repeat to serve several; every message's tenant is its queue's.
+    #[arg(long, value_name = "[TENANT=]QUEUE")]
+    pub(super) queue: Vec<String>,
+    /// A queue shared by many tenants, whose messages must be signed with
+    /// their tenant's key (policy `key_file`). Repeatable.
+    #[arg(long, value_name = "QUEUE")]
+    pub(super) shared_queue: Vec<String>,
     /// Run this component for every message; without it, each message's
     /// `module` attribute names a registry module (NAME or NAME@sha256:HEX).
     #[arg(long)]
-    pub module: Option<PathBuf>,
+    pub(super) module: Option<PathBuf>,
     /// Registry directory (default: `<data dir>/registry`).
     #[arg(long, env = "WASM_JOBS_REGISTRY")]
-    pub registry: Option<PathBuf>,
+    pub(super) registry: Option<PathBuf>,
     /// Tenant policies (TOML; see `wasm-jobs policy check`). Without one every
     /// tenant gets --timeout and --max-memory and nothing else.
     #[arg(long, value_name = "FILE")]
-    pub policy: Option<PathBuf>,
-    /// Tenant of messages that carry no `tenant` attribute.
+    pub(super) policy: Option<PathBuf>,
+    /// The tenant a bare `--queue QUEUE` is bound to.
     #[arg(long, default_value = crate::registry::DEFAULT_TENANT)]
-    pub tenant: String,
+    pub(super) tenant: String,
     /// Jobs at once.
     #[arg(long, default_value_t = 1)]
-    pub concurrency: usize,
+    pub(super) concurrency: usize,
     /// Visibility timeout for received messages (seconds).
     #[arg(long, value_parser = parse_seconds, default_value = "60")]
-    pub visibility_timeout: Duration,
+    pub(super) visibility_timeout: Duration,
     /// Heartbeat interval (seconds); must be shorter than the visibility timeout.
     #[arg(long, value_parser = parse_seconds, default_value = "5")]
-    pub heartbeat: Duration,
+    pub(super) heartbeat: Duration,
     /// Time `on-exit` gets per try when an exit signal arrives (seconds).
     #[arg(long, value_parser = parse_seconds, default_value = "30")]
-    pub exit_timeout: Duration,
+    pub(super) exit_timeout: Duration,
     /// Long-poll seconds; defaults to the queue's ReceiveMessageWaitTimeSeconds.
     #[arg(long, value_parser = parse_wait)]
-    pub wait: Option<Duration>,
+    pub(super) wait: Option<Duration>,
     /// Each job's wall-time limit (seconds).
     #[arg(long, value_parser = parse_seconds, default_value = "900")]
-    pub timeout: Duration,
+    pub(super) timeout: Duration,
     /// Each job's linear-memory limit.
     #[arg(long, value_parser = parse_bytes, default_value_t = DEFAULT_MAX_MEMORY)]
-    pub max_memory: u64,
+    pub(super) max_memory: u64,
     /// Exit 0 once the queue is empty and every job has ended.
     #[arg(long)]
-    pub drain: bool,
+    pub(super) drain: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub(super) metrics_addr: Option<std::net::SocketAddr>,
+    /// A compile helper is killed after this long (seconds); the message
+    /// is left for redelivery.
+    #[arg(long, value_parser = parse_seconds, default_value = "300")]
+    pub(super) compile_timeout: Duration,
+    /// A compile helper's address-space limit.
+    #[arg(long, value_parser = parse_bytes, default_value = "4GiB")]
+    pub(super) compile_memory: u64,
     #[command(flatten)]
-    pub location: Location,
+    pub(super) location: Location,
 }
 
 fn parse_wait(s: &str) -> Result<Duration, String> {
@@ -81,16 +94,63 @@ fn parse_wait(s: &str) -> Result<Duration, String> {
 }
 
 /// What the process does once the worker is done.
-pub enum Ending {
+pub(super) enum Ending {
+    /// Exit with this code.
     Code(u8),
     /// Re-raise this signal with its default disposition.
     Signal(i32),
 }
 
+/// A `--queue` value: `TENANT=QUEUE` or a bare `QUEUE` for `default_tenant`.
+fn binding(value: &str, default_tenant: &str) -> (String, String) {
+    match value.split_once('=') {
+        Some((tenant, queue)) if crate::registry::valid_name(tenant) && !queue.is_empty() => {
+            (tenant.to_owned(), queue.to_owned())
+        }
+        _ => (default_tenant.to_owned(), value.to_owned()),
+    }
+}
+
+/// Every queue to serve: (its tenant, or `None` for shared; its address).
+fn bindings(
+    args: &WorkerArgs,
+    policies: &crate::policy::Policies,
+) -> anyhow::Result<Vec<(Option<String>, String)>> {
+    let mut out: Vec<(Option<String>, String)> = Vec::new();
+    let bound = args
+        .queue
+        .iter()
+        .map(|q| binding(q, &args.tenant))
+        .chain(policies.bound_queues());
+    for (tenant, queue) in bound {
+        match out.iter().find(|(_, q)| *q == queue) {
+            Some((Some(t), _)) if *t == tenant => {}
+            Some((other, _)) => anyhow::bail!(
+                "queue `{queue}` is bound to tenant {tenant} and to {}",
+                other.as_deref().unwrap_or("the shared queues")
+            ),
+            None => out.push((Some(tenant), queue)),
+        }
+    }
+    for queue in &args.shared_queue {
+        if out.iter().any(|(_, q)| q == queue) {
+            anyhow::bail!("queue `{queue}` is both shared and bound to a tenant");
+        }
+        out.push((None, queue.clone()));
+    }
+    if out.is_empty() {
+        anyhow::bail!(
+            "no queue to serve: give --queue [TENANT=]QUEUE, --shared-queue QUEUE, or `queues` in the policy file"
+        );
+    }
+    Ok(out)
+}
+
 /// Run a worker to its end. `before_run` runs inside the runtime first (the
 /// demo sends its messages there); the fork server is already started then.
-pub fn run_worker<F, Fut>(
+pub(super) fn run_worker<F, Fut>(
     args: &WorkerArgs,
+    log: &LogSettings,
     stats: Arc<WorkerStats>,
     before_run: F,
 ) -> anyhow::Result<Ending>
@@ -108,9 +168,15 @@ where
         Some(path) => crate::policy::Policies::load(path)?,
         None => crate::policy::Policies::open(base),
     };
-    let engine = EngineSettings {
+    let fork_server = ForkServerSettings {
+        exe: std::env::current_exe()?,
+        cache_dir: paths::compiled_dir(&data_dir),
         fuel_metering: policies.uses_fuel(),
+        compile_timeout: args.compile_timeout,
+        compile_memory: args.compile_memory,
+        log: log.clone(),
     };
+    let bindings = bindings(args, &policies)?;
     let config = WorkerConfig {
         module: args.module.clone(),
         registry: crate::registry::Registry::new(
@@ -118,7 +184,6 @@ where
                 .clone()
                 .unwrap_or_else(|| data_dir.join("registry")),
         ),
-        default_tenant: args.tenant.clone(),
         concurrency: args.concurrency,
         visibility_timeout: args.visibility_timeout,
         heartbeat: args.heartbeat,
@@ -131,33 +196,40 @@ where
         eprintln!("error: {why}");
         return Ok(Ending::Code(exit_code::USAGE));
     }
-    let address = QueueAddress::parse(&args.queue)?;
-    // Before any runtime or thread exists.
-    let fork_server = forkserver::start(ForkServerConfig {
-        engine,
-        cache_dir: paths::compiled_dir(&data_dir),
-    })?;
+    let addresses = bindings
+        .into_iter()
+        .map(|(tenant, q)| Ok((tenant, QueueAddress::parse(&q)?, q)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let ending = runtime.block_on(async {
-        let forks = ForkClient::new(fork_server)?;
+        let forks = ForkServers::start(fork_server, Arc::clone(&stats))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the fork server: {e}"))?;
         let signals = exit_signals()?;
         if let Some(addr) = args.metrics_addr {
-            crate::worker::metrics::serve(addr, Arc::clone(&stats))
+            crate::worker::parent::metrics::serve(addr, Arc::clone(&stats))
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
         }
         before_run().await?;
-        let queue = match crate::queue::open(&address, &data_dir, args.location.endpoint_url.as_deref()).await {
-            Ok(q) => q,
-            Err(e) => {
-                eprintln!("error: cannot open queue {}: {e}", args.queue);
-                return Ok(Ending::Code(exit_code::HOST_ERROR));
+        let mut queues = Vec::new();
+        for (tenant, address, text) in &addresses {
+            let endpoint = args.location.endpoint_url.as_deref();
+            match crate::queue::open(address, &data_dir, endpoint).await {
+                Ok(queue) => queues.push(BoundQueue {
+                    queue,
+                    tenant: tenant.clone(),
+                }),
+                Err(e) => {
+                    eprintln!("error: cannot open queue {text}: {e}");
+                    return Ok(Ending::Code(exit_code::HOST_ERROR));
+                }
             }
-        };
-        let exit = worker::run(config, queue, forks, stats, signals).await;
+        }
+        let exit = worker::run(config, queues, forks, stats, signals).await;
         Ok::<_, anyhow::Error>(match exit {
             WorkerExit::Drained => Ending::Code(exit_code::OK),
             WorkerExit::Signaled {
@@ -174,7 +246,6 @@ where
             }
         })
     });
-    // Blocking threads (the fork-server watcher) must not hold up the exit.
     runtime.shutdown_timeout(Duration::from_millis(200));
     ending
 }
@@ -198,7 +269,7 @@ fn exit_signals() -> std::io::Result<mpsc::Receiver<i32>> {
 }
 
 /// End this process as killed by `sig`, as if it had never been handled.
-pub fn reraise(sig: i32) -> ! {
+pub(super) fn reraise(sig: i32) -> ! {
     // SAFETY: restoring the default disposition and raising a signal on
     // ourselves; no handler code runs.
     unsafe {
@@ -210,4 +281,24 @@ pub fn reraise(sig: i32) -> ! {
         libc::raise(sig);
     }
     std::process::exit(128 + sig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::binding;
+
+    #[test]
+    fn a_queue_is_bound_to_its_named_tenant_or_the_default() {
+        assert_eq!(
+            binding("acme=jobs", "default"),
+            ("acme".into(), "jobs".into())
+        );
+        assert_eq!(binding("jobs", "trial"), ("trial".into(), "jobs".into()));
+        let url = "https://sqs.eu-west-1.amazonaws.com/123/jobs";
+        assert_eq!(
+            binding(&format!("acme={url}"), "default"),
+            ("acme".into(), url.into())
+        );
+        assert_eq!(binding(url, "default"), ("default".into(), url.into()));
+    }
 }

@@ -1,17 +1,22 @@
 //! `--queue` addressing: a plain name is an embedded queue in the data
-//! directory; an `http(s)://` URL is an SQS queue URL.
+//! directory; an `http(s)://` URL is an SQS queue URL. Parsed in the CLI
+//! process (queue commands, `worker`).
 
 use super::QueueError;
 
 /// Where a queue lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum QueueAddress {
+pub(crate) enum QueueAddress {
+    /// An embedded queue of the data directory, by name.
     Embedded { name: String },
+    /// An SQS queue, by URL.
     Sqs { url: String },
 }
 
 impl QueueAddress {
-    pub fn parse(s: &str) -> Result<Self, QueueError> {
+    /// Parse a `--queue` value: an `http(s)://HOST/ACCOUNT/NAME` URL or a
+    /// valid queue name.
+    pub(crate) fn parse(s: &str) -> Result<Self, QueueError> {
         let s = s.trim();
         if s.starts_with("http://") || s.starts_with("https://") {
             let rest = s.split_once("://").map(|(_, r)| r).unwrap_or("");
@@ -32,14 +37,6 @@ impl QueueAddress {
         super::validate::queue_name(s, s.ends_with(".fifo"))?;
         Ok(QueueAddress::Embedded { name: s.to_owned() })
     }
-
-    /// The queue's name (last path segment of a URL).
-    pub fn queue_name(&self) -> &str {
-        match self {
-            QueueAddress::Embedded { name } => name,
-            QueueAddress::Sqs { url } => url.rsplit('/').find(|p| !p.is_empty()).unwrap_or(url),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -57,7 +54,6 @@ mod tests {
         let url = "http://127.0.0.1:5000/123456789012/jobs.fifo";
         let a = QueueAddress::parse(url).unwrap();
         assert_eq!(a, QueueAddress::Sqs { url: url.into() });
-        assert_eq!(a.queue_name(), "jobs.fifo");
         for bad in [
             "ftp://x/1/q",
             "https://",

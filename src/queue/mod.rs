@@ -4,43 +4,55 @@
 //!
 //! Two backends implement it: [`embedded`] (SQLite in the data directory, the
 //! zero-setup default) and [`sqs`] (AWS SQS or any SQS-compatible endpoint).
-//! [`open`] picks one from a `--queue` address (see [`address`]).
+//! `open` picks one from a `--queue` address (see `address`).
+//!
+//! Queues are used by the worker parent and by the CLI process (queue
+//! commands, `demo`); the fork server and worker children never touch one.
 
-pub mod address;
+pub(crate) mod address;
 pub mod embedded;
-pub mod retry;
+pub(crate) mod retry;
 pub mod sqs;
-pub mod validate;
+pub(crate) mod validate;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// SQS's own limits, enforced by both backends.
-pub mod limits {
+pub(crate) mod limits {
     use std::time::Duration;
     /// Largest message: body plus attribute names, types and values.
-    pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
-    pub const MAX_BATCH: usize = 10;
-    pub const MAX_ATTRIBUTES: usize = 10;
-    pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
-    pub const MAX_WAIT: Duration = Duration::from_secs(20);
-    pub const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
+    pub(crate) const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+    /// Most entries in one batch call, and most messages one receive returns.
+    pub(crate) const MAX_BATCH: usize = 10;
+    /// Most user attributes on one message.
+    pub(crate) const MAX_ATTRIBUTES: usize = 10;
+    /// Longest visibility timeout, and longest a message may stay invisible
+    /// counted from its first receive.
+    pub(crate) const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
+    /// Longest long-poll wait of one receive.
+    pub(crate) const MAX_WAIT: Duration = Duration::from_secs(20);
+    /// Longest per-message delay.
+    pub(crate) const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
     /// FIFO deduplication window.
-    pub const DEDUP_WINDOW: Duration = Duration::from_secs(5 * 60);
+    pub(crate) const DEDUP_WINDOW: Duration = Duration::from_secs(5 * 60);
 }
 
 /// A message attribute value, one of SQS's three data types.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "type", content = "value")]
 pub enum AttributeValue {
+    /// UTF-8 text.
     String(String),
     /// A number, kept as its decimal text (SQS does the same).
     Number(String),
+    /// Raw bytes (base64 in JSON).
     Binary(#[serde(with = "base64_bytes")] Vec<u8>),
 }
 
 impl AttributeValue {
-    pub fn data_type(&self) -> &'static str {
+    /// SQS's name for the data type: `String`, `Number` or `Binary`.
+    pub(crate) fn data_type(&self) -> &'static str {
         match self {
             AttributeValue::String(_) => "String",
             AttributeValue::Number(_) => "Number",
@@ -66,16 +78,17 @@ impl AttributeValue {
     }
 }
 
+/// Binary attribute values as base64 text, for serde and for jobs.
 mod base64_bytes {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
-    pub fn encode(b: &[u8]) -> String {
+    pub(super) fn encode(b: &[u8]) -> String {
         STANDARD.encode(b)
     }
-    pub fn serialize<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&encode(b))
     }
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text: String = serde::Deserialize::deserialize(d)?;
         STANDARD.decode(text).map_err(serde::de::Error::custom)
     }
@@ -87,23 +100,31 @@ pub type Attributes = BTreeMap<String, AttributeValue>;
 /// A message as received.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReceivedMessage {
+    /// The queue's id for the message; stable across deliveries.
     pub message_id: String,
-    /// Valid until the message is delivered again.
+    /// Names this delivery for visibility changes and deletes. Valid until
+    /// the message is delivered again.
     pub receipt_handle: String,
+    /// The body, as sent.
     pub body: String,
+    /// User attributes.
     pub attributes: Attributes,
     /// ApproximateReceiveCount: 1 on first delivery.
     pub receive_count: u32,
     /// SentTimestamp, milliseconds since the epoch.
     pub sent_timestamp_ms: u64,
+    /// MessageGroupId (FIFO queues).
     pub group_id: Option<String>,
+    /// MessageDeduplicationId (FIFO queues).
     pub dedup_id: Option<String>,
 }
 
 /// A message to send.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OutgoingMessage {
+    /// The body: non-empty text of characters SQS accepts.
     pub body: String,
+    /// User attributes (at most 10).
     pub attributes: Attributes,
     /// DelaySeconds (not allowed per message on FIFO queues).
     pub delay: Option<Duration>,
@@ -115,6 +136,7 @@ pub struct OutgoingMessage {
 }
 
 impl OutgoingMessage {
+    /// A message with this body and nothing else.
     pub fn new(body: impl Into<String>) -> Self {
         OutgoingMessage {
             body: body.into(),
@@ -123,7 +145,7 @@ impl OutgoingMessage {
     }
 
     /// Body plus attributes, as SQS counts message size.
-    pub fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         self.body.len()
             + self
                 .attributes
@@ -149,23 +171,27 @@ pub struct ReceiveRequest {
 pub struct RedrivePolicy {
     /// The dead-letter queue: an ARN for SQS, a queue name for embedded.
     pub dead_letter_target: String,
+    /// Receives after which the next receive moves the message there.
     pub max_receive_count: u32,
 }
 
 /// The queue attributes the worker needs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct QueueAttributes {
+    /// The default visibility timeout of received messages.
     pub visibility_timeout: Duration,
     /// ReceiveMessageWaitTimeSeconds.
     pub receive_wait: Duration,
+    /// The dead-letter configuration, if any.
     pub redrive: Option<RedrivePolicy>,
+    /// Whether it is a FIFO queue.
     pub fifo: bool,
 }
 
 impl QueueAttributes {
     /// Retries are allowed when there is no redrive policy or it allows more
     /// than one receive (as the reference dispatcher decides).
-    pub fn allows_retries(&self) -> bool {
+    pub(crate) fn allows_retries(&self) -> bool {
         self.redrive
             .as_ref()
             .is_none_or(|r| r.max_receive_count > 1)
@@ -175,14 +201,18 @@ impl QueueAttributes {
 /// Approximate message counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct QueueCounts {
+    /// Ready to be received.
     pub visible: u64,
+    /// Received and not yet visible again or deleted.
     pub in_flight: u64,
+    /// Sent with a delay that has not passed yet.
     pub delayed: u64,
 }
 
 /// One entry of a batch call: its position in the request and what happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchEntryResult {
+    /// The entry's position in the request.
     pub index: usize,
     /// The new message id for sends, empty for other calls; or the error.
     pub result: Result<String, QueueError>,
@@ -191,35 +221,45 @@ pub struct BatchEntryResult {
 /// A visibility change for one received message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VisibilityChange {
+    /// The delivery to change.
     pub receipt_handle: String,
+    /// The new timeout, counted from now (zero makes it visible at once).
     pub timeout: Duration,
 }
 
 /// What went wrong with a queue call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
+    /// The queue (named here) does not exist.
     #[error("queue `{0}` does not exist")]
     NoSuchQueue(String),
+    /// Creating a queue that exists with other settings.
     #[error("queue `{0}` already exists with different attributes")]
     QueueExists(String),
+    /// The request breaks one of SQS's input rules; the text says which.
     #[error("invalid request: {0}")]
     InvalidInput(String),
+    /// The receipt handle no longer names a delivery.
     #[error("receipt handle is invalid or stale (the message was delivered again or deleted)")]
     StaleReceipt,
+    /// A visibility change for a message that is visible again.
     #[error("the message is not in flight (its visibility timeout expired)")]
     NotInFlight,
+    /// Credentials are missing or not allowed to do this.
     #[error("access denied or credentials missing: {0}")]
     Unauthorized(String),
     /// Worth retrying: throttling, 5xx, timeouts, connection resets, a
     /// locked database.
     #[error("transient queue error: {0}")]
     Transient(String),
+    /// Anything else, not worth retrying.
     #[error("queue error: {0}")]
     Other(String),
 }
 
 impl QueueError {
-    pub fn is_transient(&self) -> bool {
+    /// Whether retrying the call may help ([`QueueError::Transient`]).
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(self, QueueError::Transient(_))
     }
 }
@@ -229,37 +269,49 @@ impl QueueError {
 pub trait Queue: Send + Sync {
     /// A human-readable name for logs (queue name or URL).
     fn name(&self) -> &str;
+    /// ReceiveMessage: up to `req.max_messages` visible messages, made
+    /// invisible for the visibility timeout; waits up to `req.wait` for one.
     async fn receive(&self, req: ReceiveRequest) -> Result<Vec<ReceivedMessage>, QueueError>;
+    /// ChangeMessageVisibility: keep a received message invisible for
+    /// `timeout` from now (zero releases it at once).
     async fn change_visibility(
         &self,
         receipt_handle: &str,
         timeout: Duration,
     ) -> Result<(), QueueError>;
+    /// ChangeMessageVisibilityBatch: 1 to 10 changes, each with its own result.
     async fn change_visibility_batch(
         &self,
         changes: &[VisibilityChange],
     ) -> Result<Vec<BatchEntryResult>, QueueError>;
+    /// DeleteMessage: remove a received message for good.
     async fn delete(&self, receipt_handle: &str) -> Result<(), QueueError>;
+    /// DeleteMessageBatch: 1 to 10 deletes, each with its own result.
     async fn delete_batch(
         &self,
         receipt_handles: &[String],
     ) -> Result<Vec<BatchEntryResult>, QueueError>;
-    /// Returns the new message id.
+    /// SendMessage; returns the new message id.
     async fn send(&self, msg: &OutgoingMessage) -> Result<String, QueueError>;
+    /// SendMessageBatch: 1 to 10 messages, each with its own result (the
+    /// new message id, or why that one was refused).
     async fn send_batch(
         &self,
         msgs: &[OutgoingMessage],
     ) -> Result<Vec<BatchEntryResult>, QueueError>;
+    /// The queue's settings.
     async fn attributes(&self) -> Result<QueueAttributes, QueueError>;
+    /// Approximate message counts.
     async fn counts(&self) -> Result<QueueCounts, QueueError>;
     /// The queue its redrive policy names, if any.
     async fn dead_letter_queue(&self) -> Result<Option<Box<dyn Queue>>, QueueError>;
+    /// PurgeQueue: delete every message.
     async fn purge(&self) -> Result<(), QueueError>;
 }
 
 /// Open the queue at `address`: embedded queues live in `data_dir`; SQS
 /// queues use `endpoint` when given, else the SDK's configuration.
-pub async fn open(
+pub(crate) async fn open(
     address: &address::QueueAddress,
     data_dir: &std::path::Path,
     endpoint: Option<&str>,
@@ -284,8 +336,11 @@ pub async fn open(
 /// Settings for creating a queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueConfig {
+    /// The default visibility timeout of received messages.
     pub visibility_timeout: Duration,
+    /// The default long-poll wait of a receive.
     pub receive_wait: Duration,
+    /// A FIFO queue (its name must end in `.fifo`).
     pub fifo: bool,
     /// Dead-letter queue name and maxReceiveCount.
     pub dead_letter: Option<(String, u32)>,

@@ -1,5 +1,6 @@
 //! Jittered exponential backoff for transient queue errors. Permanent errors
-//! (no such queue, access denied, bad input) are returned at once.
+//! (no such queue, access denied, bad input) are returned at once. Used
+//! wherever queues are called: the worker parent and the CLI process.
 
 use super::QueueError;
 use rand::Rng;
@@ -8,10 +9,14 @@ use std::time::Duration;
 
 /// How often and how patiently to retry.
 #[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub attempts: u32,
-    pub base: Duration,
-    pub max: Duration,
+pub(crate) struct Backoff {
+    /// Tries in all, the first included.
+    pub(crate) attempts: u32,
+    /// Scale of the delays: retry N waits between `base`·2^(N-1) and
+    /// `base`·2^N.
+    pub(crate) base: Duration,
+    /// Cap on the window (so a delay is at most this).
+    pub(crate) max: Duration,
 }
 
 impl Default for Backoff {
@@ -25,9 +30,9 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    /// Delay before retry number `attempt` (1-based): full jitter over an
-    /// exponentially growing window.
-    pub fn delay(&self, attempt: u32) -> Duration {
+    /// Delay before retry number `attempt` (1-based): random between half
+    /// and all of an exponentially growing window.
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
         let window = self
             .base
             .saturating_mul(1u32 << attempt.min(16))
@@ -37,7 +42,7 @@ impl Backoff {
     }
 
     /// Run `op` until it succeeds, fails permanently, or runs out of attempts.
-    pub async fn run<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, QueueError>
+    pub(crate) async fn run<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, QueueError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, QueueError>>,

@@ -1,5 +1,6 @@
 //! SQS's input rules, checked before any call so that both backends reject
 //! bad input the same way, with a clear message, and nothing is half-sent.
+//! Runs wherever queues are called: the worker parent and the CLI process.
 
 use super::{OutgoingMessage, QueueError, ReceiveRequest, limits};
 use std::time::Duration;
@@ -9,7 +10,7 @@ fn invalid(msg: impl Into<String>) -> QueueError {
 }
 
 /// Queue names: 1-80 of `[A-Za-z0-9_-]`, plus a `.fifo` suffix for FIFO queues.
-pub fn queue_name(name: &str, fifo: bool) -> Result<(), QueueError> {
+pub(crate) fn queue_name(name: &str, fifo: bool) -> Result<(), QueueError> {
     let stem = match (fifo, name.strip_suffix(".fifo")) {
         (true, Some(stem)) => stem,
         (true, None) => {
@@ -40,7 +41,7 @@ pub fn queue_name(name: &str, fifo: bool) -> Result<(), QueueError> {
 
 /// Attribute names: 1-256 of `[A-Za-z0-9_.-]`, no leading, trailing or
 /// doubled '.', and not starting with `AWS.` or `Amazon.` (any case).
-pub fn attribute_name(name: &str) -> Result<(), QueueError> {
+fn attribute_name(name: &str) -> Result<(), QueueError> {
     let lower = name.to_ascii_lowercase();
     let why = if name.is_empty() || name.len() > 256 {
         Some("must be 1-256 characters")
@@ -68,7 +69,7 @@ fn allowed_char(c: char) -> bool {
 }
 
 /// A message about to be sent to a queue (FIFO or not).
-pub fn outgoing(msg: &OutgoingMessage, fifo: bool) -> Result<(), QueueError> {
+pub(crate) fn outgoing(msg: &OutgoingMessage, fifo: bool) -> Result<(), QueueError> {
     if msg.body.is_empty() {
         return Err(invalid("message body is empty"));
     }
@@ -137,7 +138,7 @@ fn fifo_id(what: &str, id: &str) -> Result<(), QueueError> {
 }
 
 /// A batch of 1 to 10 entries.
-pub fn batch_len(len: usize) -> Result<(), QueueError> {
+pub(crate) fn batch_len(len: usize) -> Result<(), QueueError> {
     if (1..=limits::MAX_BATCH).contains(&len) {
         Ok(())
     } else {
@@ -148,7 +149,8 @@ pub fn batch_len(len: usize) -> Result<(), QueueError> {
     }
 }
 
-pub fn visibility(timeout: Duration) -> Result<(), QueueError> {
+/// A visibility timeout: at most 12 hours.
+pub(crate) fn visibility(timeout: Duration) -> Result<(), QueueError> {
     if timeout > limits::MAX_VISIBILITY {
         return Err(invalid(
             "visibility timeout may be at most 12 hours (43200 s)",
@@ -157,7 +159,8 @@ pub fn visibility(timeout: Duration) -> Result<(), QueueError> {
     Ok(())
 }
 
-pub fn receive(req: &ReceiveRequest) -> Result<(), QueueError> {
+/// A receive: 1 to 10 messages, a wait of at most 20 s, a valid visibility.
+pub(crate) fn receive(req: &ReceiveRequest) -> Result<(), QueueError> {
     if !(1..=limits::MAX_BATCH).contains(&req.max_messages) {
         return Err(invalid("receive takes 1 to 10 messages"));
     }

@@ -1,10 +1,15 @@
 //! What the worker parent, the fork server and the worker children say to
-//! each other, and how it is framed.
+//! each other, and how it is framed. This is the leaf both sides depend on:
+//! it imports neither [`super::parent`] nor [`super::forkserver`].
 //!
 //! - Commands, parent -> fork server: a stream socket, each frame a 4-byte
 //!   big-endian length and a JSON [`Command`]. One writer, one reader.
 //! - Events, fork server and children -> parent: a `SOCK_SEQPACKET` socket,
 //!   one JSON [`Event`] per packet, so many writers never interleave.
+//!
+//! The fork server is a separate executable image (`wasm-jobs
+//! __fork-server`); it inherits the two sockets at [`COMMAND_FD`] and
+//! [`EVENT_FD`] and its settings as one JSON argument ([`ForkServerConfig`]).
 
 use crate::contract::JobMessage;
 use crate::outcome::Outcome;
@@ -12,41 +17,97 @@ use crate::sandbox::SandboxPolicy;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// The descriptor the fork server reads commands from.
+pub(crate) const COMMAND_FD: i32 = 3;
+/// The descriptor the fork server and its children write events to.
+pub(crate) const EVENT_FD: i32 = 4;
 
 /// Largest event packet; outcomes carry guest text, so reasons are cut to fit.
-pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_EVENT_BYTES: usize = 64 * 1024;
 /// Longest reason text carried in an outcome event.
-pub const MAX_REASON_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_REASON_BYTES: usize = 8 * 1024;
 /// Largest command frame (a 256 KiB message plus attributes, JSON-escaped).
 const MAX_COMMAND_BYTES: usize = 8 * 1024 * 1024;
 
 /// Which export a process calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CallKind {
+pub(crate) enum CallKind {
     Run,
     OnExit { signal: u32 },
 }
 
-/// Parent -> fork server.
+/// What the fork server needs to run jobs; passed as its one argument.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ForkServerConfig {
+    /// Fuel metering on or off for the whole engine.
+    pub(crate) fuel_metering: bool,
+    /// The compiled-artifact cache.
+    pub(crate) cache_dir: PathBuf,
+    /// A compile helper is killed after this long (a passing failure).
+    pub(crate) compile_timeout: Duration,
+    /// A compile helper's address-space limit (`RLIMIT_AS`), in bytes.
+    pub(crate) compile_memory: u64,
+    /// The worker parent's pid: the fork server dies with it.
+    pub(crate) parent: i32,
+}
+
+/// The module a call runs, decided once when the message was admitted: the
+/// fork server refuses a file whose content no longer has this digest, so
+/// `run` and `on-exit` of one message always run the same code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ModuleRef {
+    /// The component file (a registry blob, or the worker's `--module`).
+    pub(crate) path: PathBuf,
+    /// sha256 of its bytes, lowercase hex.
+    pub(crate) digest: String,
+    /// What logs and metrics call it (`NAME@sha256:HEX` or the file path).
+    pub(crate) label: String,
+}
+
+/// One call to make in a fresh process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Spawn {
+    /// The parent's number for this process.
+    pub(crate) process: u64,
+    pub(crate) module: ModuleRef,
+    /// The tenant the message was admitted for (logs only).
+    pub(crate) tenant: String,
+    pub(crate) message: JobMessage,
+    pub(crate) call: CallKind,
+    /// The tenant's sandbox for this call.
+    pub(crate) policy: SandboxPolicy,
+}
+
+/// Parent -> fork server. Each command is serialized once and read once, so
+/// the size of `Spawn` costs nothing worth boxing for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Command {
-    /// Fork a process that loads `module` and makes one call.
-    Spawn {
-        process: u64,
-        module: PathBuf,
-        message: JobMessage,
-        call: CallKind,
-        /// The tenant's sandbox for this call.
-        policy: SandboxPolicy,
-    },
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Command {
+    /// Fork a process that loads a module and makes one call.
+    Spawn(Spawn),
+    /// Signal a process's group, if the fork server has not reaped it yet.
+    Signal { process: u64, signal: i32 },
+}
+
+/// Whose fault a failed spawn is, which decides the message's fate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SpawnFailure {
+    /// The component itself is broken (not a job component): dead-letter.
+    InvalidComponent,
+    /// Something passing: a fork failed, a compile helper was killed or timed
+    /// out, the module file changed. Leave the message for redelivery.
+    Passing,
 }
 
 /// How a process ended, as `waitpid` saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ExitStatus {
+pub(crate) enum ExitStatus {
     Code(i32),
     Signal(i32),
 }
@@ -54,14 +115,16 @@ pub enum ExitStatus {
 /// Fork server or child -> parent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Event {
+pub(crate) enum Event {
+    /// The fork server has built its engine and reads commands.
+    Ready { pid: i32 },
     /// The process was forked; it leads its own process group `pid`.
     Started { process: u64, pid: i32 },
-    /// The module could not be loaded; no process was forked.
+    /// The module could not be loaded or no process could be forked.
     SpawnFailed {
         process: u64,
         error: String,
-        invalid_component: bool,
+        failure: SpawnFailure,
     },
     /// Sent by the child itself just before it exits.
     Finished {
@@ -74,7 +137,7 @@ pub enum Event {
 }
 
 /// Cut guest-supplied text in an outcome so the event fits in one packet.
-pub fn trim_outcome(outcome: Outcome) -> Outcome {
+pub(crate) fn trim_outcome(outcome: Outcome) -> Outcome {
     fn cut(mut s: String) -> String {
         if s.len() > MAX_REASON_BYTES {
             let mut end = MAX_REASON_BYTES;
@@ -108,7 +171,7 @@ pub fn trim_outcome(outcome: Outcome) -> Outcome {
     }
 }
 
-pub fn write_command(w: &mut impl Write, cmd: &Command) -> io::Result<()> {
+pub(crate) fn write_command(w: &mut impl Write, cmd: &Command) -> io::Result<()> {
     let json = serde_json::to_vec(cmd)?;
     let len = u32::try_from(json.len()).map_err(|_| io::Error::other("command too large"))?;
     let mut frame = Vec::with_capacity(4 + json.len());
@@ -118,7 +181,7 @@ pub fn write_command(w: &mut impl Write, cmd: &Command) -> io::Result<()> {
 }
 
 /// Read one command; `Ok(None)` at end of stream (the parent is gone).
-pub fn read_command(r: &mut impl Read) -> io::Result<Option<Command>> {
+pub(crate) fn read_command(r: &mut impl Read) -> io::Result<Option<Command>> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}
@@ -136,7 +199,7 @@ pub fn read_command(r: &mut impl Read) -> io::Result<Option<Command>> {
         .map_err(io::Error::other)
 }
 
-pub fn encode_event(event: &Event) -> Vec<u8> {
+pub(crate) fn encode_event(event: &Event) -> Vec<u8> {
     serde_json::to_vec(event).expect("events always serialize")
 }
 
@@ -146,9 +209,14 @@ mod tests {
 
     #[test]
     fn commands_round_trip_through_frames() {
-        let cmd = Command::Spawn {
+        let cmd = Command::Spawn(Spawn {
             process: 7,
-            module: "/x/job.wasm".into(),
+            module: ModuleRef {
+                path: "/x/job.wasm".into(),
+                digest: "ab".repeat(32),
+                label: "job".into(),
+            },
+            tenant: "acme".into(),
             message: JobMessage {
                 id: "m".into(),
                 body: "b".repeat(300_000),
@@ -157,7 +225,7 @@ mod tests {
             },
             call: CallKind::OnExit { signal: 15 },
             policy: SandboxPolicy::default(),
-        };
+        });
         let mut buf = Vec::new();
         write_command(&mut buf, &cmd).unwrap();
         write_command(&mut buf, &cmd).unwrap();

@@ -10,28 +10,28 @@ use wasm_jobs::engine::EngineSettings;
 use wasm_jobs::executor::{Call, CallReport, Executor, LoadedJob};
 use wasm_jobs::sandbox::SandboxPolicy;
 
-pub fn repo_root() -> &'static Path {
+pub(crate) fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A data dir kept between test runs (under the target dir), so compiled
 /// artifacts of the big guests are reused.
-pub fn data_home() -> PathBuf {
+pub(crate) fn data_home() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm-jobs-home")
 }
 
-pub fn bin() -> &'static str {
+pub(crate) fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_wasm-jobs")
 }
 
-pub fn executor() -> &'static Executor {
+pub(crate) fn executor() -> &'static Executor {
     static E: OnceLock<Executor> = OnceLock::new();
     E.get_or_init(|| {
         Executor::new(EngineSettings::default(), data_home().join("compiled")).unwrap()
     })
 }
 
-pub fn fuel_executor() -> &'static Executor {
+pub(crate) fn fuel_executor() -> &'static Executor {
     static E: OnceLock<Executor> = OnceLock::new();
     E.get_or_init(|| {
         Executor::new(
@@ -44,7 +44,7 @@ pub fn fuel_executor() -> &'static Executor {
     })
 }
 
-pub fn modes_wasm() -> &'static [u8] {
+pub(crate) fn modes_wasm() -> &'static [u8] {
     static W: OnceLock<Vec<u8>> = OnceLock::new();
     W.get_or_init(|| {
         let wat = std::fs::read(repo_root().join("tests/fixtures/modes.wat")).unwrap();
@@ -52,12 +52,12 @@ pub fn modes_wasm() -> &'static [u8] {
     })
 }
 
-pub fn modes_job() -> &'static LoadedJob {
+pub(crate) fn modes_job() -> &'static LoadedJob {
     static J: OnceLock<LoadedJob> = OnceLock::new();
     J.get_or_init(|| executor().load_bytes(modes_wasm()).unwrap())
 }
 
-pub fn message(body: &str) -> JobMessage {
+pub(crate) fn message(body: &str) -> JobMessage {
     JobMessage {
         id: "msg-1".into(),
         body: body.into(),
@@ -66,7 +66,7 @@ pub fn message(body: &str) -> JobMessage {
     }
 }
 
-pub fn policy() -> SandboxPolicy {
+pub(crate) fn policy() -> SandboxPolicy {
     SandboxPolicy {
         timeout: Duration::from_secs(20),
         ..SandboxPolicy::default()
@@ -74,7 +74,7 @@ pub fn policy() -> SandboxPolicy {
 }
 
 /// One call on a fresh single-threaded runtime, as a worker child makes it.
-pub fn call_with(
+pub(crate) fn call_with(
     executor: &Executor,
     job: &LoadedJob,
     msg: &JobMessage,
@@ -89,14 +89,14 @@ pub fn call_with(
         .unwrap()
 }
 
-pub fn run_modes(body: &str, policy: &SandboxPolicy) -> CallReport {
+pub(crate) fn run_modes(body: &str, policy: &SandboxPolicy) -> CallReport {
     call_with(executor(), modes_job(), &message(body), Call::Run, policy)
 }
 
 /// Build a guest with its script (once per test process) and return the
 /// component's path. A missing toolchain fails the test: `.ci/run` installs
 /// every toolchain.
-pub fn build_with_script(key: &str, script: &Path, args: &[&Path], out: PathBuf) -> PathBuf {
+pub(crate) fn build_with_script(key: &str, script: &Path, args: &[&Path], out: PathBuf) -> PathBuf {
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if !built.iter().any(|k| k == key) {
@@ -118,26 +118,26 @@ pub fn build_with_script(key: &str, script: &Path, args: &[&Path], out: PathBuf)
     out
 }
 
-pub fn example_guest(lang: &str) -> PathBuf {
+pub(crate) fn example_guest(lang: &str) -> PathBuf {
     let dir = repo_root().join("guest-examples").join(lang);
     build_with_script(lang, &dir.join("build.sh"), &[], dir.join("build/job.wasm"))
 }
 
 /// The hostile C fixture as a component file.
-pub fn hostile_path() -> PathBuf {
+pub(crate) fn hostile_path() -> PathBuf {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile.wasm");
     let src = repo_root().join("tests/fixtures/hostile.c");
     let script = repo_root().join("guest-examples/c/build.sh");
     build_with_script("hostile", &script, &[&out, &src], out.clone())
 }
 
-pub fn hostile_guest() -> &'static LoadedJob {
+pub(crate) fn hostile_guest() -> &'static LoadedJob {
     static J: OnceLock<LoadedJob> = OnceLock::new();
     J.get_or_init(|| executor().load_file(&hostile_path()).unwrap())
 }
 
 /// The WAT modes fixture as a component file.
-pub fn modes_path() -> PathBuf {
+pub(crate) fn modes_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("modes.wasm");
@@ -147,4 +147,19 @@ pub fn modes_path() -> PathBuf {
         path
     })
     .clone()
+}
+
+/// `wasm-jobs module push FILE --name NAME [--tenant T]` into the data dir `home`.
+pub(crate) fn push_module(home: &Path, name: &str, tenant: Option<&str>, file: &Path) {
+    let mut cmd = Command::new(bin());
+    cmd.args(["module", "push", "--name", name]);
+    if let Some(t) = tenant {
+        cmd.args(["--tenant", t]);
+    }
+    let out = cmd.arg(file).env("WASM_JOBS_HOME", home).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -3,6 +3,10 @@
 //! built with their real toolchains, the `wasm-jobs exec` contract, and the
 //! queue conformance suite against the embedded queue and a moto server.
 
+// Helpers shared by tests unwrap like the tests do: a panic is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod architecture;
 mod common;
 mod exec_cli;
 mod executor_outcomes;
@@ -12,7 +16,10 @@ mod queue_backends;
 mod queue_cli;
 mod queue_conformance;
 mod registry;
+mod resilience;
 mod sandbox;
+mod signing;
+mod tenancy;
 mod tenants;
 mod worker;
 mod worker_harness;

@@ -3,7 +3,7 @@
 
 use crate::common::{example_guest, modes_path};
 use crate::queue_backends::Backend;
-use crate::worker_harness::Worker;
+use crate::worker_harness::{LogEvent, Worker, events_of, get, is, message};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -26,15 +26,36 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn metric(text: &str, series: &str) -> f64 {
+/// A series' value, if the text has it.
+fn metric_opt(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| {
             l.strip_prefix(series)
                 .and_then(|rest| rest.strip_prefix(' '))
         })
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-        .parse()
-        .unwrap()
+        .map(|v| v.parse().unwrap())
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    metric_opt(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+/// GET /metrics until every series has its expected value (the worker
+/// settles a message just after logging that its child ended); returns the
+/// last text, which the caller checks with the same expectations.
+fn metrics_when(addr: &str, expected: &[(&str, f64)], timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, text) = http_get(addr, "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        let reached = expected
+            .iter()
+            .all(|(series, value)| metric_opt(&text, series) == Some(*value));
+        if reached || Instant::now() >= deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,39 +80,33 @@ async fn metrics_count_what_the_worker_did() {
         ],
     );
     let deadline = Instant::now() + Duration::from_secs(30);
-    while w.count("worker child ended") < 5 {
+    while w.count("worker child ended", &[]) < 5 {
         assert!(Instant::now() < deadline, "{}", w.log());
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(200)); // let the last fates land
-    let (status, text) = http_get(&metrics_addr, "/metrics");
-    assert_eq!(status, "HTTP/1.1 200 OK");
-    assert_eq!(metric(&text, "wasm_jobs_messages_received_total"), 5.0);
-    assert_eq!(metric(&text, "wasm_jobs_jobs_succeeded_total"), 3.0);
-    assert_eq!(
-        metric(
-            &text,
-            "wasm_jobs_jobs_failed_total{reason=\"fatal\",kind=\"\"}"
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &text,
-            "wasm_jobs_jobs_failed_total{reason=\"trap\",kind=\"unreachable\"}"
-        ),
-        1.0
-    );
-    assert_eq!(metric(&text, "wasm_jobs_job_duration_seconds_count"), 5.0);
-    assert_eq!(metric(&text, "wasm_jobs_queue_to_start_seconds_count"), 5.0);
     let module = modes_path().display().to_string();
-    assert_eq!(
-        metric(
-            &text,
-            &format!("wasm_jobs_jobs_in_flight{{module=\"{module}\",tenant=\"default\"}}")
+    let in_flight = format!("wasm_jobs_jobs_in_flight{{module=\"{module}\",tenant=\"default\"}}");
+    let expected = [
+        ("wasm_jobs_messages_received_total", 5.0),
+        ("wasm_jobs_jobs_succeeded_total", 3.0),
+        (
+            "wasm_jobs_jobs_failed_total{reason=\"fatal\",kind=\"\"}",
+            1.0,
         ),
-        0.0
-    );
+        (
+            "wasm_jobs_jobs_failed_total{reason=\"trap\",kind=\"unreachable\"}",
+            1.0,
+        ),
+        ("wasm_jobs_job_duration_seconds_count", 5.0),
+        ("wasm_jobs_queue_to_start_seconds_count", 5.0),
+        (in_flight.as_str(), 0.0),
+    ];
+    // The last fates land just after the last child ended: poll until the
+    // counts are reached (or the deadline passes), then check each.
+    let text = metrics_when(&metrics_addr, &expected, Duration::from_secs(10));
+    for (series, value) in expected {
+        assert_eq!(metric(&text, series), value, "{series} in\n{text}");
+    }
     let (status, _) = http_get(&metrics_addr, "/other");
     assert_eq!(status, "HTTP/1.1 404 Not Found");
     w.signal(libc::SIGTERM);
@@ -110,8 +125,10 @@ async fn json_logs_tag_every_job_line_and_guest_output() {
         .cli()
         .args([
             "worker",
+            // The tenant comes from the queue; the message's `tenant`
+            // attribute agrees with it.
             "--queue",
-            &addr,
+            &format!("acme={addr}"),
             "--drain",
             "--wait",
             "0",
@@ -123,12 +140,15 @@ async fn json_logs_tag_every_job_line_and_guest_output() {
         .env("RUST_LOG", "info")
         .output()
         .unwrap();
-    assert!(out.status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
-    let job_lines: Vec<&serde_json::Value> = lines
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    for l in log.lines() {
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(l) {
+            panic!("not JSON ({e}): {l}");
+        }
+    }
+    let lines: Vec<LogEvent> = events_of(&log);
+    let job_lines: Vec<&LogEvent> = lines
         .iter()
         .filter(|l| l["span"]["message_id"] == id.as_str())
         .collect();
@@ -145,7 +165,7 @@ async fn json_logs_tag_every_job_line_and_guest_output() {
     }
     let guest = lines
         .iter()
-        .find(|l| l["target"] == "wasm_jobs::guest")
+        .find(|l| get(l, "target").as_deref() == Some("wasm_jobs::guest"))
         .unwrap_or_else(|| panic!("no guest output line in {lines:#?}"));
     assert_eq!(guest["line"], r#"{"words": 3}"#);
     assert_eq!(guest["stream"], "stdout");
@@ -153,8 +173,15 @@ async fn json_logs_tag_every_job_line_and_guest_output() {
     assert_eq!(guest["span"]["tenant"], "acme");
     assert!(guest["span"]["pid"].as_i64().is_some());
     assert!(
-        lines
-            .iter()
-            .any(|l| l["message"] == "job succeeded; message deleted")
+        lines.iter().any(|l| is(
+            l,
+            "job succeeded; message deleted",
+            &[("message_id", id.as_str()), ("tenant", "acme")]
+        )),
+        "{log}"
+    );
+    assert!(
+        !lines.iter().any(|l| message(l) == "message refused"),
+        "{log}"
     );
 }

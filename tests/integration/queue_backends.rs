@@ -11,7 +11,7 @@ use wasm_jobs::queue::embedded::EmbeddedStore;
 use wasm_jobs::queue::sqs::SqsQueue;
 use wasm_jobs::queue::{Queue, QueueConfig};
 
-pub const MOTO_REGION: &str = "us-east-1";
+pub(crate) const MOTO_REGION: &str = "us-east-1";
 
 /// Make one test per backend for each scenario: `async fn scenario(b: Backend)`
 /// runs as `embedded::scenario` and `moto::scenario`.
@@ -38,7 +38,7 @@ macro_rules! on_both_backends {
 }
 
 /// Where a test's queues live.
-pub enum Backend {
+pub(crate) enum Backend {
     Embedded {
         store: EmbeddedStore,
         dir: tempfile::TempDir,
@@ -61,13 +61,13 @@ fn unique(name: &str) -> String {
 }
 
 impl Backend {
-    pub fn embedded() -> Backend {
+    pub(crate) fn embedded() -> Backend {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
         Backend::Embedded { store, dir }
     }
 
-    pub fn moto() -> Backend {
+    pub(crate) fn moto() -> Backend {
         let endpoint = moto_endpoint().to_owned();
         let config = aws_sdk_sqs::Config::builder()
             .behavior_version_latest()
@@ -85,12 +85,20 @@ impl Backend {
 
     /// Create a queue with a unique name derived from `name`; returns it
     /// and its `--queue` address for the CLI.
-    pub async fn create(&self, name: &str, config: &QueueConfig) -> (Arc<dyn Queue>, String) {
+    pub(crate) async fn create(
+        &self,
+        name: &str,
+        config: &QueueConfig,
+    ) -> (Arc<dyn Queue>, String) {
         let name = unique(name);
         self.create_exact(&name, config).await
     }
 
-    pub async fn create_exact(&self, name: &str, config: &QueueConfig) -> (Arc<dyn Queue>, String) {
+    pub(crate) async fn create_exact(
+        &self,
+        name: &str,
+        config: &QueueConfig,
+    ) -> (Arc<dyn Queue>, String) {
         match self {
             Backend::Embedded { store, .. } => {
                 store.create_queue(name, config).unwrap();
@@ -104,7 +112,7 @@ impl Backend {
     }
 
     /// Create a dead-letter queue and a queue that redrives to it.
-    pub async fn create_with_dlq(
+    pub(crate) async fn create_with_dlq(
         &self,
         name: &str,
         max_receives: u32,
@@ -137,7 +145,7 @@ impl Backend {
     }
 
     /// A `wasm-jobs` command that reaches this backend's queues.
-    pub fn cli(&self) -> Command {
+    pub(crate) fn cli(&self) -> Command {
         let mut cmd = Command::new(crate::common::bin());
         match self {
             Backend::Embedded { dir, .. } => {
@@ -155,11 +163,11 @@ impl Backend {
     }
 
     /// The `--queue` address of a queue made by this backend.
-    pub fn address_of(&self, q: &dyn Queue) -> String {
+    pub(crate) fn address_of(&self, q: &dyn Queue) -> String {
         q.name().to_owned()
     }
 
-    pub fn data_dir(&self) -> Option<PathBuf> {
+    pub(crate) fn data_dir(&self) -> Option<PathBuf> {
         match self {
             Backend::Embedded { dir, .. } => Some(dir.path().to_owned()),
             Backend::Moto { .. } => None,
@@ -169,7 +177,7 @@ impl Backend {
 
 /// Start moto once per test process. The server is a child of a thread that
 /// lives as long as the process, with PR_SET_PDEATHSIG, so it dies with us.
-pub fn moto_endpoint() -> &'static str {
+pub(crate) fn moto_endpoint() -> &'static str {
     static ENDPOINT: OnceLock<String> = OnceLock::new();
     ENDPOINT.get_or_init(|| {
         let port = TcpListener::bind("127.0.0.1:0")

@@ -4,9 +4,11 @@
 
 use crate::queue_backends::{Backend, MOTO_REGION, moto_endpoint};
 use std::collections::HashSet;
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use wasm_jobs::queue::{Queue, QueueConfig, ReceiveRequest};
 
 fn cli(data_dir: &std::path::Path) -> Command {
@@ -61,6 +63,40 @@ fn send_file(dir: &std::path::Path, queue: &str, file: &std::path::Path) {
     );
 }
 
+/// Read a child's stdout on a thread: every line goes down the channel as
+/// it comes, and the thread returns them all once stdout ends.
+fn read_stdout(child: &mut Child) -> (mpsc::Receiver<String>, JoinHandle<Vec<String>>) {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            all.push(line);
+        }
+        all
+    });
+    (rx, reader)
+}
+
+/// Wait until a line of `rx` satisfies `pred`; fail after `timeout`.
+fn wait_for_line(
+    rx: &mpsc::Receiver<String>,
+    what: &str,
+    timeout: Duration,
+    mut pred: impl FnMut(&str) -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if pred(&line) => return,
+            Ok(_) => {}
+            Err(e) => panic!("no output line {what} in {timeout:?}: {e}"),
+        }
+    }
+}
+
 fn write_lines(n: usize) -> tempfile::NamedTempFile {
     let mut f = tempfile::NamedTempFile::new().unwrap();
     for i in 0..n {
@@ -78,13 +114,21 @@ async fn a_sender_killed_mid_batch_leaves_whole_batches_only() {
     let mut child = cli(&dir)
         .args(["send", "--queue", &name, "--batch"])
         .arg(file.path())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(400));
+    // The sender prints each message's id once its batch is stored: kill it
+    // once it is well under way (ten batches in).
+    let (ids, reader) = read_stdout(&mut child);
+    let mut sent = 0;
+    wait_for_line(&ids, "for the 100th id", Duration::from_secs(30), |_| {
+        sent += 1;
+        sent == 100
+    });
     child.kill().unwrap(); // SIGKILL, at whatever instant it is
     child.wait().unwrap();
+    reader.join().unwrap();
     let bodies = drain(q.as_ref()).await;
     let unique: HashSet<&String> = bodies.iter().collect();
     assert_eq!(unique.len(), bodies.len(), "duplicates after a kill");
@@ -123,12 +167,21 @@ async fn a_consumer_killed_mid_receive_or_delete_loses_nothing() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Kill it once it has deleted something (it prints "deleted" lines as
+    // each batch's delete returns).
+    let (events, reader) = read_stdout(&mut child);
+    wait_for_line(
+        &events,
+        "saying a message was deleted",
+        Duration::from_secs(30),
+        |l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["event"] == "deleted"),
+    );
     child.kill().unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.wait().unwrap();
+    let out = reader.join().unwrap();
     let (mut received, mut deleted) = (HashSet::new(), HashSet::new());
     let mut bodies_by_id = std::collections::HashMap::new();
-    for line in lines(&out.stdout) {
+    for line in out {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         }; // cut line
@@ -152,7 +205,20 @@ async fn a_consumer_killed_mid_receive_or_delete_loses_nothing() {
         "kill landed mid-run: {}",
         deleted.len()
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await; // in-flight ones come back
+    // In-flight ones come back after their 1 s visibility timeout.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let c = q.counts().await.unwrap();
+        if c.in_flight == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} messages still in flight",
+            c.in_flight
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let remaining: HashSet<String> = drain(q.as_ref()).await.into_iter().collect();
     let deleted_bodies: HashSet<String> =
         deleted.iter().map(|id| bodies_by_id[id].clone()).collect();
@@ -276,7 +342,17 @@ fn dlq_redrive_moves_messages_back_with_body_and_attributes() {
     ]));
     run(cli(dir.path()).args(["send", "--queue", "work", "--attr", "module=wc", "poison"]));
     run(cli(dir.path()).args(["receive", "--queue", "work"]));
-    std::thread::sleep(Duration::from_millis(1200));
+    // Wait out the 1 s visibility timeout: the message is visible again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = run(cli(dir.path()).args(["queue", "stats", "work", "--json"]));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if v["visible"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still not visible again: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let out = run(cli(dir.path()).args(["receive", "--queue", "work"]));
     assert!(out.stdout.is_empty(), "second receive redrives instead");
     let out = run(cli(dir.path()).args(["dlq", "redrive", "work"]));

@@ -33,6 +33,28 @@ async fn recv(q: &dyn Queue, max: usize, visibility: Option<u64>) -> Vec<Receive
     .unwrap()
 }
 
+/// Receive until something comes (a message whose visibility timeout or
+/// delay ran out), polling; fail after `timeout`.
+async fn recv_when_visible(
+    q: &dyn Queue,
+    max: usize,
+    visibility: Option<u64>,
+    timeout: Duration,
+) -> Vec<ReceivedMessage> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = recv(q, max, visibility).await;
+        if !got.is_empty() {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing became visible in {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn send(q: &dyn Queue, body: &str) -> String {
     q.send(&OutgoingMessage::new(body)).await.unwrap()
 }
@@ -60,8 +82,7 @@ async fn visibility_hides_and_expiry_redelivers_with_count_plus_one(b: Backend) 
     );
     let counts = q.counts().await.unwrap();
     assert_eq!((counts.visible, counts.in_flight), (0, 1));
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    let again = recv(q.as_ref(), 10, Some(30)).await;
+    let again = recv_when_visible(q.as_ref(), 10, Some(30), Duration::from_secs(15)).await;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].receive_count, 2);
     assert_ne!(again[0].receipt_handle, first[0].receipt_handle);
@@ -75,11 +96,18 @@ async fn change_visibility_extends_and_shortens(b: Backend) {
     q.change_visibility(&m.receipt_handle, Duration::from_secs(4))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    assert!(
-        recv(q.as_ref(), 10, None).await.is_empty(),
-        "extended past 1 s"
-    );
+    // Past the first 1 s timeout the message stays hidden: checked all along.
+    let past = Instant::now() + Duration::from_millis(1600);
+    loop {
+        assert!(
+            recv(q.as_ref(), 10, None).await.is_empty(),
+            "extended past 1 s"
+        );
+        if Instant::now() >= past {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     q.change_visibility(&m.receipt_handle, Duration::ZERO)
         .await
         .unwrap();
@@ -93,8 +121,9 @@ async fn stale_receipt_handles_fail_clearly(b: Backend) {
     let (q, _) = b.create("stale", &config(30)).await;
     send(q.as_ref(), "m").await;
     let old = recv(q.as_ref(), 1, Some(1)).await.remove(0);
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    let new = recv(q.as_ref(), 1, Some(30)).await.remove(0);
+    let new = recv_when_visible(q.as_ref(), 1, Some(30), Duration::from_secs(15))
+        .await
+        .remove(0);
     if embedded {
         assert_eq!(
             q.change_visibility(&old.receipt_handle, Duration::from_secs(60))
@@ -130,17 +159,28 @@ async fn redrive_moves_to_the_dlq_after_max_receives(b: Backend) {
         })
         .await
         .unwrap();
-    for expected in 1..=2 {
-        let got = recv(q.as_ref(), 1, None).await;
-        assert_eq!(got.len(), 1, "receive {expected}");
-        assert_eq!(got[0].receive_count, expected);
-        tokio::time::sleep(Duration::from_millis(1600)).await;
-    }
-    assert!(
-        recv(q.as_ref(), 10, None).await.is_empty(),
-        "a third receive redrives it"
-    );
-    let dead = recv(dlq.as_ref(), 10, None).await;
+    let got = recv(q.as_ref(), 1, None).await;
+    assert_eq!(got.len(), 1, "receive 1");
+    assert_eq!(got[0].receive_count, 1);
+    // Back after its 1 s visibility timeout.
+    let got = recv_when_visible(q.as_ref(), 1, None, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 1, "receive 2");
+    assert_eq!(got[0].receive_count, 2);
+    // Once visible again, a third receive redrives it: no receive ever
+    // returns it, and it turns up in the dead-letter queue.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let dead = loop {
+        assert!(
+            recv(q.as_ref(), 10, None).await.is_empty(),
+            "a third receive redrives it"
+        );
+        let dead = recv(dlq.as_ref(), 10, None).await;
+        if !dead.is_empty() {
+            break dead;
+        }
+        assert!(Instant::now() < deadline, "never redriven");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(dead.len(), 1);
     assert_eq!(
         (dead[0].message_id.as_str(), dead[0].body.as_str()),
@@ -264,8 +304,9 @@ async fn delayed_messages_wait_their_delay(b: Backend) {
     .unwrap();
     assert_eq!(q.counts().await.unwrap().delayed, 1);
     assert!(recv(q.as_ref(), 10, None).await.is_empty());
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(recv(q.as_ref(), 10, None).await.len(), 1);
+    let later = recv_when_visible(q.as_ref(), 10, None, Duration::from_secs(15)).await;
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].body, "later");
 }
 
 async fn batch_calls_report_each_entry(b: Backend) {

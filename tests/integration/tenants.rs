@@ -1,14 +1,12 @@
 //! Tenant isolation, proved from inside real guests: each tenant's sandbox
 //! comes from a policy file; the hostile C guest tries to read what it must
-//! not, the Python guest tries to connect where it must not. Then a worker
-//! process with a policy: per-tenant concurrency caps, unknown tenants and
-//! forbidden modules.
+//! not, the Python guest tries to connect where it must not; and `policy
+//! check`. Tenants through real workers (identity, caps, signatures) are in
+//! `tenancy.rs`.
 
 use crate::common::{
     bin, call_with, executor, fuel_executor, hostile_guest, hostile_path, message, repo_root,
 };
-use crate::queue_backends::Backend;
-use crate::worker_harness::{dead_letter_reasons, w_count};
 use std::io::Read;
 use std::path::Path;
 use std::process::Command;
@@ -16,7 +14,6 @@ use std::time::Duration;
 use wasm_jobs::executor::{Call, CallReport, LoadedJob};
 use wasm_jobs::outcome::{Outcome, TrapKind};
 use wasm_jobs::policy::Policies;
-use wasm_jobs::queue::{AttributeValue, OutgoingMessage, QueueConfig};
 
 fn policies(text: &str) -> Policies {
     Policies::parse(text, |name| {
@@ -206,115 +203,6 @@ fn sockets_only_to_the_tenants_allowed_addresses() {
     assert!(
         other.accept().is_err(),
         "nothing reached the address a tenant may not use"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_at_its_cap_does_not_hold_up_others_and_strangers_are_refused() {
-    let b = Backend::embedded();
-    let home = b.data_dir().unwrap();
-    let (q, dlq) = b
-        .create_with_dlq(
-            "tenants",
-            3,
-            &QueueConfig {
-                visibility_timeout: Duration::from_secs(30),
-                ..QueueConfig::default()
-            },
-        )
-        .await;
-    let addr = b.address_of(q.as_ref());
-    for tenant in ["busy", "light"] {
-        let out = Command::new(bin())
-            .args(["module", "push", "--name", "hostile", "--tenant", tenant])
-            .arg(hostile_path())
-            .env("WASM_JOBS_HOME", &home)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let policy = home.join("policy.toml");
-    std::fs::write(
-        &policy,
-        "[tenants.busy]\nmax_concurrency = 1\n[tenants.light]\nmodules = [\"hostile\"]\n[tenants.nomods]\nmodules = [\"other\"]\n",
-    )
-    .unwrap();
-    let send = |tenant: &str, body: &str| {
-        let mut m = OutgoingMessage::new(body);
-        m.attributes
-            .insert("module".into(), AttributeValue::String("hostile".into()));
-        m.attributes
-            .insert("tenant".into(), AttributeValue::String(tenant.into()));
-        m
-    };
-    for _ in 0..3 {
-        q.send(&send("busy", "sleep-ms:2000")).await.unwrap();
-    }
-    for _ in 0..3 {
-        q.send(&send("light", "sleep-ms:100")).await.unwrap();
-    }
-    q.send(&send("stranger", "sleep-ms:1")).await.unwrap();
-    q.send(&send("nomods", "sleep-ms:1")).await.unwrap();
-    let out = b
-        .cli()
-        .args([
-            "worker",
-            "--queue",
-            &addr,
-            "--drain",
-            "--wait",
-            "0",
-            "--concurrency",
-            "6",
-            "--log-format",
-            "pretty",
-            "--policy",
-        ])
-        .arg(&policy)
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{log}");
-    assert_eq!(w_count(&log, "job succeeded"), 6, "{log}");
-    let lines: Vec<&str> = log.lines().collect();
-    let busy_starts: Vec<usize> = (0..lines.len())
-        .filter(|&i| lines[i].contains("tenant=busy") && lines[i].contains("worker child started"))
-        .collect();
-    let busy_ends: Vec<usize> = (0..lines.len())
-        .filter(|&i| lines[i].contains("tenant=busy") && lines[i].contains("worker child ended"))
-        .collect();
-    assert_eq!(busy_starts.len(), 3);
-    for k in 1..3 {
-        assert!(
-            busy_starts[k] > busy_ends[k - 1],
-            "busy ran more than one at once:\n{log}"
-        );
-    }
-    let light_done = (0..lines.len())
-        .filter(|&i| lines[i].contains("tenant=light") && lines[i].contains("job succeeded"))
-        .max()
-        .unwrap();
-    assert!(
-        light_done < busy_starts[1],
-        "light jobs waited for busy ones:\n{log}"
-    );
-    let reasons = dead_letter_reasons(dlq.as_ref()).await;
-    assert_eq!(reasons.len(), 2, "{reasons:?}");
-    assert!(
-        reasons
-            .iter()
-            .any(|r| r.contains("tenant `stranger` has no policy")),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons
-            .iter()
-            .any(|r| r.contains("tenant `nomods` may not run module `hostile`")),
-        "{reasons:?}"
     );
 }
 

@@ -10,7 +10,7 @@ use crate::worker_harness::*;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
-use wasm_jobs::queue::{AttributeValue, OutgoingMessage, QueueConfig};
+use wasm_jobs::queue::{AttributeValue, OutgoingMessage, Queue, QueueConfig};
 
 const FAST: &[&str] = &[
     "--visibility-timeout",
@@ -23,13 +23,57 @@ const FAST: &[&str] = &[
     "0",
 ];
 
+/// Poll the queue's (visible, in flight, delayed) until `done` holds; fail
+/// after `timeout`.
+async fn counts_until(
+    q: &dyn Queue,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn((u64, u64, u64)) -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let c = counts(q).await;
+        if done(c) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: counts still {c:?} after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Wait until the worker's log has at least `n` events with this message.
+fn wait_for_count(w: &Worker, msg: &str, n: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while w.count(msg, &[]) < n {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} {msg:?} events in:\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The index of the first event that satisfies `pred`.
+fn position(events: &[LogEvent], pred: impl Fn(&LogEvent) -> bool) -> Option<usize> {
+    events.iter().position(pred)
+}
+
 async fn success_deletes_the_message(b: Backend) {
     let (q, addr) = b.create("ok", &config(30)).await;
     q.send(&OutgoingMessage::new("o")).await.unwrap();
     let w = Worker::start(&b, &addr, &modes_path(), &[FAST, &["--drain"]].concat());
     let (status, log) = w.wait(Duration::from_secs(30));
     assert!(status.success(), "{log}");
-    assert!(log.contains("job succeeded; message deleted"), "{log}");
+    assert_eq!(
+        count_in(&log, "job succeeded; message deleted", &[]),
+        1,
+        "{log}"
+    );
     assert_eq!(counts(q.as_ref()).await, (0, 0, 0));
 }
 
@@ -52,15 +96,20 @@ async fn a_failure_leaves_the_message_and_it_comes_back_with_count_two(b: Backen
     );
     let (status, log) = w.wait(Duration::from_secs(30));
     assert!(status.success(), "{log}");
-    let trap = log
-        .lines()
-        .position(|l| l.contains("leaving the message for redelivery"))
-        .expect("first try left");
-    let ok = log
-        .lines()
-        .position(|l| l.contains("job succeeded") && l.contains("attempt=2"))
-        .expect("second try, count 2");
-    assert!(trap < ok);
+    let events = events_of(&log);
+    let trap = position(&events, |e| {
+        is(
+            e,
+            "job did not succeed; leaving the message for redelivery",
+            &[("attempt", "1")],
+        )
+    })
+    .unwrap_or_else(|| panic!("first try left: {log}"));
+    let ok = position(&events, |e| {
+        is(e, "job succeeded; message deleted", &[("attempt", "2")])
+    })
+    .unwrap_or_else(|| panic!("second try, count 2: {log}"));
+    assert!(trap < ok, "{log}");
     assert_eq!(counts(q.as_ref()).await, (0, 0, 0));
 }
 
@@ -76,9 +125,15 @@ async fn worker_killed_by_sigterm_with_retries_is_redelivered(b: Backend) {
         status.success(),
         "the parent goes on after a child's signal: {log}"
     );
-    assert!(log.contains("on-exit finished"), "{log}");
-    assert!(log.contains("message returned to the queue"), "{log}");
-    assert!(log.contains("attempt=2"), "redelivered: {log}");
+    assert!(count_in(&log, "on-exit finished", &[]) >= 1, "{log}");
+    assert!(
+        count_in(&log, "message returned to the queue", &[]) >= 1,
+        "{log}"
+    );
+    assert!(
+        count_in(&log, "worker child started", &[("attempt", "2")]) >= 1,
+        "redelivered: {log}"
+    );
     assert_eq!(counts(q.as_ref()).await, (0, 0, 0));
 }
 
@@ -92,7 +147,7 @@ async fn worker_killed_by_sigterm_without_retries_is_dead_lettered(b: Backend) {
     unsafe { libc::kill(-pid, libc::SIGTERM) };
     let (status, log) = w.wait(Duration::from_secs(30));
     assert!(status.success(), "{log}");
-    assert!(log.contains("message dead-lettered"), "{log}");
+    assert!(count_in(&log, "message dead-lettered", &[]) >= 1, "{log}");
     let dead = all(dlq.as_ref()).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body, "y");
@@ -130,7 +185,11 @@ async fn parent_sigterm_suspends_runs_on_exit_requeues_and_dies_by_sigterm(b: Ba
     );
     let pid = w.child_pid(Duration::from_secs(30));
     signal_before(&w, deadline, 1_500);
-    w.wait_for(&["worker suspended"], Duration::from_secs(10));
+    w.wait_for(
+        "worker suspended",
+        &[("pid", &pid.to_string())],
+        Duration::from_secs(10),
+    );
     let stopped_by = Instant::now() + Duration::from_secs(1);
     while process_state(pid) != 'T' && Instant::now() < stopped_by {
         std::thread::sleep(Duration::from_millis(10));
@@ -138,11 +197,18 @@ async fn parent_sigterm_suspends_runs_on_exit_requeues_and_dies_by_sigterm(b: Ba
     assert_eq!(process_state(pid), 'T', "worker stopped while on-exit runs");
     let (status, log) = w.wait(Duration::from_secs(30));
     assert_eq!(status.signal(), Some(libc::SIGTERM), "{log}");
+    let on_exit_line = format!("on-exit: message {id} stopped by signal 15");
     assert!(
-        log.contains(&format!("on-exit: message {id} stopped by signal 15")),
+        events_of(&log).iter().any(|e| {
+            get(e, "target").as_deref() == Some("wasm_jobs::guest")
+                && get(e, "line").as_deref() == Some(on_exit_line.as_str())
+        }),
         "on-exit output in the log: {log}"
     );
-    assert!(log.contains("message returned to the queue"), "{log}");
+    assert!(
+        count_in(&log, "message returned to the queue", &[]) >= 1,
+        "{log}"
+    );
     assert!(!alive(pid), "worker killed");
     assert_eq!(
         counts(q.as_ref()).await.0,
@@ -174,12 +240,21 @@ async fn on_exit_that_hangs_is_tried_twice_then_dead_lettered_and_parent_exits_1
     w.signal(libc::SIGTERM);
     let (status, log) = w.wait(Duration::from_secs(30));
     assert_eq!(status.code(), Some(1), "{log}");
-    assert_eq!(w_count(&log, "on-exit did not finish in time"), 2, "{log}");
-    let kill = log
-        .find("killing the worker before the second on-exit try")
-        .expect("worker killed");
-    let second = log.rfind("on-exit did not finish in time").unwrap();
-    assert!(kill < second, "killed before the second try");
+    const TIMED_OUT: &str = "on-exit did not finish in time; killing it";
+    assert_eq!(count_in(&log, TIMED_OUT, &[]), 2, "{log}");
+    assert_eq!(
+        count_in(&log, TIMED_OUT, &[("on_exit_try", "1")]),
+        1,
+        "{log}"
+    );
+    let events = events_of(&log);
+    let kill = position(&events, |e| {
+        message(e) == "killing the worker before the second on-exit try"
+    })
+    .unwrap_or_else(|| panic!("worker killed: {log}"));
+    let second = position(&events, |e| is(e, TIMED_OUT, &[("on_exit_try", "2")]))
+        .unwrap_or_else(|| panic!("second try timed out: {log}"));
+    assert!(kill < second, "killed before the second try: {log}");
     assert!(!alive(pid));
     assert_eq!(all(dlq.as_ref()).await.len(), 1, "{log}");
     assert_eq!(counts(q.as_ref()).await, (0, 0, 0));
@@ -220,13 +295,21 @@ async fn second_try_after_the_kill_requeues_with_retries(b: Backend) {
         .unwrap();
     let (status, log) = second_on_exit_try_succeeding(&b, &addr, deadline).await;
     assert_eq!(status.signal(), Some(libc::SIGTERM), "{log}");
-    assert_eq!(w_count(&log, "on-exit did not finish in time"), 1, "{log}");
-    assert!(
-        log.lines()
-            .any(|l| l.contains("on-exit finished") && l.contains("on_exit_try=2")),
+    const TIMED_OUT: &str = "on-exit did not finish in time; killing it";
+    assert_eq!(count_in(&log, TIMED_OUT, &[]), 1, "{log}");
+    assert_eq!(
+        count_in(&log, TIMED_OUT, &[("on_exit_try", "1")]),
+        1,
         "{log}"
     );
-    assert!(log.contains("message returned to the queue"), "{log}");
+    assert!(
+        count_in(&log, "on-exit finished", &[("on_exit_try", "2")]) >= 1,
+        "{log}"
+    );
+    assert!(
+        count_in(&log, "message returned to the queue", &[]) >= 1,
+        "{log}"
+    );
     assert_eq!(counts(q.as_ref()).await.0, 1);
 }
 
@@ -239,8 +322,8 @@ async fn second_try_after_the_kill_dead_letters_without_retries(b: Backend) {
         .unwrap();
     let (status, log) = second_on_exit_try_succeeding(&b, &addr, deadline).await;
     assert_eq!(status.signal(), Some(libc::SIGTERM), "{log}");
-    assert!(log.contains("on-exit finished"), "{log}");
-    assert!(log.contains("message dead-lettered"), "{log}");
+    assert!(count_in(&log, "on-exit finished", &[]) >= 1, "{log}");
+    assert!(count_in(&log, "message dead-lettered", &[]) >= 1, "{log}");
     assert_eq!(all(dlq.as_ref()).await.len(), 1);
 }
 
@@ -272,7 +355,8 @@ async fn the_queues_long_poll_setting_is_used_without_wait(b: Backend) {
         ],
     );
     w.wait_for(
-        &["worker started", "long_poll_s=2"],
+        "serving queue",
+        &[("long_poll_s", "2")],
         Duration::from_secs(20),
     );
     w.child_pid(Duration::from_secs(20));
@@ -280,12 +364,21 @@ async fn the_queues_long_poll_setting_is_used_without_wait(b: Backend) {
     let (status, log) = w.wait(Duration::from_secs(40));
     assert_eq!(status.signal(), Some(libc::SIGTERM), "{log}");
     assert!(
-        log.contains("visibility_s=3"),
+        count_in(
+            &log,
+            "message returned to the queue",
+            &[("visibility_s", "3")]
+        ) >= 1,
         "requeued after long poll + 1 s: {log}"
     );
     assert_eq!(counts(q.as_ref()).await.0, 0, "still invisible right after");
-    tokio::time::sleep(Duration::from_millis(3500)).await;
-    assert_eq!(counts(q.as_ref()).await.0, 1, "visible after 3 s");
+    counts_until(
+        q.as_ref(),
+        "visible after 3 s",
+        Duration::from_secs(15),
+        |c| c.0 == 1,
+    )
+    .await;
 }
 
 async fn heartbeats_hold_a_job_three_times_the_visibility_timeout(b: Backend) {
@@ -303,17 +396,21 @@ async fn heartbeats_hold_a_job_three_times_the_visibility_timeout(b: Backend) {
         "--drain",
     ];
     let a = Worker::start(&b, &addr, &hostile_path(), &args);
-    a.wait_for(&["worker child started"], Duration::from_secs(30));
+    a.wait_for("worker child started", &[], Duration::from_secs(30));
     let other = Worker::start(&b, &addr, &hostile_path(), &args); // would take it if it came back
     let (sa, la) = a.wait(Duration::from_secs(40));
     let (sb, lb) = other.wait(Duration::from_secs(40));
     assert!(sa.success() && sb.success(), "{la}\n{lb}");
     assert_eq!(
-        w_count(&la, "worker child started") + w_count(&lb, "worker child started"),
+        count_in(&la, "worker child started", &[]) + count_in(&lb, "worker child started", &[]),
         1,
         "delivered once:\n{la}\n{lb}"
     );
-    assert!(la.contains("job succeeded"));
+    assert_eq!(
+        count_in(&la, "job succeeded; message deleted", &[]),
+        1,
+        "{la}"
+    );
 }
 
 async fn concurrency_runs_jobs_side_by_side(b: Backend) {
@@ -332,15 +429,17 @@ async fn concurrency_runs_jobs_side_by_side(b: Backend) {
     );
     let (status, log) = w.wait(Duration::from_secs(60));
     assert!(status.success(), "{log}");
-    assert_eq!(w_count(&log, "job succeeded"), 4);
-    let first_end = log
-        .lines()
-        .position(|l| l.contains("worker child ended"))
-        .unwrap();
-    let starts_before = log
-        .lines()
-        .take(first_end)
-        .filter(|l| l.contains("worker child started"))
+    assert_eq!(
+        count_in(&log, "job succeeded; message deleted", &[]),
+        4,
+        "{log}"
+    );
+    let events = events_of(&log);
+    let first_end = position(&events, |e| message(e) == "worker child ended")
+        .unwrap_or_else(|| panic!("no child ended: {log}"));
+    let starts_before = events[..first_end]
+        .iter()
+        .filter(|e| message(e) == "worker child started")
         .count();
     assert_eq!(starts_before, 4, "all four ran at once: {log}");
     assert!(started.elapsed() < Duration::from_secs(20));
@@ -392,16 +491,12 @@ async fn sigkill_of_the_parent_takes_every_child_down_and_loses_nothing(b: Backe
             "3",
         ],
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while w.count("worker child started") < 3 {
-        assert!(Instant::now() < deadline, "{}", w.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_count(&w, "worker child started", 3, Duration::from_secs(20));
     let pids: Vec<i32> = w
-        .log()
-        .lines()
-        .filter(|l| l.contains("worker child started"))
-        .map(|l| field(l, "pid").parse().unwrap())
+        .events()
+        .iter()
+        .filter(|e| message(e) == "worker child started")
+        .map(|e| field(e, "pid").parse().unwrap())
         .collect();
     let parent = w.child.id() as i32;
     let fork_server = std::fs::read_to_string(format!("/proc/{}/stat", pids[0]))
@@ -426,12 +521,13 @@ async fn sigkill_of_the_parent_takes_every_child_down_and_loses_nothing(b: Backe
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(
-        counts(q.as_ref()).await.0,
-        3,
-        "every message back after its timeout"
-    );
+    counts_until(
+        q.as_ref(),
+        "every message back after its timeout",
+        Duration::from_secs(15),
+        |c| c.0 == 3,
+    )
+    .await;
 }
 
 async fn registry_modules_run_by_name_and_unknown_ones_are_dead_lettered(b: Backend) {
@@ -474,17 +570,32 @@ async fn registry_modules_run_by_name_and_unknown_ones_are_dead_lettered(b: Back
             "--wait",
             "0",
             "--log-format",
-            "pretty",
+            "json",
             "--registry",
         ])
         .arg(registry.path())
+        .env("RUST_LOG", "info")
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
-    assert_eq!(w_count(&log, "job succeeded"), 1, "{log}");
+    assert_eq!(
+        count_in(&log, "job succeeded; message deleted", &[]),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        count_in(&log, "worker child started", &[]),
+        1,
+        "only the known module of the queue's own tenant runs: {log}"
+    );
+    assert_eq!(
+        count_in(&log, "message refused", &[("kind", "tenant_mismatch")]),
+        1,
+        "{log}"
+    );
     assert!(
-        log.contains("source=Cached"),
+        count_in(&log, "module loaded", &[("source", "Cached")]) >= 1,
         "pushed modules are not compiled again: {log}"
     );
     let reasons = dead_letter_reasons(dlq.as_ref()).await;
@@ -496,9 +607,8 @@ async fn registry_modules_run_by_name_and_unknown_ones_are_dead_lettered(b: Back
         "{reasons:?}"
     );
     assert!(
-        reasons
-            .iter()
-            .any(|r| r.contains("no module `modes` for tenant `other-tenant`")),
+        reasons.iter().any(|r| r
+            == "tenant attribute \"other-tenant\" does not match the queue's tenant \"default\""),
         "{reasons:?}"
     );
     assert!(
@@ -528,16 +638,23 @@ async fn a_job_past_its_timeout_is_stopped_in_its_child(b: Backend) {
         ],
     );
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(20);
-    while w.count("worker child ended") < 2 {
-        assert!(Instant::now() < deadline, "{}", w.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_count(&w, "worker child ended", 2, Duration::from_secs(20));
     let log = w.log();
     assert!(started.elapsed() < Duration::from_secs(10), "{log}");
-    assert_eq!(w_count(&log, "end=Reported(Timeout"), 2, "{log}");
+    let timed_out = events_of(&log)
+        .iter()
+        .filter(|e| {
+            message(e) == "worker child ended"
+                && get(e, "end").is_some_and(|end| end.starts_with("timeout: "))
+        })
+        .count();
+    assert_eq!(timed_out, 2, "both reported their own timeout: {log}");
     assert_eq!(
-        w_count(&log, "worker outlived its timeout"),
+        count_in(
+            &log,
+            "worker outlived its timeout; killing its process group",
+            &[]
+        ),
         0,
         "stopped by its own deadline: {log}"
     );

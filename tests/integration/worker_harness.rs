@@ -11,19 +11,72 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use wasm_jobs::queue::{Queue, QueueConfig, ReceiveRequest, ReceivedMessage};
 
-/// A running `wasm-jobs worker` whose log we read as it is written.
-pub struct Worker {
-    pub child: Child,
+/// A running `wasm-jobs worker` whose JSON log we read as it is written.
+pub(crate) struct Worker {
+    pub(crate) child: Child,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
+/// One JSON log line: the event's fields at the top level, its job span's
+/// fields under `"span"`.
+pub(crate) type LogEvent = serde_json::Value;
+
+/// A field of a log event, from the event itself or its job span, as text.
+pub(crate) fn get(e: &LogEvent, key: &str) -> Option<String> {
+    let v = e
+        .get(key)
+        .or_else(|| e.get("span").and_then(|s| s.get(key)))?;
+    Some(match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
+/// A field that must be there.
+pub(crate) fn field(e: &LogEvent, key: &str) -> String {
+    get(e, key).unwrap_or_else(|| panic!("no {key} in {e}"))
+}
+
+/// The event's message.
+pub(crate) fn message(e: &LogEvent) -> &str {
+    e.get("message").and_then(|m| m.as_str()).unwrap_or("")
+}
+
+/// Whether an event has this message and these field values.
+pub(crate) fn is(e: &LogEvent, msg: &str, fields: &[(&str, &str)]) -> bool {
+    message(e) == msg && fields.iter().all(|(k, v)| get(e, k).as_deref() == Some(*v))
+}
+
+/// Parse a worker's whole stderr into events (lines that are not JSON, such
+/// as a final `error: ...`, are skipped).
+pub(crate) fn events_of(log: &str) -> Vec<LogEvent> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 impl Worker {
-    pub fn start(b: &Backend, queue: &str, module: &Path, extra: &[&str]) -> Worker {
+    /// `wasm-jobs worker --queue QUEUE --module MODULE EXTRA...`.
+    pub(crate) fn start(b: &Backend, queue: &str, module: &Path, extra: &[&str]) -> Worker {
+        let mut args = vec!["--queue", queue, "--module"];
+        let module = module.to_str().unwrap();
+        args.push(module);
+        args.extend_from_slice(extra);
+        Worker::with_args(b, &args)
+    }
+
+    /// `wasm-jobs worker ARGS...` with JSON logs at info level.
+    pub(crate) fn with_args(b: &Backend, args: &[&str]) -> Worker {
+        Worker::with_env(b, args, &[])
+    }
+
+    /// The same, with these extra environment variables.
+    pub(crate) fn with_env(b: &Backend, args: &[&str], env: &[(&str, &str)]) -> Worker {
         let mut cmd = b.cli();
-        cmd.args(["worker", "--queue", queue, "--module"])
-            .arg(module)
-            .args(extra)
-            .args(["--log-format", "pretty"])
+        cmd.envs(env.iter().copied());
+        cmd.arg("worker")
+            .args(args)
+            .args(["--log-format", "json"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -40,58 +93,70 @@ impl Worker {
         Worker { child, lines }
     }
 
-    pub fn log(&self) -> String {
+    /// The whole log so far, for assertion messages.
+    pub(crate) fn log(&self) -> String {
         self.lines.lock().unwrap().join("\n")
     }
 
-    pub fn count(&self, needle: &str) -> usize {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
+    /// Every JSON event so far.
+    pub(crate) fn events(&self) -> Vec<LogEvent> {
+        events_of(&self.log())
     }
 
-    /// Wait for a log line containing every one of `needles`.
-    pub fn wait_for(&self, needles: &[&str], timeout: Duration) -> String {
+    /// How many events so far have this message and fields.
+    pub(crate) fn count(&self, msg: &str, fields: &[(&str, &str)]) -> usize {
+        self.events().iter().filter(|e| is(e, msg, fields)).count()
+    }
+
+    /// Wait for an event that satisfies `pred`.
+    pub(crate) fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&LogEvent) -> bool,
+    ) -> LogEvent {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(l) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| needles.iter().all(|n| l.contains(n)))
-            {
-                return l.clone();
+            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
+                return e;
             }
             assert!(
                 Instant::now() < deadline,
-                "no line with {needles:?} in:\n{}",
+                "no event {what} in:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// The pid of the first worker child started for any message.
-    pub fn child_pid(&self, timeout: Duration) -> i32 {
-        let line = self.wait_for(&["worker child started", "pid="], timeout);
-        field(&line, "pid").parse().unwrap()
+    /// Wait for an event with this message and these fields.
+    pub(crate) fn wait_for(
+        &self,
+        msg: &str,
+        fields: &[(&str, &str)],
+        timeout: Duration,
+    ) -> LogEvent {
+        self.wait_until(&format!("{msg:?} {fields:?}"), timeout, |e| {
+            is(e, msg, fields)
+        })
     }
 
-    pub fn signal(&self, sig: i32) {
+    /// The pid of the first worker child started for any message.
+    pub(crate) fn child_pid(&self, timeout: Duration) -> i32 {
+        let e = self.wait_for("worker child started", &[], timeout);
+        field(&e, "pid").parse().unwrap()
+    }
+
+    pub(crate) fn signal(&self, sig: i32) {
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
-    pub fn wait(mut self, timeout: Duration) -> (ExitStatus, String) {
+    pub(crate) fn wait(mut self, timeout: Duration) -> (ExitStatus, String) {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(50)); // let the reader finish
-                return (status, self.log());
+                return (status, self.finish_log());
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
@@ -99,6 +164,16 @@ impl Worker {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The log once the reader has seen the end of stderr (the worker has
+    /// exited; its fork server and children, which share stderr, too).
+    fn finish_log(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&self.lines) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.log()
     }
 }
 
@@ -113,21 +188,7 @@ impl Drop for Worker {
     }
 }
 
-pub fn field(line: &str, name: &str) -> String {
-    let key = format!("{name}=");
-    let start = line
-        .find(&key)
-        .unwrap_or_else(|| panic!("no {name} in {line}"))
-        + key.len();
-    line[start..]
-        .split(|c: char| c.is_whitespace() || c == '}')
-        .next()
-        .unwrap()
-        .trim_matches('"')
-        .to_owned()
-}
-
-pub fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     // A zombie is dead for our purposes.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !stat
@@ -140,7 +201,7 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
-pub fn process_state(pid: i32) -> char {
+pub(crate) fn process_state(pid: i32) -> char {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     stat.rsplit(')')
         .next()
@@ -152,7 +213,7 @@ pub fn process_state(pid: i32) -> char {
 }
 
 /// SIGTERM the worker parent `lead` ms before `deadline` (ms since the epoch).
-pub fn signal_before(w: &Worker, deadline: u128, lead: u128) {
+pub(crate) fn signal_before(w: &Worker, deadline: u128, lead: u128) {
     let at = deadline - lead;
     let now = now_ms();
     assert!(now < at, "the worker took too long to start:\n{}", w.log());
@@ -160,21 +221,21 @@ pub fn signal_before(w: &Worker, deadline: u128, lead: u128) {
     w.signal(libc::SIGTERM);
 }
 
-pub fn now_ms() -> u128 {
+pub(crate) fn now_ms() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis()
 }
 
-pub fn config(visibility: u64) -> QueueConfig {
+pub(crate) fn config(visibility: u64) -> QueueConfig {
     QueueConfig {
         visibility_timeout: Duration::from_secs(visibility),
         ..QueueConfig::default()
     }
 }
 
-pub async fn all(q: &dyn Queue) -> Vec<ReceivedMessage> {
+pub(crate) async fn all(q: &dyn Queue) -> Vec<ReceivedMessage> {
     q.receive(ReceiveRequest {
         max_messages: 10,
         wait: Duration::ZERO,
@@ -184,17 +245,18 @@ pub async fn all(q: &dyn Queue) -> Vec<ReceivedMessage> {
     .unwrap()
 }
 
-pub async fn counts(q: &dyn Queue) -> (u64, u64, u64) {
+pub(crate) async fn counts(q: &dyn Queue) -> (u64, u64, u64) {
     let c = q.counts().await.unwrap();
     (c.visible, c.in_flight, c.delayed)
 }
 
-pub fn w_count(log: &str, needle: &str) -> usize {
-    log.lines().filter(|l| l.contains(needle)).count()
+/// How many events of a finished worker's log have this message and fields.
+pub(crate) fn count_in(log: &str, msg: &str, fields: &[(&str, &str)]) -> usize {
+    events_of(log).iter().filter(|e| is(e, msg, fields)).count()
 }
 
 /// The `wasm-jobs.dead-letter-reason` of every message in a dead-letter queue.
-pub async fn dead_letter_reasons(dlq: &dyn Queue) -> Vec<String> {
+pub(crate) async fn dead_letter_reasons(dlq: &dyn Queue) -> Vec<String> {
     all(dlq)
         .await
         .iter()

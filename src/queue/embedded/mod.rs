@@ -3,19 +3,21 @@
 //! redrive to a dead-letter queue, delays, FIFO group ordering and
 //! deduplication, long polling woken across processes.
 //!
-//! Several processes may share one data directory. Every operation is one
-//! SQLite transaction, so a process killed at any instant loses or
-//! duplicates nothing. Database calls run on tokio's blocking pool.
+//! Several processes may share one data directory: worker parents and CLI
+//! processes (queue commands, `demo`). Every operation is one SQLite
+//! transaction, so a process killed at any instant loses or duplicates
+//! nothing. Database calls run on tokio's blocking pool.
 
 mod ops;
+mod sql;
 mod wake;
 
 use super::{QueueConfig, QueueError, validate};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-pub use wake::WakeFiles;
+use wake::WakeFiles;
 
 pub use ops::EmbeddedQueue;
 
@@ -56,14 +58,15 @@ CREATE TABLE IF NOT EXISTS dedup (
 
 /// Milliseconds since the epoch: the clock every process sharing the
 /// database agrees on.
-pub(crate) fn now_ms() -> i64 {
+fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
-pub(crate) fn storage(e: impl std::fmt::Display) -> QueueError {
+/// Classify a SQLite error: lock contention is transient, the rest is not.
+fn storage(e: impl std::fmt::Display) -> QueueError {
     let text = e.to_string();
     // A locked database under contention is worth retrying.
     if text.contains("locked") || text.contains("busy") {
@@ -73,15 +76,17 @@ pub(crate) fn storage(e: impl std::fmt::Display) -> QueueError {
     }
 }
 
-pub(crate) struct StoreInner {
-    pub(crate) conn: Mutex<Connection>,
-    pub(crate) wake: WakeFiles,
-    pub(crate) path: PathBuf,
+/// What every handle on one data directory's queues shares.
+struct StoreInner {
+    /// The one connection; transactions take turns on it.
+    conn: Mutex<Connection>,
+    /// Wakes long polls, in any process, when messages become visible.
+    wake: WakeFiles,
 }
 
 impl StoreInner {
     /// Run `f` in one IMMEDIATE transaction on the blocking pool.
-    pub(crate) async fn write<T, F>(self: &Arc<Self>, f: F) -> Result<T, QueueError>
+    async fn write<T, F>(self: &Arc<Self>, f: F) -> Result<T, QueueError>
     where
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, QueueError> + Send + 'static,
@@ -92,7 +97,8 @@ impl StoreInner {
             .map_err(|e| QueueError::Other(format!("queue task failed: {e}")))?
     }
 
-    pub(crate) fn write_blocking<T>(
+    /// Run `f` in one IMMEDIATE transaction on this thread.
+    fn write_blocking<T>(
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, QueueError>,
     ) -> Result<T, QueueError> {
@@ -145,13 +151,8 @@ impl EmbeddedStore {
             inner: Arc::new(StoreInner {
                 conn: Mutex::new(conn),
                 wake,
-                path,
             }),
         })
-    }
-
-    pub fn database_path(&self) -> &Path {
-        &self.inner.path
     }
 
     /// Create a queue. Creating an existing queue with the same settings is a
@@ -224,24 +225,10 @@ impl EmbeddedStore {
             .ok_or_else(|| QueueError::NoSuchQueue(name.clone()))?;
         Ok(EmbeddedQueue::new(Arc::clone(&self.inner), name, config))
     }
-
-    /// Names of all queues.
-    pub fn list(&self) -> Result<Vec<String>, QueueError> {
-        self.inner.write_blocking(|tx| {
-            let mut st = tx
-                .prepare("SELECT name FROM queues ORDER BY name")
-                .map_err(storage)?;
-            let names = st
-                .query_map([], |r| r.get(0))
-                .map_err(storage)?
-                .collect::<Result<Vec<String>, _>>()
-                .map_err(storage)?;
-            Ok(names)
-        })
-    }
 }
 
-pub(crate) fn load_config(
+/// The settings of queue `name`, if it exists.
+fn load_config(
     tx: &rusqlite::Transaction<'_>,
     name: &str,
 ) -> Result<Option<QueueConfig>, QueueError> {

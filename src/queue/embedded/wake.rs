@@ -1,7 +1,7 @@
 //! Cross-process wake-ups for long polls on the embedded queue: a sender
 //! rewrites `<data>/wake/<queue>` after it commits; a long poll watches that
 //! file with inotify, so it returns as soon as a message arrives, whichever
-//! process sent it.
+//! process sent it (a worker parent or a CLI process).
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -11,12 +11,13 @@ use tokio::io::unix::AsyncFd;
 
 /// The wake files of one data directory.
 #[derive(Debug, Clone)]
-pub struct WakeFiles {
+pub(crate) struct WakeFiles {
     dir: PathBuf,
 }
 
 impl WakeFiles {
-    pub fn new(data_dir: &Path) -> std::io::Result<Self> {
+    /// The wake files under `data_dir/wake` (the directory is created).
+    pub(crate) fn new(data_dir: &Path) -> std::io::Result<Self> {
         let dir = data_dir.join("wake");
         std::fs::create_dir_all(&dir)?;
         Ok(WakeFiles { dir })
@@ -28,7 +29,7 @@ impl WakeFiles {
 
     /// Tell every long poll on `queue` that something changed. Best effort: a
     /// missed wake-up only delays a poll until its next periodic check.
-    pub fn notify(&self, queue: &str) {
+    pub(crate) fn notify(&self, queue: &str) {
         if let Err(e) = std::fs::write(self.path(queue), b"1") {
             tracing::debug!(queue, error = %e, "could not write wake file");
         }
@@ -36,7 +37,7 @@ impl WakeFiles {
 
     /// Start watching `queue`. Create the watch *before* checking the queue,
     /// so that a send between the check and the wait is not missed.
-    pub fn watch(&self, queue: &str) -> std::io::Result<WakeWatch> {
+    pub(crate) fn watch(&self, queue: &str) -> std::io::Result<WakeWatch> {
         let path = self.path(queue);
         if !path.exists() {
             std::fs::write(&path, b"")?;
@@ -62,14 +63,14 @@ impl AsRawFd for InotifyFd {
 }
 
 /// An armed watch on one queue's wake file.
-pub struct WakeWatch {
+pub(crate) struct WakeWatch {
     fd: AsyncFd<InotifyFd>,
 }
 
 impl WakeWatch {
     /// Wait until the wake file changes or `timeout` passes. Returns whether
     /// a change was seen.
-    pub async fn wait(&mut self, timeout: Duration) -> bool {
+    pub(crate) async fn wait(&mut self, timeout: Duration) -> bool {
         let wait = async {
             loop {
                 let mut guard = match self.fd.readable().await {

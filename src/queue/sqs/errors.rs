@@ -1,12 +1,13 @@
 //! How SQS errors are classified (transient, permanent, stale receipt, ...)
-//! and how a RedrivePolicy is read. Pure functions, tested here.
+//! and how a RedrivePolicy is read. Pure functions, tested here; they run
+//! wherever the SQS backend does (the worker parent, the CLI process).
 
 use crate::queue::{QueueError, RedrivePolicy};
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::BatchResultErrorEntry;
 
 /// Map an SDK error to our classification.
-pub fn classify<E, R>(err: SdkError<E, R>) -> QueueError
+pub(super) fn classify<E, R>(err: SdkError<E, R>) -> QueueError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug,
@@ -46,7 +47,7 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 /// Map an SQS error code (and message) to our classification.
-pub fn classify_code(code: &str, message: &str) -> QueueError {
+fn classify_code(code: &str, message: &str) -> QueueError {
     let text = if message.is_empty() {
         code.to_owned()
     } else {
@@ -95,7 +96,7 @@ pub(super) fn batch_failure(e: &BatchResultErrorEntry) -> QueueError {
 
 /// Parse an SQS RedrivePolicy JSON (maxReceiveCount may be a number or a
 /// string).
-pub fn parse_redrive(json: &str) -> Result<RedrivePolicy, QueueError> {
+pub(super) fn parse_redrive(json: &str) -> Result<RedrivePolicy, QueueError> {
     let v: serde_json::Value = serde_json::from_str(json)
         .map_err(|e| QueueError::Other(format!("RedrivePolicy is not JSON: {e}")))?;
     let target = v["deadLetterTargetArn"]

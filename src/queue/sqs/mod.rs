@@ -2,36 +2,36 @@
 //! (environment, profile, IMDS/ECS). `AWS_ENDPOINT_URL(_SQS)` or an explicit
 //! endpoint reach LocalStack, ElasticMQ or moto.
 //!
-//! The SDK's own retries are off; every call goes through [`Backoff`] with
+//! The SDK's own retries are off; every call goes through `Backoff` with
 //! our classification of errors (transient vs permanent), so there is one
 //! place that decides what is retried.
+//!
+//! Runs in the worker parent and in the CLI process (queue commands).
 
+mod convert;
 mod errors;
 
-use errors::batch_failure;
-pub use errors::{classify, classify_code, parse_redrive};
+use convert::{batch_results, secs, to_sqs_attributes};
+use errors::{classify, parse_redrive};
 
 use super::retry::Backoff;
 use super::{
-    AttributeValue, Attributes, BatchEntryResult, OutgoingMessage, Queue, QueueAttributes,
-    QueueConfig, QueueCounts, QueueError, ReceiveRequest, ReceivedMessage, VisibilityChange,
-    validate,
+    BatchEntryResult, OutgoingMessage, Queue, QueueAttributes, QueueConfig, QueueCounts,
+    QueueError, ReceiveRequest, ReceivedMessage, VisibilityChange, validate,
 };
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::retry::RetryConfig;
 use aws_sdk_sqs::config::timeout::TimeoutConfig;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_sqs::primitives::Blob;
 use aws_sdk_sqs::types::{
-    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
-    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
-    QueueAttributeName, SendMessageBatchRequestEntry,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use std::collections::HashMap;
 use std::time::Duration;
 
 /// Build an SQS client from the environment, optionally at `endpoint`.
-pub async fn client(endpoint: Option<&str>) -> Client {
+pub(crate) async fn client(endpoint: Option<&str>) -> Client {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .retry_config(RetryConfig::disabled())
         .timeout_config(
@@ -47,10 +47,6 @@ pub async fn client(endpoint: Option<&str>) -> Client {
     Client::new(&loader.load().await)
 }
 
-fn secs(d: Duration) -> i32 {
-    d.as_secs().min(i32::MAX as u64) as i32
-}
-
 /// An SQS queue by URL.
 pub struct SqsQueue {
     client: Client,
@@ -59,16 +55,13 @@ pub struct SqsQueue {
 }
 
 impl SqsQueue {
+    /// The queue at `url`, reached through `client`.
     pub fn new(client: Client, url: impl Into<String>) -> Self {
         SqsQueue {
             client,
             url: url.into(),
             backoff: Backoff::default(),
         }
-    }
-
-    pub fn url(&self) -> &str {
-        &self.url
     }
 
     /// Create a queue (and its redrive policy) through CreateQueue; returns
@@ -129,7 +122,7 @@ impl SqsQueue {
     }
 
     /// The queue named by an ARN's last segment, in the ARN's account.
-    pub async fn by_arn(&self, arn: &str) -> Result<SqsQueue, QueueError> {
+    async fn by_arn(&self, arn: &str) -> Result<SqsQueue, QueueError> {
         let parts: Vec<&str> = arn.split(':').collect();
         let (account, name) = match parts.as_slice() {
             [.., account, name] if !name.is_empty() => (*account, *name),
@@ -185,68 +178,6 @@ impl Backoff {
     }
 }
 
-fn to_sqs_attributes(
-    attrs: &Attributes,
-) -> Result<HashMap<String, MessageAttributeValue>, QueueError> {
-    attrs
-        .iter()
-        .map(|(k, v)| {
-            let b = MessageAttributeValue::builder().data_type(v.data_type());
-            let b = match v {
-                AttributeValue::String(s) | AttributeValue::Number(s) => b.string_value(s),
-                AttributeValue::Binary(bytes) => b.binary_value(Blob::new(bytes.clone())),
-            };
-            b.build()
-                .map(|v| (k.clone(), v))
-                .map_err(|e| QueueError::InvalidInput(e.to_string()))
-        })
-        .collect()
-}
-
-fn from_sqs_attributes(attrs: Option<&HashMap<String, MessageAttributeValue>>) -> Attributes {
-    let mut out = Attributes::new();
-    for (k, v) in attrs.into_iter().flatten() {
-        let ty = v.data_type();
-        let value = if ty.starts_with("Binary") {
-            AttributeValue::Binary(
-                v.binary_value()
-                    .map(|b| b.as_ref().to_vec())
-                    .unwrap_or_default(),
-            )
-        } else if ty.starts_with("Number") {
-            AttributeValue::Number(v.string_value().unwrap_or_default().to_owned())
-        } else {
-            AttributeValue::String(v.string_value().unwrap_or_default().to_owned())
-        };
-        out.insert(k.clone(), value);
-    }
-    out
-}
-
-fn batch_results(
-    len: usize,
-    ok: impl Iterator<Item = (String, String)>,
-    failed: &[BatchResultErrorEntry],
-) -> Vec<BatchEntryResult> {
-    let mut out: Vec<BatchEntryResult> = (0..len)
-        .map(|index| BatchEntryResult {
-            index,
-            result: Err(QueueError::Other("no result for this entry".into())),
-        })
-        .collect();
-    for (id, value) in ok {
-        if let Some(e) = id.parse::<usize>().ok().and_then(|i| out.get_mut(i)) {
-            e.result = Ok(value);
-        }
-    }
-    for f in failed {
-        if let Some(e) = f.id().parse::<usize>().ok().and_then(|i| out.get_mut(i)) {
-            e.result = Err(batch_failure(f));
-        }
-    }
-    out
-}
-
 #[async_trait::async_trait]
 impl Queue for SqsQueue {
     fn name(&self) -> &str {
@@ -272,25 +203,8 @@ impl Queue for SqsQueue {
         Ok(out
             .messages
             .unwrap_or_default()
-            .into_iter()
-            .map(|m| {
-                let sys =
-                    |k: MessageSystemAttributeName| m.attributes().and_then(|a| a.get(&k)).cloned();
-                ReceivedMessage {
-                    message_id: m.message_id().unwrap_or_default().to_owned(),
-                    receipt_handle: m.receipt_handle().unwrap_or_default().to_owned(),
-                    body: m.body().unwrap_or_default().to_owned(),
-                    attributes: from_sqs_attributes(m.message_attributes()),
-                    receive_count: sys(MessageSystemAttributeName::ApproximateReceiveCount)
-                        .and_then(|c| c.parse().ok())
-                        .unwrap_or(1),
-                    sent_timestamp_ms: sys(MessageSystemAttributeName::SentTimestamp)
-                        .and_then(|c| c.parse().ok())
-                        .unwrap_or(0),
-                    group_id: sys(MessageSystemAttributeName::MessageGroupId),
-                    dedup_id: sys(MessageSystemAttributeName::MessageDeduplicationId),
-                }
-            })
+            .iter()
+            .map(convert::received)
             .collect())
     }
 

@@ -36,7 +36,7 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
 }
 
 /// The metrics in Prometheus text format.
-pub fn render(s: &WorkerStats) -> String {
+pub(crate) fn render(s: &WorkerStats) -> String {
     let mut out = String::new();
     counter(
         &mut out,
@@ -52,7 +52,7 @@ pub fn render(s: &WorkerStats) -> String {
     );
     let _ = writeln!(
         out,
-        "# HELP wasm_jobs_jobs_failed_total Jobs that did not succeed, by reason (retry, fatal, trap, timeout, crash, signal, unloadable) and trap kind."
+        "# HELP wasm_jobs_jobs_failed_total Jobs that did not succeed, by reason (retry, fatal, trap, timeout, crash, signal, unloadable, refused, not_started) and trap kind."
     );
     let _ = writeln!(out, "# TYPE wasm_jobs_jobs_failed_total counter");
     for ((reason, kind), n) in s.failures() {
@@ -62,6 +62,29 @@ pub fn render(s: &WorkerStats) -> String {
             escape(&kind)
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP wasm_jobs_messages_refused_total Messages refused at admission and dead-lettered, by reason (tenant_mismatch, bad_signature, policy, module)."
+    );
+    let _ = writeln!(out, "# TYPE wasm_jobs_messages_refused_total counter");
+    for (reason, n) in s.refusals() {
+        let _ = writeln!(
+            out,
+            "wasm_jobs_messages_refused_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    counter(
+        &mut out,
+        "over_cap_returned_total",
+        "Shared-queue messages made visible again because their tenant was at its cap.",
+        &s.over_cap,
+    );
+    counter(
+        &mut out,
+        "fork_server_restarts_total",
+        "Fork servers started to replace one that died.",
+        &s.fork_server_restarts,
+    );
     counter(
         &mut out,
         "dead_lettered_total",
@@ -140,7 +163,10 @@ pub fn render(s: &WorkerStats) -> String {
 
 /// Bind `addr` and serve `GET /metrics` until the runtime stops. Returns the
 /// bound address (useful with port 0).
-pub async fn serve(addr: SocketAddr, stats: Arc<WorkerStats>) -> std::io::Result<SocketAddr> {
+pub(crate) async fn serve(
+    addr: SocketAddr,
+    stats: Arc<WorkerStats>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// A latency histogram with fixed buckets (seconds).
 #[derive(Debug)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     bounds: &'static [f64],
     counts: Vec<AtomicU64>,
     sum_micros: AtomicU64,
@@ -17,13 +17,13 @@ pub struct Histogram {
 }
 
 /// Bucket bounds for job durations and queue-to-start latencies.
-pub const SECONDS_BUCKETS: &[f64] = &[
+pub(crate) const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0, 300.0, 900.0,
 ];
 
 impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Self {
+    pub(crate) fn new(bounds: &'static [f64]) -> Self {
         Histogram {
             bounds,
             counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
@@ -32,7 +32,7 @@ impl Histogram {
         }
     }
 
-    pub fn observe(&self, d: Duration) {
+    pub(crate) fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
         if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
             self.counts[i].fetch_add(1, Ordering::Relaxed);
@@ -43,7 +43,7 @@ impl Histogram {
     }
 
     /// (upper bound, cumulative count) pairs, then the sum in seconds and the count.
-    pub fn snapshot(&self) -> (Vec<(f64, u64)>, f64, u64) {
+    pub(crate) fn snapshot(&self) -> (Vec<(f64, u64)>, f64, u64) {
         let mut cumulative = 0;
         let buckets = self
             .bounds
@@ -63,30 +63,39 @@ impl Histogram {
 }
 
 /// Labels of the jobs-in-flight gauge.
-pub type JobLabels = (String, String);
+pub(crate) type JobLabels = (String, String);
 
+/// Everything one worker run counts. Shared by its tasks through an `Arc`.
 #[derive(Debug)]
 pub struct WorkerStats {
-    pub received: AtomicU64,
-    pub succeeded: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) succeeded: AtomicU64,
     /// Left for redelivery: retry, trap, timeout, crash.
-    pub left: AtomicU64,
-    pub dead_lettered: AtomicU64,
+    pub(crate) left: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
     /// Returned to the queue by exit handling.
-    pub requeued: AtomicU64,
+    pub(crate) requeued: AtomicU64,
     /// Received after an exit signal and released at once.
-    pub released: AtomicU64,
-    pub stale_receipts: AtomicU64,
-    pub queue_errors: AtomicU64,
+    pub(crate) released: AtomicU64,
+    pub(crate) stale_receipts: AtomicU64,
+    pub(crate) queue_errors: AtomicU64,
+    /// Visibility-extension calls made (a batch of up to 10 counts once).
     pub heartbeat_calls: AtomicU64,
-    pub heartbeats_sent: AtomicU64,
-    pub heartbeats_failed: AtomicU64,
+    pub(crate) heartbeats_sent: AtomicU64,
+    pub(crate) heartbeats_failed: AtomicU64,
+    /// Shared-queue messages returned because their tenant was at its cap.
+    pub(crate) over_cap: AtomicU64,
+    /// Fork servers started to replace one that died.
+    pub(crate) fork_server_restarts: AtomicU64,
+    /// Messages refused at admission, by kind (tenant_mismatch,
+    /// bad_signature, policy, module).
+    refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Failed jobs by (reason, trap kind): reason is retry, fatal, trap,
     /// timeout, crash, signal or unloadable; kind is set for traps.
     failed: Mutex<BTreeMap<(&'static str, String), u64>>,
-    pub job_duration: Histogram,
+    pub(crate) job_duration: Histogram,
     /// From the message's SentTimestamp to its worker child's start.
-    pub queue_to_start: Histogram,
+    pub(crate) queue_to_start: Histogram,
     in_flight: Mutex<BTreeMap<JobLabels, i64>>,
     /// From learning that a worker child exited to its message's fate being
     /// applied, for the benchmark's percentiles.
@@ -107,6 +116,9 @@ impl Default for WorkerStats {
             heartbeat_calls: AtomicU64::new(0),
             heartbeats_sent: AtomicU64::new(0),
             heartbeats_failed: AtomicU64::new(0),
+            over_cap: AtomicU64::new(0),
+            fork_server_restarts: AtomicU64::new(0),
+            refused: Mutex::new(BTreeMap::new()),
             failed: Mutex::new(BTreeMap::new()),
             job_duration: Histogram::new(SECONDS_BUCKETS),
             queue_to_start: Histogram::new(SECONDS_BUCKETS),
@@ -117,26 +129,32 @@ impl Default for WorkerStats {
 }
 
 /// Counts a job in the in-flight gauge until dropped.
-pub struct InFlight {
+pub(crate) struct InFlight {
     stats: Arc<WorkerStats>,
     labels: JobLabels,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(n) = self.stats.in_flight.lock().unwrap().get_mut(&self.labels) {
+        if let Some(n) = self
+            .stats
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(&self.labels)
+        {
             *n -= 1;
         }
     }
 }
 
 impl WorkerStats {
-    pub fn job_started(self: &Arc<Self>, module: &str, tenant: &str) -> InFlight {
+    pub(crate) fn job_started(self: &Arc<Self>, module: &str, tenant: &str) -> InFlight {
         let labels = (module.to_owned(), tenant.to_owned());
         *self
             .in_flight
             .lock()
-            .unwrap()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(labels.clone())
             .or_insert(0) += 1;
         InFlight {
@@ -145,62 +163,78 @@ impl WorkerStats {
         }
     }
 
-    pub fn in_flight(&self) -> Vec<(JobLabels, i64)> {
+    /// Jobs running now by (module, tenant).
+    pub fn in_flight(&self) -> Vec<((String, String), i64)> {
         self.in_flight
             .lock()
-            .unwrap()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect()
     }
 
-    pub fn job_failed(&self, reason: &'static str, kind: &str) {
+    pub(crate) fn job_failed(&self, reason: &'static str, kind: &str) {
         *self
             .failed
             .lock()
-            .unwrap()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry((reason, kind.to_owned()))
             .or_insert(0) += 1;
     }
 
-    pub fn failures(&self) -> Vec<((&'static str, String), u64)> {
+    /// Count a message refused at admission.
+    pub(crate) fn refused(&self, kind: &'static str) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(kind)
+            .or_insert(0) += 1;
+    }
+
+    /// Refused messages by kind.
+    pub(crate) fn refusals(&self) -> Vec<(&'static str, u64)> {
+        self.refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
+
+    pub(crate) fn failures(&self) -> Vec<((&'static str, String), u64)> {
         self.failed
             .lock()
-            .unwrap()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect()
     }
 
-    pub fn record_exit_to_settled(&self, d: Duration) {
-        self.exit_to_settled.lock().unwrap().push(d);
+    pub(crate) fn record_exit_to_settled(&self, d: Duration) {
+        self.exit_to_settled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(d);
     }
 
+    /// Every exit-to-settled latency so far (for the benchmark).
     pub fn exit_to_settled(&self) -> Vec<Duration> {
-        self.exit_to_settled.lock().unwrap().clone()
+        self.exit_to_settled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
+    /// Jobs that succeeded (message deleted).
     pub fn succeeded_count(&self) -> u64 {
         self.succeeded.load(Ordering::Relaxed)
     }
-    pub fn left_count(&self) -> u64 {
+    pub(crate) fn left_count(&self) -> u64 {
         self.left.load(Ordering::Relaxed)
     }
-    pub fn dead_lettered_count(&self) -> u64 {
+    pub(crate) fn dead_lettered_count(&self) -> u64 {
         self.dead_lettered.load(Ordering::Relaxed)
-    }
-
-    /// Messages whose handling has ended, whatever the fate.
-    pub fn finished(&self) -> u64 {
-        [
-            &self.succeeded,
-            &self.left,
-            &self.dead_lettered,
-            &self.requeued,
-        ]
-        .iter()
-        .map(|c| c.load(Ordering::Relaxed))
-        .sum()
     }
 }
 

@@ -1,33 +1,37 @@
-//! What runs in a forked worker child: become the leader of a new process
-//! group, die with the fork server, restore default signal handling, make one
-//! call in a fresh instance on a fresh single-threaded runtime, report the
-//! outcome to the parent and exit with its code (see `outcome::exit_code`).
+//! A worker child, forked by the fork server for one call: become the
+//! leader of a new process group, die with the fork server, restore default
+//! signal handling, make one call in a fresh instance on a fresh
+//! single-threaded runtime, report the outcome to the parent and exit with
+//! its code (see `outcome::exit_code`). It is told its tenant and module
+//! label; it works out nothing about the message itself.
 //!
 //! The child never returns into the fork server's loop.
 
-use super::forkserver::{EXIT_SIGNALS, die_with_parent, send_event};
-use super::protocol::{CallKind, Event, trim_outcome};
+use super::{EXIT_SIGNALS, die_with_parent, send_event};
 use crate::contract::JobMessage;
 use crate::executor::{Call, Executor, LoadedJob};
 use crate::outcome::exit_code;
 use crate::sandbox::SandboxPolicy;
+use crate::worker::protocol::{CallKind, Event, trim_outcome};
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, signal, sigprocmask};
 use nix::unistd::{Pid, getpid, setpgid};
 use std::os::fd::{OwnedFd, RawFd};
 
 /// Everything a child needs, borrowed from the fork server's memory.
 pub(super) struct ChildCall<'a> {
-    pub fork_server: Pid,
-    pub process: u64,
-    pub job: &'a LoadedJob,
-    pub module: &'a std::path::Path,
-    pub executor: &'a Executor,
-    pub message: JobMessage,
-    pub call: CallKind,
-    pub policy: &'a SandboxPolicy,
-    pub events: &'a OwnedFd,
+    pub(super) fork_server: Pid,
+    pub(super) process: u64,
+    pub(super) job: &'a LoadedJob,
+    /// The module's label for logs.
+    pub(super) module: &'a str,
+    pub(super) tenant: &'a str,
+    pub(super) executor: &'a Executor,
+    pub(super) message: JobMessage,
+    pub(super) call: CallKind,
+    pub(super) policy: &'a SandboxPolicy,
+    pub(super) events: &'a OwnedFd,
     /// The fork server's own descriptors, which the child must not hold.
-    pub close: &'a [RawFd],
+    pub(super) close: &'a [RawFd],
 }
 
 /// Leave at once: no atexit handlers, no destructors. The child shares
@@ -58,19 +62,11 @@ pub(super) fn run_child(c: ChildCall<'_>) -> ! {
         CallKind::Run => Call::Run,
         CallKind::OnExit { signal } => Call::OnExit { signal },
     };
-    let tenant = c
-        .message
-        .attributes
-        .iter()
-        .find(|(k, _)| k == super::job::TENANT_ATTRIBUTE)
-        .map(|(_, v)| v.clone())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "default".into());
     let span = tracing::info_span!(
         "job",
         message_id = %c.message.id,
-        module = %c.module.display(),
-        tenant = %tenant,
+        module = %c.module,
+        tenant = %c.tenant,
         attempt = c.message.receive_count,
         pid,
         process = c.process,

@@ -1,14 +1,16 @@
-//! What happens to a message, decided from how its worker ended: one pure
-//! function, [`decide`], and the one for after exit handling,
-//! [`after_exit_handling`]. The README's fate table is this file.
+//! What happens to a message, decided in the worker parent from how its
+//! job ended: one pure function, [`decide`], and the one for after exit
+//! handling, [`after_exit_handling`]. The README's fate table is this file.
+//! A passing failure (the job could not start for reasons that are not the
+//! message's) is never a verdict: the message is left for redelivery.
 
-use super::protocol::ExitStatus;
 use crate::outcome::{Outcome, exit_code};
+use crate::worker::protocol::ExitStatus;
 use std::time::Duration;
 
 /// How the worker child for a message ended, as the parent learned it.
 #[derive(Debug, Clone, PartialEq)]
-pub enum WorkerEnd {
+pub(crate) enum WorkerEnd {
     /// The child reported an outcome and exited.
     Reported(Outcome),
     /// The child exited with this code without reporting (a host-side crash).
@@ -16,13 +18,43 @@ pub enum WorkerEnd {
     /// The child was killed by this signal, and the parent received no exit
     /// signal itself.
     Killed(i32),
-    /// The module could not be loaded (missing file, not a job component).
+    /// The module is not a valid job component.
     Unloadable(String),
+    /// Refused at admission (tenant mismatch, bad signature, policy, unknown
+    /// module); the job never started.
+    Refused(String),
+    /// The job could not start for a passing reason (fork failed, compile
+    /// helper killed or timed out, no fork server).
+    NotStarted(String),
+    /// The child died with its fork server; no status is known.
+    Lost,
+    /// The child outlived its timeout plus grace and was killed.
+    Overran(Duration),
 }
+
+impl std::fmt::Display for WorkerEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WorkerEnd::Reported(o) => write!(f, "{o}"),
+            WorkerEnd::ExitCode(c) => write!(f, "exited with code {c} without an outcome"),
+            WorkerEnd::Killed(s) => write!(f, "killed by signal {s}"),
+            WorkerEnd::Unloadable(why) => write!(f, "module could not be loaded: {why}"),
+            WorkerEnd::Refused(why) => write!(f, "refused: {why}"),
+            WorkerEnd::NotStarted(why) => write!(f, "could not start: {why}"),
+            WorkerEnd::Lost => write!(f, "lost with its fork server"),
+            WorkerEnd::Overran(limit) => {
+                write!(f, "still running after {} s; killed", limit.as_secs())
+            }
+        }
+    }
+}
+
+/// How long a message whose job could not start stays invisible.
+pub(crate) const REDELIVER_AFTER: Duration = Duration::from_secs(1);
 
 impl WorkerEnd {
     /// Combine the exit status with the outcome the child reported, if any.
-    pub fn from_process(status: ExitStatus, outcome: Option<Outcome>) -> Self {
+    pub(crate) fn from_process(status: ExitStatus, outcome: Option<Outcome>) -> Self {
         match (status, outcome) {
             (ExitStatus::Signal(sig), _) => WorkerEnd::Killed(sig),
             (ExitStatus::Code(_), Some(outcome)) => WorkerEnd::Reported(outcome),
@@ -33,7 +65,7 @@ impl WorkerEnd {
 
 /// What to do with the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fate {
+pub(crate) enum Fate {
     /// Done: delete it.
     Delete,
     /// Leave it; it comes back when its visibility timeout runs out and the
@@ -41,6 +73,9 @@ pub enum Fate {
     Leave { why: String },
     /// Leave it, invisible for this long first (a job's retry delay).
     RetryAfter { delay: Duration, why: String },
+    /// Not a verdict: the job never started for a passing reason. Make it
+    /// visible again after `delay`.
+    Redeliver { delay: Duration, why: String },
     /// Copy it to the dead-letter queue now, then delete it; if the queue has
     /// none, leave it and log an error.
     DeadLetter { why: String },
@@ -50,7 +85,7 @@ pub enum Fate {
 }
 
 /// The fate of a message whose worker ended on its own.
-pub fn decide(end: &WorkerEnd) -> Fate {
+pub(crate) fn decide(end: &WorkerEnd) -> Fate {
     match end {
         WorkerEnd::Reported(Outcome::Ok) => Fate::Delete,
         WorkerEnd::Reported(Outcome::Retry {
@@ -90,12 +125,27 @@ pub fn decide(end: &WorkerEnd) -> Fate {
         WorkerEnd::Unloadable(why) => Fate::DeadLetter {
             why: format!("module could not be loaded: {why}"),
         },
+        WorkerEnd::Refused(why) => Fate::DeadLetter { why: why.clone() },
+        WorkerEnd::NotStarted(why) => Fate::Redeliver {
+            delay: REDELIVER_AFTER,
+            why: why.clone(),
+        },
+        // Its process is gone as if killed: clean up as for a signal.
+        WorkerEnd::Lost => Fate::ExitHandling {
+            signal: libc::SIGKILL,
+        },
+        WorkerEnd::Overran(_) => Fate::Leave {
+            why: end.to_string(),
+        },
     }
 }
 
 /// After `on-exit` ran (or failed twice): requeue when retries are allowed
 /// and cleanup succeeded; otherwise dead-letter.
-pub fn after_exit_handling(on_exit_succeeded: bool, retries_allowed: bool) -> ExitHandlingFate {
+pub(crate) fn after_exit_handling(
+    on_exit_succeeded: bool,
+    retries_allowed: bool,
+) -> ExitHandlingFate {
     match (on_exit_succeeded, retries_allowed) {
         (true, true) => ExitHandlingFate::Requeue,
         (true, false) => ExitHandlingFate::DeadLetter {
@@ -108,7 +158,7 @@ pub fn after_exit_handling(on_exit_succeeded: bool, retries_allowed: bool) -> Ex
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExitHandlingFate {
+pub(crate) enum ExitHandlingFate {
     /// Make it visible again: after long-poll seconds + 1 (0 without long
     /// polling), so a long poll of our own cannot take it straight back.
     Requeue,
@@ -118,7 +168,7 @@ pub enum ExitHandlingFate {
 }
 
 /// The visibility a requeued message gets.
-pub fn requeue_visibility(long_poll: Duration) -> Duration {
+pub(crate) fn requeue_visibility(long_poll: Duration) -> Duration {
     if long_poll.is_zero() {
         Duration::ZERO
     } else {
@@ -214,6 +264,34 @@ mod tests {
             WorkerEnd::from_process(ExitStatus::Code(1), None),
             WorkerEnd::ExitCode(1)
         );
+    }
+
+    #[test]
+    fn refusals_dead_letter_and_passing_failures_are_not_verdicts() {
+        let why = "tenant attribute \"acme\" does not match the queue's tenant \"trial\"";
+        assert_eq!(
+            decide(&WorkerEnd::Refused(why.into())),
+            Fate::DeadLetter { why: why.into() }
+        );
+        assert_eq!(
+            decide(&WorkerEnd::NotStarted(
+                "the compile helper was killed by signal 9".into()
+            )),
+            Fate::Redeliver {
+                delay: REDELIVER_AFTER,
+                why: "the compile helper was killed by signal 9".into()
+            }
+        );
+        assert_eq!(
+            decide(&WorkerEnd::Lost),
+            Fate::ExitHandling {
+                signal: libc::SIGKILL
+            }
+        );
+        assert!(matches!(
+            decide(&WorkerEnd::Overran(Duration::from_secs(910))),
+            Fate::Leave { why } if why.contains("910 s")
+        ));
     }
 
     #[test]

@@ -26,20 +26,24 @@ struct Inner {
 }
 
 /// The heartbeat service of one worker. Dropping it stops the ticker.
-pub struct Heartbeats {
+pub(crate) struct Heartbeats {
     inner: Arc<Inner>,
     ticker: tokio::task::JoinHandle<()>,
 }
 
 /// One message's heartbeats; they stop when this is dropped.
-pub struct Lease {
+pub(crate) struct Lease {
     inner: Arc<Inner>,
     id: u64,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.inner.entries.lock().unwrap().remove(&self.id);
+        self.inner
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.id);
     }
 }
 
@@ -50,7 +54,7 @@ impl Drop for Heartbeats {
 }
 
 impl Heartbeats {
-    pub fn start(
+    pub(crate) fn start(
         queue: Arc<dyn Queue>,
         interval: Duration,
         visibility: Duration,
@@ -66,24 +70,24 @@ impl Heartbeats {
     }
 
     /// Start heartbeats for a message received at `received`.
-    pub fn lease(&self, message_id: &str, receipt: &str, received: Instant) -> Lease {
+    pub(crate) fn lease(&self, message_id: &str, receipt: &str, received: Instant) -> Lease {
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        self.inner.entries.lock().unwrap().insert(
-            id,
-            Entry {
-                receipt: receipt.to_owned(),
-                message_id: message_id.to_owned(),
-                first_received: received,
-            },
-        );
+        self.inner
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                id,
+                Entry {
+                    receipt: receipt.to_owned(),
+                    message_id: message_id.to_owned(),
+                    first_received: received,
+                },
+            );
         Lease {
             inner: Arc::clone(&self.inner),
             id,
         }
-    }
-
-    pub fn active(&self) -> usize {
-        self.inner.entries.lock().unwrap().len()
     }
 }
 
@@ -94,7 +98,10 @@ async fn tick(inner: Arc<Inner>, queue: Arc<dyn Queue>, interval: Duration, visi
     loop {
         timer.tick().await;
         let due: Vec<(u64, String, String)> = {
-            let mut entries = inner.entries.lock().unwrap();
+            let mut entries = inner
+                .entries
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let now = Instant::now();
             entries.retain(|_, e| {
                 let ceiling = e.first_received + limits::MAX_VISIBILITY;
@@ -133,7 +140,13 @@ async fn tick(inner: Arc<Inner>, queue: Arc<dyn Queue>, interval: Duration, visi
                 }
             };
             for ((id, _, message_id), result) in chunk.iter().zip(results) {
-                if result.is_err() && !inner.entries.lock().unwrap().contains_key(id) {
+                if result.is_err()
+                    && !inner
+                        .entries
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .contains_key(id)
+                {
                     continue; // the job ended while the call was under way
                 }
                 match result {

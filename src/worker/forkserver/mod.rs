@@ -1,0 +1,402 @@
+//! The fork server process: a single-threaded program, started by the
+//! worker parent as `wasm-jobs __fork-server CONFIG` with an empty
+//! environment, that holds the wasmtime `Engine` and the loaded components
+//! and forks one child per call ([`child`]).
+//!
+//! It reads [`Command`]s from the parent on [`COMMAND_FD`] and reports
+//! [`Event`]s on [`EVENT_FD`] (`Ready`, `Started`, `SpawnFailed`, `Exited`).
+//! One `poll` loop waits on the command socket and a signalfd for SIGCHLD;
+//! there is no polling timer except a compile helper's deadline.
+//!
+//! A component not yet compiled on this machine is compiled in a forked
+//! helper ([`compile`]) with a deadline and an address-space cap; the loop
+//! goes on serving other modules meanwhile, and the calls waiting for that
+//! module are forked when the helper succeeds. Only this process signals its
+//! children, and only those it has not reaped, so a recycled pid is never
+//! signalled. It dies with the parent (PR_SET_PDEATHSIG); its children die
+//! with it.
+
+mod child;
+mod compile;
+
+use super::protocol::{
+    self, COMMAND_FD, Command, EVENT_FD, Event, ExitStatus, ForkServerConfig, ModuleRef, Spawn,
+    SpawnFailure,
+};
+use crate::engine::EngineSettings;
+use crate::executor::{Executor, LoadedJob};
+use compile::Compiling;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, killpg, signal, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{MsgFlags, send};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork, getpid, getppid};
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Signals that end a worker; the fork server ignores them (the parent
+/// handles them and tells it what to do), children get the default back.
+pub(crate) const EXIT_SIGNALS: [Signal; 5] = [
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGABRT,
+    Signal::SIGTERM,
+];
+
+/// Die with `parent`: PDEATHSIG, and a check for the race where it already died.
+fn die_with_parent(parent: Pid) {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    if getppid() != parent {
+        std::process::exit(1);
+    }
+}
+
+fn send_event(events: &impl AsFd, event: &Event) {
+    let bytes = protocol::encode_event(event);
+    match send(events.as_fd().as_raw_fd(), &bytes, MsgFlags::empty()) {
+        Ok(_) => {}
+        // The parent is gone (it exits while children are being reaped).
+        Err(nix::errno::Errno::EPIPE | nix::errno::Errno::ECONNREFUSED) => {}
+        Err(e) => tracing::error!(error = %e, "cannot report to the worker parent"),
+    }
+}
+
+/// What a reaped pid was.
+enum Running {
+    /// A worker child making a call for the parent's `process`.
+    Call(u64),
+    /// A compile helper for this digest.
+    Helper(String),
+}
+
+struct Server {
+    config: ForkServerConfig,
+    executor: Executor,
+    events: OwnedFd,
+    commands: UnixStream,
+    sigfd: SignalFd,
+    /// Loaded components by digest.
+    modules: HashMap<String, Rc<LoadedJob>>,
+    running: HashMap<Pid, Running>,
+    /// Compiles under way by digest, with the calls waiting for them.
+    compiling: HashMap<String, Compiling>,
+}
+
+/// The fork server's `main`: `config` is the JSON [`ForkServerConfig`];
+/// the sockets are at [`COMMAND_FD`] and [`EVENT_FD`]. Returns the exit code.
+pub(crate) fn main(config: &str) -> i32 {
+    let config: ForkServerConfig = match serde_json::from_str(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fork server: bad configuration: {e}");
+            return 2;
+        }
+    };
+    die_with_parent(Pid::from_raw(config.parent));
+    // SAFETY: the parent put these two sockets at these numbers for us
+    // (dup2 in its pre_exec) and nothing else in this process owns them.
+    let (commands, events) = unsafe {
+        (
+            UnixStream::from_raw_fd(COMMAND_FD),
+            OwnedFd::from_raw_fd(EVENT_FD),
+        )
+    };
+    for fd in [commands.as_fd(), events.as_fd()] {
+        let cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
+        let _ = nix::fcntl::fcntl(fd, cloexec);
+    }
+    for sig in EXIT_SIGNALS {
+        // SAFETY: SIG_IGN installs no handler code.
+        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
+    }
+    let mut chld = SigSet::empty();
+    chld.add(Signal::SIGCHLD);
+    if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None) {
+        tracing::error!(error = %e, "fork server: cannot block SIGCHLD");
+        return 1;
+    }
+    let sigfd = match SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e, "fork server: cannot create a signalfd");
+            return 1;
+        }
+    };
+    let settings = EngineSettings {
+        fuel_metering: config.fuel_metering,
+    };
+    let executor = match Executor::new(settings, &config.cache_dir) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "fork server: cannot build the engine");
+            return 1;
+        }
+    };
+    let mut server = Server {
+        config,
+        executor,
+        events,
+        commands,
+        sigfd,
+        modules: HashMap::new(),
+        running: HashMap::new(),
+        compiling: HashMap::new(),
+    };
+    let pid = getpid().as_raw();
+    tracing::info!(pid, "fork server ready");
+    send_event(&server.events, &Event::Ready { pid });
+    server.serve()
+}
+
+impl Server {
+    fn serve(&mut self) -> i32 {
+        loop {
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()))
+                .map_or(PollTimeout::NONE, |left| {
+                    PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
+                        .unwrap_or(PollTimeout::MAX)
+                });
+            let (cmd_ready, chld_ready) = {
+                let mut fds = [
+                    PollFd::new(self.commands.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
+                ];
+                match poll(&mut fds, timeout) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => {
+                        tracing::error!(error = %e, "fork server: poll failed");
+                        return self.shutdown(1);
+                    }
+                }
+                let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                (ready(&fds[0]), ready(&fds[1]))
+            };
+            if chld_ready {
+                while let Ok(Some(_)) = self.sigfd.read_signal() {}
+                self.reap();
+            }
+            self.expire_compiles();
+            if cmd_ready {
+                match protocol::read_command(&mut self.commands) {
+                    Ok(Some(Command::Spawn(req))) => self.spawn(req),
+                    Ok(Some(Command::Signal { process, signal })) => self.signal(process, signal),
+                    Ok(None) => return self.shutdown(0),
+                    Err(e) => {
+                        tracing::error!(error = %e, "fork server: bad command stream");
+                        return self.shutdown(1);
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail(&self, process: u64, failure: SpawnFailure, error: String) {
+        send_event(
+            &self.events,
+            &Event::SpawnFailed {
+                process,
+                error,
+                failure,
+            },
+        );
+    }
+
+    /// Fork the call now if its module is loaded or in the cache; else
+    /// start (or join) the compile of its module.
+    fn spawn(&mut self, req: Spawn) {
+        if let Some(job) = self.modules.get(&req.module.digest) {
+            let job = Rc::clone(job);
+            return self.fork_call(req, &job);
+        }
+        if let Some(c) = self.compiling.get_mut(&req.module.digest) {
+            c.waiting.push(req);
+            return;
+        }
+        let bytes = match compile::read_verified(&req.module) {
+            Ok(b) => b,
+            Err(why) => return self.fail(req.process, SpawnFailure::Passing, why),
+        };
+        if self
+            .executor
+            .cache()
+            .contains(self.executor.engine(), &bytes)
+        {
+            return match self.load(&req.module, &bytes) {
+                Ok(job) => self.fork_call(req, &job),
+                Err((failure, why)) => self.fail(req.process, failure, why),
+            };
+        }
+        let digest = req.module.digest.clone();
+        let close = [self.commands.as_raw_fd(), self.sigfd.as_raw_fd()];
+        match compile::start(&self.executor, bytes, &self.config, &close) {
+            Ok(mut c) => {
+                tracing::info!(helper_pid = c.helper.as_raw(), %digest, "compile helper started");
+                c.waiting.push(req);
+                self.running
+                    .insert(c.helper, Running::Helper(digest.clone()));
+                self.compiling.insert(digest, c);
+            }
+            Err(why) => self.fail(req.process, SpawnFailure::Passing, why),
+        }
+    }
+
+    /// Load a compiled component from the cache (a memory map: quick).
+    fn load(
+        &mut self,
+        module: &ModuleRef,
+        bytes: &[u8],
+    ) -> Result<Rc<LoadedJob>, (SpawnFailure, String)> {
+        let job = self.executor.load_bytes(bytes).map_err(|e| {
+            let failure = if e.is_invalid_component() {
+                SpawnFailure::InvalidComponent
+            } else {
+                SpawnFailure::Passing
+            };
+            (failure, e.to_string())
+        })?;
+        tracing::info!(module = %module.label, digest = %job.digest, source = ?job.source, "module loaded");
+        let job = Rc::new(job);
+        self.modules.insert(module.digest.clone(), Rc::clone(&job));
+        Ok(job)
+    }
+
+    fn fork_call(&mut self, req: Spawn, job: &LoadedJob) {
+        let me = getpid();
+        // SAFETY: this process is single-threaded (see module docs).
+        match unsafe { fork() } {
+            Ok(ForkResult::Parent { child }) => {
+                // Also set the group here, so it exists before anyone signals it.
+                let _ = nix::unistd::setpgid(child, child);
+                self.running.insert(child, Running::Call(req.process));
+                send_event(
+                    &self.events,
+                    &Event::Started {
+                        process: req.process,
+                        pid: child.as_raw(),
+                    },
+                );
+            }
+            Ok(ForkResult::Child) => child::run_child(child::ChildCall {
+                fork_server: me,
+                process: req.process,
+                job,
+                module: &req.module.label,
+                tenant: &req.tenant,
+                executor: &self.executor,
+                message: req.message,
+                call: req.call,
+                policy: &req.policy,
+                events: &self.events,
+                close: &[self.commands.as_raw_fd(), self.sigfd.as_raw_fd()],
+            }),
+            Err(e) => self.fail(
+                req.process,
+                SpawnFailure::Passing,
+                format!("fork failed: {e}"),
+            ),
+        }
+    }
+
+    fn signal(&self, process: u64, sig: i32) {
+        let Ok(sig) = Signal::try_from(sig) else {
+            return;
+        };
+        let pid = self
+            .running
+            .iter()
+            .find(|(_, r)| matches!(r, Running::Call(p) if *p == process))
+            .map(|(pid, _)| *pid);
+        // Not found: already reaped (or never started); nothing to signal.
+        if let Some(pid) = pid
+            && let Err(e) = killpg(pid, sig)
+        {
+            tracing::debug!(pid = pid.as_raw(), signal = ?sig, error = %e, "killpg failed");
+        }
+    }
+
+    fn reap(&mut self) {
+        loop {
+            let (pid, status) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, ExitStatus::Signal(sig as i32)),
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            };
+            match self.running.remove(&pid) {
+                Some(Running::Call(process)) => {
+                    send_event(&self.events, &Event::Exited { process, status })
+                }
+                Some(Running::Helper(digest)) => self.compiled(&digest, status),
+                None => {}
+            }
+        }
+    }
+
+    /// A compile helper ended: fork the waiting calls, or fail them.
+    fn compiled(&mut self, digest: &str, status: ExitStatus) {
+        let Some(c) = self.compiling.remove(digest) else {
+            return;
+        };
+        let (result, waiting) = c.finish(status);
+        let job = result.and_then(|bytes| {
+            let module = waiting
+                .first()
+                .map(|r| r.module.clone())
+                .ok_or((SpawnFailure::Passing, String::new()))?;
+            self.load(&module, &bytes)
+        });
+        match job {
+            Ok(job) => {
+                for req in waiting {
+                    self.fork_call(req, &job);
+                }
+            }
+            Err((failure, why)) => {
+                tracing::warn!(%digest, %why, ?failure, "compiling a module failed");
+                for req in waiting {
+                    self.fail(req.process, failure, why.clone());
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.compiling.values().map(|c| c.deadline).min()
+    }
+
+    /// Kill helpers past their deadline; reaping them fails their calls.
+    fn expire_compiles(&mut self) {
+        let now = Instant::now();
+        for c in self.compiling.values_mut() {
+            if c.deadline <= now && !c.timed_out {
+                tracing::warn!(
+                    helper_pid = c.helper.as_raw(),
+                    timeout_s = self.config.compile_timeout.as_secs_f64(),
+                    "compile helper timed out; killing it"
+                );
+                c.timed_out = true;
+                let _ = nix::sys::signal::kill(c.helper, Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// The parent is gone (or the loop broke): take every child down with us.
+    fn shutdown(&mut self, code: i32) -> i32 {
+        for (pid, r) in &self.running {
+            let _ = match r {
+                Running::Call(_) => killpg(*pid, Signal::SIGKILL),
+                Running::Helper(_) => nix::sys::signal::kill(*pid, Signal::SIGKILL),
+            };
+        }
+        code
+    }
+}

@@ -1,0 +1,460 @@
+//! The parent's side of the fork server, in the worker parent process:
+//! start it (`wasm-jobs __fork-server`, an empty environment, its own
+//! process group, the two sockets at fixed descriptors), send `Spawn` and
+//! `Signal` commands, read events as they arrive (no polling), hand each
+//! process's start and end to the task that asked for it, and restart the
+//! fork server when it dies.
+//!
+//! A fork server that dies takes its children with it (PDEATHSIG): their
+//! tasks see [`ProcessEnd`] never arrive and treat the job as killed. The
+//! supervisor starts a new one at once, then with back-off; only when
+//! [`MAX_START_FAILURES`] starts in a row fail does [`ForkServers::failed`]
+//! say the worker cannot go on. Spawning from a tokio worker thread matters:
+//! PDEATHSIG fires when the *thread* that forked exits, and runtime workers
+//! live as long as the runtime.
+
+use super::stats::WorkerStats;
+use crate::contract::JobMessage;
+use crate::logging::LogSettings;
+use crate::outcome::Outcome;
+use crate::sandbox::SandboxPolicy;
+use crate::worker::protocol::{
+    self, COMMAND_FD, CallKind, Command, EVENT_FD, Event, ExitStatus, ForkServerConfig, ModuleRef,
+    Spawn, SpawnFailure,
+};
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, recv, socketpair};
+use nix::unistd::Pid;
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{oneshot, watch};
+
+/// Starts in a row that may fail before the worker gives up.
+pub(crate) const MAX_START_FAILURES: u32 = 5;
+/// How long a new fork server gets to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a spawn waits for a fork server to be up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A fork server that dies sooner than this after starting counts as a
+/// failed start, so a crash loop ends.
+const STABLE_AFTER: Duration = Duration::from_secs(5);
+
+/// How a forked process ended, with the outcome it reported if it got that far.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ProcessEnd {
+    pub(crate) status: ExitStatus,
+    pub(crate) outcome: Option<Outcome>,
+}
+
+/// Why a call could not be started.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum SpawnError {
+    /// The component is not a valid job component: a verdict on the message.
+    #[error("{0}")]
+    InvalidComponent(String),
+    /// A passing failure (fork failed, compile helper killed or timed out,
+    /// module file changed): not a verdict; leave the message.
+    #[error("{0}")]
+    Passing(String),
+    /// No fork server is up (it died and has not been replaced in time).
+    #[error("the fork server is gone")]
+    ForkServerGone,
+}
+
+/// How to start a fork server.
+#[derive(Debug, Clone)]
+pub struct ForkServerSettings {
+    /// The `wasm-jobs` executable (it runs `wasm-jobs __fork-server`).
+    pub exe: PathBuf,
+    /// The compiled-artifact cache.
+    pub cache_dir: PathBuf,
+    /// Fuel metering for the whole engine (some tenant has a fuel budget).
+    pub fuel_metering: bool,
+    /// A compile helper is killed after this long.
+    pub compile_timeout: Duration,
+    /// A compile helper's address-space limit, in bytes.
+    pub compile_memory: u64,
+    /// Log format and filter for the fork server and its children.
+    pub log: LogSettings,
+}
+
+impl ForkServerSettings {
+    fn config(&self) -> ForkServerConfig {
+        ForkServerConfig {
+            fuel_metering: self.fuel_metering,
+            cache_dir: self.cache_dir.clone(),
+            compile_timeout: self.compile_timeout,
+            compile_memory: self.compile_memory,
+            parent: std::process::id() as i32,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    started: Option<oneshot::Sender<Result<Pid, SpawnError>>>,
+    finished: Option<Outcome>,
+    ended: Option<oneshot::Sender<ProcessEnd>>,
+}
+
+/// One running fork server.
+struct Conn {
+    pid: Pid,
+    commands: tokio::sync::Mutex<tokio::net::UnixStream>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    /// Set (under the `pending` lock) once the fork server is gone, so a
+    /// spawn racing with its death cannot wait for ever.
+    dead: std::sync::atomic::AtomicBool,
+    ready: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+/// A started process: its number, pid (= its process group) and its end.
+pub(crate) struct Spawned {
+    process: u64,
+    conn: Arc<Conn>,
+    pub(crate) pid: Pid,
+    pub(crate) end: oneshot::Receiver<ProcessEnd>,
+}
+
+impl Spawned {
+    /// Signal the process's group, through the fork server that reaps it (so
+    /// a pid already reaped, and perhaps reused, is never signalled).
+    pub(crate) async fn signal_group(&self, sig: nix::sys::signal::Signal) {
+        let cmd = Command::Signal {
+            process: self.process,
+            signal: sig as i32,
+        };
+        if let Err(e) = self.conn.send(&cmd).await {
+            tracing::debug!(pid = self.pid.as_raw(), error = %e, "cannot signal: the fork server is gone");
+        }
+    }
+}
+
+/// The worker's fork server, replaced when it dies.
+pub struct ForkServers {
+    launcher: ForkServerSettings,
+    current: watch::Sender<Option<Arc<Conn>>>,
+    failed: watch::Sender<Option<String>>,
+    next: AtomicU64,
+    stats: Arc<WorkerStats>,
+}
+
+impl ForkServers {
+    /// Start the first fork server and its supervisor. Must run inside the
+    /// tokio runtime.
+    pub async fn start(
+        launcher: ForkServerSettings,
+        stats: Arc<WorkerStats>,
+    ) -> std::io::Result<Arc<Self>> {
+        let (conn, child) = launch(&launcher).await?;
+        let servers = Arc::new(ForkServers {
+            launcher,
+            current: watch::Sender::new(Some(Arc::clone(&conn))),
+            failed: watch::Sender::new(None),
+            next: AtomicU64::new(1),
+            stats,
+        });
+        tokio::spawn(Arc::clone(&servers).supervise(conn, child));
+        Ok(servers)
+    }
+
+    /// Turns `Some(why)` when no fork server can be started any more.
+    pub(crate) fn failed(&self) -> watch::Receiver<Option<String>> {
+        self.failed.subscribe()
+    }
+
+    /// The pid of the fork server that is up now.
+    pub fn pid(&self) -> Option<i32> {
+        self.current.borrow().as_ref().map(|c| c.pid.as_raw())
+    }
+
+    async fn supervise(self: Arc<Self>, mut conn: Arc<Conn>, mut child: tokio::process::Child) {
+        let mut started = Instant::now();
+        let mut failures = 0u32;
+        loop {
+            let status = child.wait().await;
+            self.current.send_replace(None);
+            conn.fail_all();
+            tracing::error!(
+                pid = conn.pid.as_raw(),
+                ?status,
+                "the fork server died; starting a new one"
+            );
+            if started.elapsed() < STABLE_AFTER {
+                failures += 1;
+            } else {
+                failures = 0;
+            }
+            loop {
+                if failures >= MAX_START_FAILURES {
+                    let why =
+                        format!("the fork server could not be started ({failures} tries in a row)");
+                    self.failed.send_replace(Some(why));
+                    return;
+                }
+                if failures > 0 {
+                    tokio::time::sleep(Duration::from_millis(100 << failures.min(6))).await;
+                }
+                match launch(&self.launcher).await {
+                    Ok((c, ch)) => {
+                        (conn, child, started) = (c, ch, Instant::now());
+                        self.stats
+                            .fork_server_restarts
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(pid = conn.pid.as_raw(), "fork server restarted");
+                        self.current.send_replace(Some(Arc::clone(&conn)));
+                        break;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::error!(error = %e, attempt = failures, "cannot start a fork server");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The fork server that is up, waiting for a restart in progress.
+    async fn connection(&self) -> Result<Arc<Conn>, SpawnError> {
+        let mut rx = self.current.subscribe();
+        let mut failed = self.failed.subscribe();
+        let wait = async {
+            tokio::select! {
+                c = rx.wait_for(Option::is_some) => c.ok().and_then(|c| c.clone()),
+                _ = failed.wait_for(Option::is_some) => None,
+            }
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, wait)
+            .await
+            .ok()
+            .flatten()
+            .ok_or(SpawnError::ForkServerGone)
+    }
+
+    /// Fork a process that makes `call` with `module` for `tenant`; resolves
+    /// once it has started (or failed to).
+    pub(crate) async fn spawn(
+        &self,
+        module: ModuleRef,
+        tenant: &str,
+        message: JobMessage,
+        call: CallKind,
+        policy: SandboxPolicy,
+    ) -> Result<Spawned, SpawnError> {
+        let conn = self.connection().await?;
+        let process = self.next.fetch_add(1, Ordering::Relaxed);
+        let (started_tx, started_rx) = oneshot::channel();
+        let (ended_tx, ended_rx) = oneshot::channel();
+        {
+            let mut pending = conn.lock_pending();
+            if conn.dead.load(Ordering::Relaxed) {
+                return Err(SpawnError::ForkServerGone);
+            }
+            let p = Pending {
+                started: Some(started_tx),
+                finished: None,
+                ended: Some(ended_tx),
+            };
+            pending.insert(process, p);
+        }
+        let cmd = Command::Spawn(Spawn {
+            process,
+            module,
+            tenant: tenant.to_owned(),
+            message,
+            call,
+            policy,
+        });
+        if conn.send(&cmd).await.is_err() {
+            conn.lock_pending().remove(&process);
+            return Err(SpawnError::ForkServerGone);
+        }
+        let pid = started_rx
+            .await
+            .unwrap_or(Err(SpawnError::ForkServerGone))?;
+        Ok(Spawned {
+            process,
+            conn,
+            pid,
+            end: ended_rx,
+        })
+    }
+}
+
+impl Conn {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn send(&self, cmd: &Command) -> std::io::Result<()> {
+        let mut frame = Vec::new();
+        protocol::write_command(&mut frame, cmd)?;
+        self.commands.lock().await.write_all(&frame).await
+    }
+
+    /// The fork server is gone: every waiter learns it.
+    fn fail_all(&self) {
+        let mut pending = self.lock_pending();
+        self.dead.store(true, Ordering::Relaxed);
+        for (_, p) in pending.drain() {
+            if let Some(s) = p.started {
+                let _ = s.send(Err(SpawnError::ForkServerGone));
+            }
+            // Dropping `ended` wakes its waiter with an error.
+        }
+    }
+}
+
+struct EventFd(OwnedFd);
+impl AsRawFd for EventFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Start one fork server and wait until it is ready.
+async fn launch(l: &ForkServerSettings) -> std::io::Result<(Arc<Conn>, tokio::process::Child)> {
+    let (cmd_parent, cmd_server) = std::os::unix::net::UnixStream::pair()?;
+    let (ev_parent, ev_server) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    let config = l.config();
+    let mut cmd = std::process::Command::new(&l.exe);
+    cmd.arg("__fork-server")
+        .args([
+            "--log-format",
+            l.log.format.name(),
+            "--log-filter",
+            &l.log.filter,
+        ])
+        .arg(serde_json::to_string(&config)?)
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .process_group(0);
+    let (c, e) = (cmd_server.as_raw_fd(), ev_server.as_raw_fd());
+    // SAFETY: runs between fork and exec in the new process, and calls only
+    // fcntl and dup2, which are async-signal-safe. The temporaries are
+    // close-on-exec; the copies at 3 and 4 are not, so exec passes them on.
+    unsafe {
+        cmd.pre_exec(move || {
+            let c2 = libc::fcntl(c, libc::F_DUPFD_CLOEXEC, 10);
+            let e2 = libc::fcntl(e, libc::F_DUPFD_CLOEXEC, 10);
+            if c2 < 0 || e2 < 0 || libc::dup2(c2, COMMAND_FD) < 0 || libc::dup2(e2, EVENT_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = tokio::process::Command::from(cmd).spawn()?;
+    drop((cmd_server, ev_server));
+    let pid = Pid::from_raw(child.id().map_or(0, |p| p as i32));
+    cmd_parent.set_nonblocking(true)?;
+    nix::fcntl::fcntl(
+        &ev_parent,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let conn = Arc::new(Conn {
+        pid,
+        commands: tokio::sync::Mutex::new(tokio::net::UnixStream::from_std(cmd_parent)?),
+        pending: Mutex::new(HashMap::new()),
+        dead: std::sync::atomic::AtomicBool::new(false),
+        ready: Mutex::new(Some(ready_tx)),
+    });
+    // SAFETY: `EventFd` owns the descriptor for the `AsyncFd`'s lifetime.
+    let events = unsafe { AsyncFd::register(EventFd(ev_parent)) }.map_err(std::io::Error::from)?;
+    tokio::spawn(read_events(events, Arc::clone(&conn)));
+    tokio::select! {
+        ready = tokio::time::timeout(READY_TIMEOUT, ready_rx) => match ready {
+            Ok(Ok(())) => Ok((conn, child)),
+            _ => {
+                let _ = child.start_kill();
+                Err(std::io::Error::other("the fork server did not get ready"))
+            }
+        },
+        status = child.wait() => Err(std::io::Error::other(format!(
+            "the fork server exited while starting ({})",
+            status.map_or_else(|e| e.to_string(), |s| s.to_string())
+        ))),
+    }
+}
+
+async fn read_events(fd: AsyncFd<EventFd>, conn: Arc<Conn>) {
+    let mut buf = vec![0u8; protocol::MAX_EVENT_BYTES];
+    loop {
+        let mut guard = match fd.readable().await {
+            Ok(g) => g,
+            Err(_) => break,
+        };
+        match recv(fd.get_ref().as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(0) => break,
+            Ok(n) => match serde_json::from_slice::<Event>(&buf[..n]) {
+                Ok(event) => conn.dispatch(event),
+                Err(e) => tracing::error!(error = %e, "unreadable event from the fork server"),
+            },
+            Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+            Err(e) => {
+                tracing::error!(error = %e, "reading fork server events failed");
+                break;
+            }
+        }
+    }
+}
+
+impl Conn {
+    fn dispatch(&self, event: Event) {
+        let mut pending = self.lock_pending();
+        match event {
+            Event::Ready { .. } => {
+                if let Some(tx) = self.ready.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    let _ = tx.send(());
+                }
+            }
+            Event::Started { process, pid } => {
+                if let Some(s) = pending.get_mut(&process).and_then(|p| p.started.take()) {
+                    let _ = s.send(Ok(Pid::from_raw(pid)));
+                }
+            }
+            Event::SpawnFailed {
+                process,
+                error,
+                failure,
+            } => {
+                if let Some(mut p) = pending.remove(&process)
+                    && let Some(s) = p.started.take()
+                {
+                    let _ = s.send(Err(match failure {
+                        SpawnFailure::InvalidComponent => SpawnError::InvalidComponent(error),
+                        SpawnFailure::Passing => SpawnError::Passing(error),
+                    }));
+                }
+            }
+            Event::Finished {
+                process, outcome, ..
+            } => {
+                if let Some(p) = pending.get_mut(&process) {
+                    p.finished = Some(outcome);
+                }
+            }
+            Event::Exited { process, status } => {
+                if let Some(mut p) = pending.remove(&process)
+                    && let Some(s) = p.ended.take()
+                {
+                    let _ = s.send(ProcessEnd {
+                        status,
+                        outcome: p.finished.take(),
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! One message's life, in the worker parent, flowing one way: received
+//! (with its queue's tenant binding) → admitted once ([`admit`]) → a worker
+//! slot → spawned → ended → [`fate::decide`] → applied ([`settle`]). Every
+//! end goes through `fate`: a refusal, a spawn that failed, a child that
+//! reported or crashed, one lost with its fork server, and one killed at the
+//! hard limit. Exit handling after a signal lives in [`exit`].
+
+use super::admit::{self, Admitted};
+use super::exit;
+use super::fate::{self, Fate, WorkerEnd};
+use super::forks::{ProcessEnd, SpawnError, Spawned};
+use super::settle::{
+    self, Delivery, JobContext, JobResult, apply, record_failure, report_queue_error,
+};
+use super::slots::Ticket;
+use crate::worker::protocol::CallKind;
+use nix::sys::signal::Signal;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::Instrument;
+
+/// Extra time a job gets past its own timeout before the parent kills it.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Handle one received message to the end. `ticket` holds the tenant slot
+/// its bound queue reserved before receiving it (none yet on a shared queue).
+pub(crate) async fn handle(ctx: Arc<JobContext>, d: Delivery, mut ticket: Ticket) -> JobResult {
+    let lease = d
+        .source
+        .heartbeats
+        .lease(&d.msg.message_id, &d.msg.receipt_handle, d.received);
+    let admitted = admit::identify(
+        &d.source.tenant,
+        &d.msg.body,
+        &d.msg.attributes,
+        &ctx.policies,
+        unix_now(),
+    )
+    .and_then(|tenant| {
+        admit::admit(
+            tenant,
+            &d.attributes.attributes,
+            &ctx.policies,
+            &ctx.modules,
+        )
+    });
+    let a = match admitted {
+        Ok(a) => a,
+        Err(refusal) => {
+            drop((lease, ticket));
+            tracing::warn!(message_id = %d.msg.message_id, reason = %refusal, kind = refusal.kind(), "message refused");
+            ctx.stats.refused(refusal.kind());
+            settle::never_ran(&ctx, &d, &WorkerEnd::Refused(refusal.to_string())).await;
+            return JobResult::default();
+        }
+    };
+    let span = tracing::info_span!(
+        "job",
+        message_id = %d.msg.message_id,
+        module = %a.module.label,
+        tenant = %a.tenant,
+        attempt = d.msg.receive_count,
+        pid = tracing::field::Empty,
+    );
+    async move {
+        if !ticket.claim_tenant(&a.tenant) {
+            drop((lease, ticket));
+            return over_cap(&ctx, &d).await;
+        }
+        let mut exit_signal = ctx.exit_signal.clone();
+        let slot = tokio::select! {
+            slot = ctx.slots.acquire(ticket) => slot,
+            _ = async { exit_signal.wait_for(Option::is_some).await.map(|_| ()) } => {
+                drop(lease);
+                let visibility = fate::requeue_visibility(d.source.long_poll);
+                report_queue_error(&ctx, &d.msg.message_id, d.source.queue.change_visibility(&d.msg.receipt_handle, visibility).await);
+                ctx.stats.released.fetch_add(1, Ordering::Relaxed);
+                return JobResult::default();
+            }
+        };
+        let result = run(&ctx, &d, &a, lease).await;
+        drop(slot);
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// A shared queue's message whose tenant is at its cap: make it visible
+/// again after a short jittered delay (its receive count rises by one).
+async fn over_cap(ctx: &JobContext, d: &Delivery) -> JobResult {
+    let delay = Duration::from_millis(rand::random_range(1000..3000));
+    tracing::info!(
+        delay_ms = delay.as_millis() as u64,
+        "tenant at its concurrency cap; returning the message for later"
+    );
+    ctx.stats.over_cap.fetch_add(1, Ordering::Relaxed);
+    let r = d
+        .source
+        .queue
+        .change_visibility(&d.msg.receipt_handle, delay)
+        .await;
+    report_queue_error(ctx, &d.msg.message_id, r);
+    JobResult::default()
+}
+
+/// Spawn the job, watch it, and settle the message.
+async fn run(
+    ctx: &JobContext,
+    d: &Delivery,
+    a: &Admitted,
+    lease: super::heartbeat::Lease,
+) -> JobResult {
+    let spawned = ctx.spawn(d, a, CallKind::Run).await;
+    let spawned = match spawned {
+        Ok(s) => s,
+        Err(e) => {
+            drop(lease);
+            let end = match e {
+                SpawnError::InvalidComponent(why) => WorkerEnd::Unloadable(why),
+                e @ (SpawnError::Passing(_) | SpawnError::ForkServerGone) => {
+                    WorkerEnd::NotStarted(e.to_string())
+                }
+            };
+            settle::never_ran(ctx, d, &end).await;
+            return JobResult::default();
+        }
+    };
+    tracing::Span::current().record("pid", spawned.pid.as_raw());
+    tracing::info!("worker child started");
+    let started = Instant::now();
+    let _in_flight = ctx.stats.job_started(&a.module.label, &a.tenant);
+    if d.msg.sent_timestamp_ms > 0 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        ctx.stats.queue_to_start.observe(Duration::from_millis(
+            now.saturating_sub(d.msg.sent_timestamp_ms),
+        ));
+    }
+    let mut spawned: Spawned = spawned;
+    let mut exit_signal = ctx.exit_signal.clone();
+    let hard_limit = tokio::time::sleep(a.policy.sandbox.timeout + KILL_GRACE);
+    tokio::pin!(hard_limit);
+    let end = tokio::select! {
+        ended = &mut spawned.end => {
+            drop(lease);
+            ctx.stats.job_duration.observe(started.elapsed());
+            match ended {
+                Ok(ProcessEnd { status, outcome }) => WorkerEnd::from_process(status, outcome),
+                Err(_) => WorkerEnd::Lost,
+            }
+        }
+        Ok(signal) = async {
+            exit_signal.wait_for(Option::is_some).await.map(|s| (*s).unwrap_or(libc::SIGTERM))
+        } => {
+            drop(lease);
+            return exit::handle(ctx, d, a, Some(spawned), signal).await;
+        }
+        _ = &mut hard_limit => {
+            drop(lease);
+            tracing::error!("worker outlived its timeout; killing its process group");
+            spawned.signal_group(Signal::SIGKILL).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut spawned.end).await;
+            WorkerEnd::Overran(a.policy.sandbox.timeout + KILL_GRACE)
+        }
+    };
+    let ended_at = Instant::now();
+    tracing::info!(end = %end, run_ms = started.elapsed().as_secs_f64() * 1e3, "worker child ended");
+    record_failure(ctx, &end);
+    match fate::decide(&end) {
+        Fate::ExitHandling { signal } => exit::handle(ctx, d, a, None, signal).await,
+        other => {
+            apply(ctx, d, other).await;
+            ctx.stats.record_exit_to_settled(ended_at.elapsed());
+            JobResult::default()
+        }
+    }
+}

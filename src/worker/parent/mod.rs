@@ -1,0 +1,314 @@
+//! The worker parent process: the tokio side that owns the queues, leases,
+//! heartbeats, exit signals and metrics. It never forks and never runs guest
+//! code; calls run in children of the fork server, which it starts and
+//! restarts ([`forks`]).
+//!
+//! - [`intake`]: one receiver per served queue, asking only while its
+//!   tenant has room ([`slots`]).
+//! - [`job`]: each message's one-way life: admitted once ([`admit`]) →
+//!   worker slot → spawned → ended → [`fate`] → applied ([`settle`]);
+//!   [`exit`] for the exit-signal sequence.
+//! - [`heartbeat`]: leases and batched visibility extensions, per queue.
+//! - [`stats`] and [`metrics`]: counters and the Prometheus endpoint.
+
+pub(crate) mod admit;
+mod exit;
+pub(crate) mod fate;
+pub(crate) mod forks;
+mod heartbeat;
+mod intake;
+mod job;
+pub(crate) mod metrics;
+mod settle;
+mod slots;
+pub(crate) mod stats;
+
+use crate::policy::Policies;
+use crate::queue::{Queue, ReceiveRequest};
+use crate::worker::protocol::ModuleRef;
+use admit::{Modules, QueueTenant};
+use forks::ForkServers;
+use heartbeat::Heartbeats;
+use intake::Intake;
+use settle::{JobContext, JobResult, Source};
+use slots::Slots;
+use stats::WorkerStats;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+/// The worker's settings (see `wasm-jobs worker --help`).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Run this component for every message; else the `module` attribute,
+    /// looked up in `registry`.
+    pub module: Option<PathBuf>,
+    /// Where `module` attributes are looked up.
+    pub registry: crate::registry::Registry,
+    /// Jobs at once, over all queues.
+    pub concurrency: usize,
+    /// Visibility timeout set on every received message.
+    pub visibility_timeout: Duration,
+    /// How often leases are extended.
+    pub heartbeat: Duration,
+    /// Time `on-exit` gets per try.
+    pub exit_timeout: Duration,
+    /// Long-poll time; `None` uses each queue's ReceiveMessageWaitTimeSeconds.
+    pub wait: Option<Duration>,
+    /// Every tenant's sandbox, concurrency cap, weight, key and modules.
+    pub policies: Policies,
+    /// Exit 0 once every queue is empty and every job has ended.
+    pub drain: bool,
+}
+
+/// A queue the worker serves and whose messages it carries.
+pub struct BoundQueue {
+    /// The queue.
+    pub queue: Arc<dyn Queue>,
+    /// The tenant every message belongs to; `None` for a shared queue of
+    /// signed messages.
+    pub tenant: Option<String>,
+}
+
+/// How a worker run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerExit {
+    /// `--drain` and the queues are empty.
+    Drained,
+    /// An exit signal was handled for every in-flight job; the process
+    /// should now end as killed by it (or exit 1 if `on-exit` failed twice
+    /// for some message).
+    Signaled {
+        /// The signal to end by.
+        signal: i32,
+        /// `on-exit` failed twice for some message.
+        exit_handling_failed: bool,
+    },
+    /// The worker cannot go on (queue unreachable, unauthorized, no fork
+    /// server can be started).
+    Failed(String),
+}
+
+/// Refuse settings that would let a message be delivered twice.
+pub fn check_config(c: &WorkerConfig) -> Result<(), String> {
+    if c.heartbeat >= c.visibility_timeout {
+        return Err(format!(
+            "--heartbeat ({} s) must be shorter than --visibility-timeout ({} s), or a running job's message could be delivered again",
+            c.heartbeat.as_secs_f64(),
+            c.visibility_timeout.as_secs_f64()
+        ));
+    }
+    if c.heartbeat.is_zero() {
+        return Err("--heartbeat must be positive".into());
+    }
+    if c.concurrency == 0 {
+        return Err("--concurrency must be at least 1".into());
+    }
+    crate::queue::validate::visibility(c.visibility_timeout).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The `--module` file, read and hashed once: every message runs that digest.
+fn fixed_module(path: &std::path::Path) -> Result<ModuleRef, String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read module {}: {e}", path.display()))?;
+    Ok(ModuleRef {
+        path: path.to_owned(),
+        digest: crate::artifact_cache::content_digest(&bytes),
+        label: path.display().to_string(),
+    })
+}
+
+/// Open each queue's dead-letter queue and attributes, and its heartbeats.
+async fn sources(
+    config: &WorkerConfig,
+    queues: Vec<BoundQueue>,
+    stats: &Arc<WorkerStats>,
+) -> Result<Vec<Arc<Source>>, String> {
+    let mut out = Vec::new();
+    for b in queues {
+        let q = b.queue;
+        let attrs = q
+            .attributes()
+            .await
+            .map_err(|e| format!("cannot use queue {}: {e}", q.name()))?;
+        let dead_letter_queue = q
+            .dead_letter_queue()
+            .await
+            .map_err(|e| format!("cannot open the dead-letter queue of {}: {e}", q.name()))?
+            .map(Arc::from);
+        let long_poll = config.wait.unwrap_or(attrs.receive_wait);
+        let tenant = b.tenant.map_or(QueueTenant::Shared, QueueTenant::Bound);
+        let tenant_label = match &tenant {
+            QueueTenant::Bound(t) => t.as_str(),
+            QueueTenant::Shared => "(shared: signed messages)",
+        };
+        tracing::info!(
+            queue = q.name(),
+            tenant = tenant_label,
+            long_poll_s = long_poll.as_secs(),
+            retries_allowed = attrs.allows_retries(),
+            dead_letter_queue = dead_letter_queue.is_some(),
+            "serving queue"
+        );
+        let heartbeats = Heartbeats::start(
+            Arc::clone(&q),
+            config.heartbeat,
+            config.visibility_timeout,
+            Arc::clone(stats),
+        );
+        out.push(Arc::new(Source {
+            queue: q,
+            dead_letter_queue,
+            tenant,
+            retries_allowed: attrs.allows_retries(),
+            long_poll,
+            heartbeats,
+        }));
+    }
+    Ok(out)
+}
+
+/// Whether every queue is empty (nothing visible, in flight or delayed).
+async fn all_empty(sources: &[Arc<Source>]) -> bool {
+    for s in sources {
+        match s.queue.counts().await {
+            Ok(c) if c.visible + c.in_flight + c.delayed == 0 => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Run the worker until drained, signaled or broken. `signals` yields the
+/// exit signals the process receives.
+pub async fn run(
+    config: WorkerConfig,
+    queues: Vec<BoundQueue>,
+    forks: Arc<ForkServers>,
+    stats: Arc<WorkerStats>,
+    mut signals: mpsc::Receiver<i32>,
+) -> WorkerExit {
+    let modules = match &config.module {
+        Some(path) => match fixed_module(path) {
+            Ok(m) => Modules::Fixed(m),
+            Err(why) => return WorkerExit::Failed(why),
+        },
+        None => Modules::Registry(config.registry.clone()),
+    };
+    let sources = match sources(&config, queues, &stats).await {
+        Ok(s) => s,
+        Err(why) => return WorkerExit::Failed(why),
+    };
+    tracing::info!(
+        concurrency = config.concurrency,
+        queues = sources.len(),
+        "worker started"
+    );
+    let slots = Slots::new(config.concurrency, config.policies.slot_settings());
+    let (exit_tx, exit_rx) = watch::channel(None);
+    let ctx = Arc::new(JobContext {
+        forks: Arc::clone(&forks),
+        modules,
+        policies: config.policies.clone(),
+        slots: slots.clone(),
+        exit_timeout: config.exit_timeout,
+        exit_signal: exit_rx,
+        stats: Arc::clone(&stats),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (intake_tx, mut intake) = mpsc::channel(4);
+    let mut receivers = JoinSet::new();
+    for (index, source) in sources.iter().enumerate() {
+        let request = ReceiveRequest {
+            max_messages: 10,
+            wait: source.long_poll,
+            visibility_timeout: Some(config.visibility_timeout),
+        };
+        receivers.spawn(intake::receive_loop(
+            index,
+            Arc::clone(source),
+            slots.clone(),
+            request,
+            stop_rx.clone(),
+            intake_tx.clone(),
+            Arc::clone(&stats),
+        ));
+    }
+    drop(intake_tx);
+    // Stop intake and wait for the receivers' last receives, so nothing they
+    // got is left invisible (they release such messages).
+    let stop_receiving = async |intake: mpsc::Receiver<Intake>, mut receivers: JoinSet<()>| {
+        let _ = stop_tx.send(true);
+        drop(intake);
+        while receivers.join_next().await.is_some() {}
+    };
+    let mut jobs: JoinSet<JobResult> = JoinSet::new();
+    let mut fork_servers_failed = forks.failed();
+    let mut signal: Option<i32> = None;
+    let mut exit_handling_failed = false;
+    let mut empty = vec![false; sources.len()];
+    loop {
+        if let Some(sig) = signal
+            && jobs.is_empty()
+        {
+            stop_receiving(intake, receivers).await;
+            return WorkerExit::Signaled {
+                signal: sig,
+                exit_handling_failed,
+            };
+        }
+        if config.drain && signal.is_none() && jobs.is_empty() && empty.iter().all(|e| *e) {
+            if all_empty(&sources).await {
+                stop_receiving(intake, receivers).await;
+                return WorkerExit::Drained;
+            }
+            empty.fill(false);
+        }
+        tokio::select! {
+            Some(sig) = signals.recv() => {
+                if signal.is_none() {
+                    tracing::warn!(signal = sig, in_flight = jobs.len(), "exit signal received: stopping intake and handling every in-flight job");
+                    signal = Some(sig);
+                    let _ = exit_tx.send(Some(sig));
+                    let _ = stop_tx.send(true);
+                } else {
+                    tracing::warn!(signal = sig, "already handling an exit signal; ignoring this one");
+                }
+            }
+            Some(done) = jobs.join_next(), if !jobs.is_empty() => {
+                match done {
+                    Ok(r) => exit_handling_failed |= r.exit_handling_failed,
+                    Err(e) => tracing::error!(error = %e, "a job task failed"),
+                }
+            }
+            Some(batch) = intake.recv() => match batch {
+                Intake::Messages(batch) if signal.is_some() => {
+                    for (d, _) in batch {
+                        intake::release(d.source.queue.as_ref(), std::slice::from_ref(&d.msg), &stats).await;
+                    }
+                }
+                Intake::Messages(batch) => {
+                    for (d, ticket) in batch {
+                        empty[sources.iter().position(|s| Arc::ptr_eq(s, &d.source)).unwrap_or(0)] = false;
+                        jobs.spawn(job::handle(Arc::clone(&ctx), d, ticket));
+                    }
+                }
+                Intake::Empty(index) => empty[index] = true,
+                Intake::Failed(why) => {
+                    stop_receiving(intake, receivers).await;
+                    return WorkerExit::Failed(why);
+                }
+            },
+            Ok(()) = fork_servers_failed.changed() => {
+                let why = fork_servers_failed.borrow().clone();
+                if let Some(why) = why {
+                    stop_receiving(intake, receivers).await;
+                    return WorkerExit::Failed(why);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Settling messages, in the worker parent: what every job task shares
+//! ([`JobContext`], [`Delivery`]) and the queue side of a fate: delete,
+//! leave, make visible later, or dead-letter (copy, then delete). Used by
+//! [`super::job`] and [`super::exit`], which do not use each other's insides.
+
+use super::admit::{self, QueueTenant, Sanitized};
+use super::fate::{self, Fate, WorkerEnd};
+use super::forks::ForkServers;
+use super::heartbeat::Heartbeats;
+use super::slots::Slots;
+use super::stats::WorkerStats;
+use crate::contract::JobMessage;
+use crate::outcome::Outcome;
+use crate::policy::Policies;
+use crate::queue::{AttributeValue, OutgoingMessage, Queue, QueueError, ReceivedMessage, limits};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// One queue the worker serves, with what it needs to settle its messages.
+pub(crate) struct Source {
+    pub(crate) queue: Arc<dyn Queue>,
+    pub(crate) dead_letter_queue: Option<Arc<dyn Queue>>,
+    pub(crate) tenant: QueueTenant,
+    pub(crate) retries_allowed: bool,
+    pub(crate) long_poll: Duration,
+    pub(crate) heartbeats: Heartbeats,
+}
+
+/// What every job task shares.
+pub(crate) struct JobContext {
+    pub(crate) forks: Arc<ForkServers>,
+    pub(crate) modules: admit::Modules,
+    pub(crate) policies: Policies,
+    pub(crate) slots: Slots,
+    pub(crate) exit_timeout: Duration,
+    pub(crate) exit_signal: watch::Receiver<Option<i32>>,
+    pub(crate) stats: Arc<WorkerStats>,
+}
+
+/// A received message on its way through the worker.
+pub(crate) struct Delivery {
+    pub(crate) source: Arc<Source>,
+    pub(crate) msg: ReceivedMessage,
+    /// The attributes as the job sees them.
+    pub(crate) attributes: Sanitized,
+    pub(crate) received: Instant,
+}
+
+/// How a job task ended, for the worker's own exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct JobResult {
+    /// `on-exit` failed twice and the message was dead-lettered.
+    pub(crate) exit_handling_failed: bool,
+}
+
+impl JobContext {
+    /// Fork a process that makes `call` for this admitted message: the
+    /// digest, tenant and sandbox decided at admission.
+    pub(super) async fn spawn(
+        &self,
+        d: &Delivery,
+        a: &super::admit::Admitted,
+        call: crate::worker::protocol::CallKind,
+    ) -> Result<super::forks::Spawned, super::forks::SpawnError> {
+        let policy = a.policy.sandbox.clone();
+        let message = d.job_message();
+        (self.forks)
+            .spawn(a.module.clone(), &a.tenant, message, call, policy)
+            .await
+    }
+}
+
+impl Delivery {
+    /// The message as the job sees it (sanitized attributes).
+    pub(crate) fn job_message(&self) -> JobMessage {
+        JobMessage {
+            id: self.msg.message_id.clone(),
+            body: self.msg.body.clone(),
+            attributes: self
+                .attributes
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_text()))
+                .collect(),
+            receive_count: self.msg.receive_count,
+        }
+    }
+}
+
+/// Decide and apply the fate of a message that never ran.
+pub(super) async fn never_ran(ctx: &JobContext, d: &Delivery, end: &WorkerEnd) {
+    record_failure(ctx, end);
+    apply(ctx, d, fate::decide(end)).await;
+}
+
+/// Count a failed job by reason (and trap kind) for the metrics.
+pub(super) fn record_failure(ctx: &JobContext, end: &WorkerEnd) {
+    let (reason, kind) = match end {
+        WorkerEnd::Reported(Outcome::Ok) => return,
+        WorkerEnd::Reported(Outcome::Retry { .. }) => ("retry", String::new()),
+        WorkerEnd::Reported(Outcome::Fatal { .. }) => ("fatal", String::new()),
+        WorkerEnd::Reported(Outcome::Trap { kind, .. }) => ("trap", kind.label().to_owned()),
+        WorkerEnd::Reported(Outcome::Timeout { .. }) | WorkerEnd::Overran(_) => {
+            ("timeout", String::new())
+        }
+        WorkerEnd::Reported(Outcome::OnExitFailed { .. }) | WorkerEnd::ExitCode(_) => {
+            ("crash", String::new())
+        }
+        WorkerEnd::Killed(_) | WorkerEnd::Lost => ("signal", String::new()),
+        WorkerEnd::Unloadable(_) => ("unloadable", String::new()),
+        WorkerEnd::Refused(_) => ("refused", String::new()),
+        WorkerEnd::NotStarted(_) => ("not_started", String::new()),
+    };
+    ctx.stats.job_failed(reason, &kind);
+}
+
+/// Act on a fate decided for a message whose worker ended on its own.
+pub(super) async fn apply(ctx: &JobContext, d: &Delivery, fate: Fate) {
+    let (id, queue, receipt) = (&d.msg.message_id, &d.source.queue, &d.msg.receipt_handle);
+    let result = match fate {
+        Fate::Delete => {
+            let r = queue.delete(receipt).await;
+            if r.is_ok() {
+                ctx.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(message_id = %id, "job succeeded; message deleted");
+            }
+            r
+        }
+        Fate::Leave { why } => {
+            ctx.stats.left.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(message_id = %id, %why, "job did not succeed; leaving the message for redelivery");
+            Ok(())
+        }
+        Fate::RetryAfter { delay, why } => {
+            ctx.stats.left.fetch_add(1, Ordering::Relaxed);
+            let delay = delay.min(limits::MAX_VISIBILITY);
+            tracing::info!(message_id = %id, %why, delay_s = delay.as_secs(), "job asked for a retry");
+            queue.change_visibility(receipt, delay).await
+        }
+        Fate::Redeliver { delay, why } => {
+            ctx.stats.left.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(message_id = %id, %why, delay_ms = delay.as_millis() as u64, "job could not start; the message is left for redelivery");
+            queue.change_visibility(receipt, delay).await
+        }
+        Fate::DeadLetter { why } => dead_letter(ctx, d, &why).await,
+        Fate::ExitHandling { signal } => {
+            tracing::error!(signal, "exit handling is decided by the caller");
+            Ok(())
+        }
+    };
+    report_queue_error(ctx, id, result);
+}
+
+pub(super) fn report_queue_error(
+    ctx: &JobContext,
+    message_id: &str,
+    result: Result<(), QueueError>,
+) {
+    match result {
+        Ok(()) => {}
+        Err(QueueError::StaleReceipt | QueueError::NotInFlight) => {
+            ctx.stats.stale_receipts.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%message_id, "receipt handle is stale; the message was redelivered elsewhere");
+        }
+        Err(e) => {
+            ctx.stats.queue_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%message_id, error = %e, "queue call failed");
+        }
+    }
+}
+
+/// Copy the message to the dead-letter queue, then delete the original. The
+/// original is never deleted before the copy was accepted. The copy carries
+/// the sanitized attributes (and a shared queue's signing attributes).
+pub(super) async fn dead_letter(
+    ctx: &JobContext,
+    d: &Delivery,
+    why: &str,
+) -> Result<(), QueueError> {
+    let msg = &d.msg;
+    let Some(dlq) = &d.source.dead_letter_queue else {
+        ctx.stats.left.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(message_id = %msg.message_id, %why, "message should be dead-lettered but the queue has no dead-letter queue; leaving it");
+        return Ok(());
+    };
+    let mut attributes = d.attributes.attributes.clone();
+    for (k, v) in &d.attributes.signing {
+        if attributes.len() + 1 < limits::MAX_ATTRIBUTES {
+            attributes.insert(k.clone(), v.clone());
+        }
+    }
+    if attributes.len() < limits::MAX_ATTRIBUTES {
+        let mut reason: String = why.chars().take(1024).collect();
+        reason.retain(|c| c != '\0');
+        attributes.insert(
+            admit::DEAD_LETTER_REASON_ATTRIBUTE.into(),
+            AttributeValue::String(reason),
+        );
+    }
+    let copy = OutgoingMessage {
+        body: msg.body.clone(),
+        attributes,
+        delay: None,
+        group_id: msg.group_id.clone(),
+        // FIFO: the original id dedups a copy sent twice after a crash.
+        dedup_id: msg.group_id.as_ref().map(|_| msg.message_id.clone()),
+    };
+    dlq.send(&copy).await?;
+    d.source.queue.delete(&msg.receipt_handle).await?;
+    ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(message_id = %msg.message_id, %why, "message dead-lettered");
+    Ok(())
+}

@@ -1,0 +1,328 @@
+//! Passing failures are not verdicts: a compile helper killed mid-compile, a
+//! fork server killed under a running job, and a chaos run that SIGKILLs the
+//! parent, the fork server and job children at random until a few hundred
+//! jobs are done. Nothing is lost and nothing is dead-lettered.
+
+use crate::common::{example_guest, hostile_path, modes_path, push_module};
+use crate::queue_backends::Backend;
+use crate::worker_harness::*;
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+use wasm_jobs::queue::{AttributeValue, OutgoingMessage, QueueConfig};
+
+crate::on_both_backends!(
+    a_killed_fork_server_is_replaced_and_loses_nothing,
+    chaos_kills_lose_and_dead_letter_nothing,
+);
+
+fn kill(pid: i32, sig: i32) {
+    // SAFETY: signalling a process of this test's own worker.
+    unsafe { libc::kill(pid, sig) };
+}
+
+fn with_module(body: &str, module: &str) -> OutgoingMessage {
+    let mut m = OutgoingMessage::new(body);
+    m.attributes
+        .insert("module".into(), AttributeValue::String(module.into()));
+    m
+}
+
+/// The 18 MB Python guest compiles for seconds in a helper; killing the
+/// helper leaves its message for redelivery (not the dead-letter queue),
+/// the next compile succeeds and the job runs. Meanwhile another module's
+/// jobs start and end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_compile_helper_is_not_a_verdict() {
+    let b = Backend::embedded();
+    // Push into one data dir (which compiles there), run from another whose
+    // artifact cache is empty, so the worker must compile both modules.
+    let pushed = tempfile::tempdir().unwrap();
+    for (name, path) in [("py", example_guest("python")), ("modes", modes_path())] {
+        push_module(pushed.path(), name, None, &path);
+    }
+    let (q, dlq) = b
+        .create_with_dlq(
+            "compile",
+            5,
+            &QueueConfig {
+                visibility_timeout: Duration::from_secs(60),
+                ..QueueConfig::default()
+            },
+        )
+        .await;
+    q.send(&with_module(r#"{"op":"count","text":"a b c"}"#, "py"))
+        .await
+        .unwrap();
+    let registry = pushed.path().join("registry");
+    let w = Worker::with_args(
+        &b,
+        &[
+            "--queue",
+            &b.address_of(q.as_ref()),
+            "--registry",
+            registry.to_str().unwrap(),
+            "--concurrency",
+            "2",
+            "--wait",
+            "0",
+            "--drain",
+        ],
+    );
+    let first = w.wait_for("compile helper started", &[], Duration::from_secs(30));
+    let helper: i32 = field(&first, "helper_pid").parse().unwrap();
+    // While Python compiles, small jobs of another module come and go.
+    for _ in 0..3 {
+        q.send(&with_module("o", "modes")).await.unwrap();
+    }
+    w.wait_until("a modes job done", Duration::from_secs(30), |e| {
+        is(e, "job succeeded; message deleted", &[("module", "modes")])
+    });
+    assert!(
+        alive(helper),
+        "the Python compile was still running: {}",
+        w.log()
+    );
+    kill(helper, libc::SIGKILL);
+    let (status, log) = w.wait(Duration::from_secs(180));
+    assert!(status.success(), "{log}");
+    let events = events_of(&log);
+    let left = events
+        .iter()
+        .position(|e| {
+            message(e) == "job could not start; the message is left for redelivery"
+                && field(e, "why").contains("killed by signal 9")
+        })
+        .unwrap_or_else(|| panic!("the killed compile left the message: {log}"));
+    let ran = events
+        .iter()
+        .position(|e| {
+            is(
+                e,
+                "job succeeded; message deleted",
+                &[("module", "py"), ("attempt", "2")],
+            )
+        })
+        .unwrap_or_else(|| panic!("the Python job ran on its second delivery: {log}"));
+    assert!(left < ran);
+    assert_eq!(
+        count_in(&log, "compile helper started", &[]),
+        3,
+        "py twice, modes once: {log}"
+    );
+    assert!(all(dlq.as_ref()).await.is_empty(), "{log}");
+    assert_eq!(counts(q.as_ref()).await, (0, 0, 0));
+}
+
+/// SIGKILL of the fork server under a running job: the worker stays up,
+/// starts a new fork server at once, handles the lost job as killed (on-exit
+/// in a fresh instance, then requeue), and serves on; nothing is lost.
+async fn a_killed_fork_server_is_replaced_and_loses_nothing(b: Backend) {
+    let (q, dlq) = b
+        .create_with_dlq(
+            "forkserver",
+            5,
+            &QueueConfig {
+                visibility_timeout: Duration::from_secs(30),
+                ..QueueConfig::default()
+            },
+        )
+        .await;
+    // on-exit of a `sleep-ms:N` job sleeps N ms too: well within --exit-timeout.
+    q.send(&OutgoingMessage::new("sleep-ms:3000"))
+        .await
+        .unwrap();
+    let module = hostile_path();
+    let w = Worker::with_args(
+        &b,
+        &[
+            "--queue",
+            &b.address_of(q.as_ref()),
+            "--module",
+            module.to_str().unwrap(),
+            "--wait",
+            "0",
+            "--exit-timeout",
+            "10",
+            "--visibility-timeout",
+            "10",
+            "--heartbeat",
+            "1",
+        ],
+    );
+    let ready = w.wait_for("fork server ready", &[], Duration::from_secs(30));
+    let server: i32 = field(&ready, "pid").parse().unwrap();
+    let child = w.child_pid(Duration::from_secs(30));
+    let killed = Instant::now();
+    kill(server, libc::SIGKILL);
+    let again = w.wait_until("a new fork server", Duration::from_secs(10), |e| {
+        message(e) == "fork server ready" && field(e, "pid") != server.to_string()
+    });
+    let restart = killed.elapsed();
+    assert!(restart < Duration::from_secs(1), "restarted in {restart:?}");
+    assert!(!alive(child), "the job died with its fork server");
+    w.wait_for("on-exit finished", &[], Duration::from_secs(20));
+    w.wait_for(
+        "message returned to the queue",
+        &[],
+        Duration::from_secs(20),
+    );
+    // The requeued message and a new one both run on the new fork server.
+    q.send(&OutgoingMessage::new("sleep-ms:1")).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.count("job succeeded; message deleted", &[]) < 2 {
+        assert!(Instant::now() < deadline, "{}", w.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(alive(w.child.id() as i32), "the worker stayed up");
+    assert_ne!(field(&again, "pid"), server.to_string());
+    w.signal(libc::SIGTERM);
+    let (status, log) = w.wait(Duration::from_secs(30));
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{log}");
+    assert!(all(dlq.as_ref()).await.is_empty(), "{log}");
+    assert_eq!(counts(q.as_ref()).await, (0, 0, 0), "{log}");
+}
+
+/// A small deterministic generator, so a failing run can be replayed from
+/// the seed it prints.
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+const CHAOS_MESSAGES: usize = 300;
+
+/// Several hundred short jobs at concurrency 4 while the parent (restarted
+/// here), the fork server and job children are SIGKILLed at random every
+/// 0.3-1.5 s until the queue is drained: 0 lost, 0 dead-lettered.
+async fn chaos_kills_lose_and_dead_letter_nothing(b: Backend) {
+    let (q, dlq) = b
+        .create_with_dlq(
+            "chaos",
+            10,
+            &QueueConfig {
+                visibility_timeout: Duration::from_secs(2),
+                ..QueueConfig::default()
+            },
+        )
+        .await;
+    let batch: Vec<OutgoingMessage> = (0..10)
+        .map(|_| OutgoingMessage::new("sleep-ms:60"))
+        .collect();
+    for _ in 0..CHAOS_MESSAGES / 10 {
+        for r in q.send_batch(&batch).await.unwrap() {
+            r.result.unwrap();
+        }
+    }
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut rng = Lcg(seed);
+    let module = hostile_path();
+    let addr = b.address_of(q.as_ref());
+    let args = [
+        "--queue",
+        &addr,
+        "--module",
+        module.to_str().unwrap(),
+        "--concurrency",
+        "4",
+        "--wait",
+        "0",
+        "--visibility-timeout",
+        "2",
+        "--heartbeat",
+        "0.5",
+        "--exit-timeout",
+        "2",
+        "--drain",
+    ];
+    let (mut parents, mut servers, mut children, mut runs) = (0, 0, 0, 0);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut logs = String::new();
+    'runs: loop {
+        runs += 1;
+        let w = Worker::with_args(&b, &args);
+        loop {
+            let pause = Duration::from_millis(300 + rng.next(1200));
+            let until = Instant::now() + pause;
+            while Instant::now() < until {
+                if !alive(w.child.id() as i32) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chaos did not drain in time (seed {seed})"
+            );
+            if !alive(w.child.id() as i32) {
+                let (status, log) = w.wait(Duration::from_secs(10));
+                logs.push_str(&log);
+                assert!(status.success(), "seed {seed}: {log}");
+                break 'runs;
+            }
+            let events = w.events();
+            match rng.next(3) {
+                0 => {
+                    parents += 1;
+                    w.signal(libc::SIGKILL);
+                    let (_, log) = w.wait(Duration::from_secs(10));
+                    logs.push_str(&log);
+                    continue 'runs;
+                }
+                1 => {
+                    let server = events
+                        .iter()
+                        .rev()
+                        .find(|e| message(e) == "fork server ready")
+                        .map(|e| field(e, "pid").parse::<i32>().unwrap());
+                    if let Some(pid) = server.filter(|p| alive(*p)) {
+                        servers += 1;
+                        kill(pid, libc::SIGKILL);
+                    }
+                }
+                _ => {
+                    let child = events
+                        .iter()
+                        .rev()
+                        .filter(|e| message(e) == "worker child started")
+                        .map(|e| field(e, "pid").parse::<i32>().unwrap())
+                        .find(|p| alive(*p));
+                    if let Some(pid) = child {
+                        children += 1;
+                        kill(pid, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "chaos (seed {seed}): {runs} worker runs, SIGKILLed {parents} parents, {servers} fork servers, {children} job children"
+    );
+    assert!(parents + servers + children > 0, "chaos killed nothing");
+    let dead = all(dlq.as_ref()).await;
+    assert!(
+        dead.is_empty(),
+        "seed {seed}: dead-lettered {:?}\n{logs}",
+        dead.iter()
+            .map(|m| m.attributes.get("wasm-jobs.dead-letter-reason"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        counts(q.as_ref()).await,
+        (0, 0, 0),
+        "seed {seed}: lost messages"
+    );
+    let succeeded = count_in(&logs, "job succeeded; message deleted", &[]);
+    assert!(
+        succeeded >= CHAOS_MESSAGES.saturating_sub(parents * 4),
+        "seed {seed}: {succeeded} successes logged"
+    );
+}
