@@ -348,7 +348,11 @@ fn classify_error(err: &wasmtime::Error, policy: &SandboxPolicy) -> Outcome {
             Trap::OutOfFuel => TrapKind::OutOfFuel,
             _ => TrapKind::Other,
         }
-    } else if err.downcast_ref::<MemoryLimitExceeded>().is_some() {
+    } else if err.downcast_ref::<MemoryLimitExceeded>().is_some()
+        || detail.starts_with("resource limit exceeded")
+    {
+        // Our budget, or wasmtime's count of instances, tables or memories
+        // (the caps of `sandbox::MemoryLimiter`): host memory either way.
         TrapKind::OutOfMemory
     } else if let Some(exit) = err.downcast_ref::<I32Exit>() {
         TrapKind::GuestExit(exit.0)

@@ -22,14 +22,18 @@ pub(crate) const DEFAULT_MAX_MEMORY: u64 = 256 * 1024 * 1024;
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// Default cap on captured guest stdout and on stderr, each.
 pub(crate) const DEFAULT_MAX_OUTPUT: usize = 1024 * 1024;
-/// Cap on the elements of any one table (8 bytes each on the host).
+/// Cap on the elements of any one table.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
-/// Cap on core instances, tables and memories in one store: generous for
-/// real toolchains (componentize-py makes dozens), small enough to bound the
-/// host memory a hostile component can make us allocate.
-const MAX_INSTANCES: usize = 1_000;
-const MAX_TABLES: usize = 1_000;
-const MAX_MEMORIES: usize = 100;
+/// What one table element costs the host: a pointer-sized slot. Table
+/// elements count against the same budget as linear memory.
+pub(crate) const TABLE_ELEMENT_BYTES: u64 = 8;
+/// Caps on core instances, tables and memories in one store: room for real
+/// toolchains (a componentize-py component has 64 core instances, 2 tables
+/// and 1 memory; componentize-js 26, 2 and 1), small enough that the host
+/// memory their bookkeeping takes stays bounded.
+const MAX_INSTANCES: usize = 200;
+const MAX_TABLES: usize = 50;
+const MAX_MEMORIES: usize = 10;
 
 /// What one job call may use. `Default` is the locked-down policy.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -177,10 +181,12 @@ fn resolve_targets(targets: &[NetworkTarget]) -> Result<Vec<SocketAddr>, Sandbox
     Ok(out)
 }
 
-/// The error a memory grow past the policy's limit traps with; the executor
-/// looks for it to report [`crate::outcome::TrapKind::OutOfMemory`].
+/// The error a memory or table grow past the policy's limit traps with; the
+/// executor looks for it to report [`crate::outcome::TrapKind::OutOfMemory`].
 #[derive(Debug, thiserror::Error)]
-#[error("linear memory limit of {limit} bytes exceeded (asked for {requested} bytes in all)")]
+#[error(
+    "memory limit of {limit} bytes exceeded (linear memories and tables would hold {requested} bytes)"
+)]
 pub(crate) struct MemoryLimitExceeded {
     /// The policy's limit, in bytes.
     pub(crate) limit: u64,
@@ -188,9 +194,12 @@ pub(crate) struct MemoryLimitExceeded {
     pub(crate) requested: u64,
 }
 
-/// Counts the linear memory of every memory in a store against one limit and
-/// traps the guest (rather than failing `memory.grow`) when it would pass it,
-/// so that a memory bomb ends as a typed out-of-memory outcome.
+/// Counts the linear memory of every memory in a store, and the host memory
+/// of every table's elements ([`TABLE_ELEMENT_BYTES`] each), against one
+/// limit, and traps the guest (rather than failing `memory.grow` or
+/// `table.grow`) when it would pass it, so that a memory or table bomb ends
+/// as a typed out-of-memory outcome. Instantiation counts too: a module that
+/// declares huge tables or memories fails to instantiate the same way.
 #[derive(Debug)]
 pub(crate) struct MemoryLimiter {
     limit: u64,
@@ -198,9 +207,23 @@ pub(crate) struct MemoryLimiter {
 }
 
 impl MemoryLimiter {
-    /// A limiter for a store whose memories may hold `limit` bytes in all.
+    /// A limiter for a store whose memories and tables may hold `limit`
+    /// bytes in all.
     pub(crate) fn new(limit: u64) -> Self {
         MemoryLimiter { limit, in_use: 0 }
+    }
+
+    /// One memory or table going from `current` to `desired` bytes.
+    fn grow(&mut self, current: u64, desired: u64) -> wasmtime::Result<bool> {
+        let requested = (self.in_use - current).saturating_add(desired);
+        if requested > self.limit {
+            return Err(wasmtime::Error::new(MemoryLimitExceeded {
+                limit: self.limit,
+                requested,
+            }));
+        }
+        self.in_use = requested;
+        Ok(true)
     }
 }
 
@@ -211,24 +234,20 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let requested = self.in_use - current as u64 + desired as u64;
-        if requested > self.limit {
-            return Err(wasmtime::Error::new(MemoryLimitExceeded {
-                limit: self.limit,
-                requested,
-            }));
-        }
-        self.in_use = requested;
-        Ok(true)
+        self.grow(current as u64, desired as u64)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        if desired > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        let bytes = |n: usize| (n as u64).saturating_mul(TABLE_ELEMENT_BYTES);
+        self.grow(bytes(current), bytes(desired))
     }
 
     fn instances(&self) -> usize {
@@ -257,6 +276,19 @@ mod tests {
         assert_eq!((exceeded.limit, exceeded.requested), (100, 101));
         // Refused growth is not counted.
         assert!(l.memory_growing(60, 60, None).unwrap());
+    }
+
+    #[test]
+    fn table_elements_count_against_the_same_budget() {
+        let mut l = MemoryLimiter::new(1 << 20);
+        assert!(l.memory_growing(0, 512 << 10, None).unwrap());
+        // 64 Ki elements of 8 bytes: the other half of the budget.
+        assert!(l.table_growing(0, 64 << 10, None).unwrap());
+        let err = l.table_growing(0, 1, None).unwrap_err();
+        assert!(err.downcast_ref::<MemoryLimitExceeded>().is_some());
+        // Past the per-table cap a grow fails (table.grow returns -1).
+        let mut big = MemoryLimiter::new(u64::MAX);
+        assert!(!big.table_growing(0, MAX_TABLE_ELEMENTS + 1, None).unwrap());
     }
 
     #[test]

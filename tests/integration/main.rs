@@ -11,6 +11,7 @@ mod common;
 mod exec_cli;
 mod executor_outcomes;
 mod guests;
+mod host_memory;
 mod observability;
 mod queue_backends;
 mod queue_cli;
