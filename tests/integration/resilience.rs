@@ -212,7 +212,7 @@ async fn chaos_kills_lose_and_dead_letter_nothing(b: Backend) {
         )
         .await;
     let batch: Vec<OutgoingMessage> = (0..10)
-        .map(|_| OutgoingMessage::new("sleep-ms:60"))
+        .map(|_| OutgoingMessage::new("sleep-ms:120"))
         .collect();
     for _ in 0..CHAOS_MESSAGES / 10 {
         for r in q.send_batch(&batch).await.unwrap() {
