@@ -162,6 +162,11 @@ impl SandboxPolicy {
     }
 }
 
+/// The addresses a network grant allows. An IP literal is allowed as
+/// written; a name is resolved now (at each call) and only its public
+/// addresses are kept, so a tenant who controls a name's DNS cannot point it
+/// at loopback, the cloud metadata service or internal networks: those need
+/// the IP literal in the policy.
 fn resolve_targets(targets: &[NetworkTarget]) -> Result<Vec<SocketAddr>, SandboxError> {
     let mut out = Vec::new();
     for t in targets {
@@ -176,9 +181,44 @@ fn resolve_targets(targets: &[NetworkTarget]) -> Result<Vec<SocketAddr>, Sandbox
                 target: target.clone(),
                 source,
             })?;
-        out.extend(addrs);
+        for addr in addrs {
+            if is_internal(addr.ip()) {
+                tracing::warn!(%target, address = %addr.ip(), "network grant resolved to an internal address; refused (grant the IP literal to allow it)");
+            } else {
+                out.push(addr);
+            }
+        }
     }
     Ok(out)
+}
+
+/// Loopback, link-local (the cloud metadata service at 169.254.169.254
+/// included), private, carrier-grade NAT, unique-local, multicast,
+/// broadcast and unspecified addresses, also as IPv4-mapped IPv6.
+fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_private()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_unspecified()
+                || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_internal(IpAddr::V4(v4)),
+            None => {
+                let first = v6.segments()[0];
+                v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (first & 0xfe00) == 0xfc00
+                    || (first & 0xffc0) == 0xfe80
+            }
+        },
+    }
 }
 
 /// The error a memory or table grow past the policy's limit traps with; the
@@ -298,6 +338,48 @@ mod tests {
         assert_eq!(p.network, NetworkPolicy::Denied);
         assert_eq!(p.max_memory, 256 << 20);
         assert_eq!(p.timeout, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn internal_addresses_are_recognised() {
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "224.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(is_internal(internal.parse().unwrap()), "{internal}");
+        }
+        for public in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(!is_internal(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn a_name_resolving_to_loopback_is_refused_but_the_literal_is_not() {
+        let by_name = resolve_targets(&[NetworkTarget {
+            host: "localhost".into(),
+            port: 8080,
+        }])
+        .unwrap();
+        assert!(by_name.is_empty(), "{by_name:?}");
     }
 
     #[test]

@@ -183,7 +183,7 @@ fn sockets_only_to_the_tenants_allowed_addresses() {
         other.local_addr().unwrap().port(),
     );
     let p = policies(&format!(
-        "[tenants.a]\nnetwork = [\"127.0.0.1:{pa}\"]\n[tenants.b]\n"
+        "[tenants.a]\nnetwork = [\"127.0.0.1:{pa}\"]\n[tenants.b]\n[tenants.dns]\nnetwork = [\"localhost:{pa}\"]\n"
     ));
     let job = executor().load_file(&socket_guest()).unwrap();
     let accept = std::thread::spawn(move || {
@@ -198,6 +198,10 @@ fn sockets_only_to_the_tenants_allowed_addresses() {
     let why = denied(&run_as(&p, "a", &job, &format!("127.0.0.1:{po}")));
     assert!(why.contains("connect failed"), "{why}");
     let why = denied(&run_as(&p, "b", &job, &format!("127.0.0.1:{pa}")));
+    assert!(why.contains("connect failed"), "{why}");
+    // A granted name that resolves to loopback does not grant loopback: a
+    // tenant controlling a name's DNS cannot reach internal addresses.
+    let why = denied(&run_as(&p, "dns", &job, &format!("127.0.0.1:{pa}")));
     assert!(why.contains("connect failed"), "{why}");
     other.set_nonblocking(true).unwrap();
     assert!(
