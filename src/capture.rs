@@ -1,6 +1,11 @@
 //! Guest stdout/stderr capture: a WASI output stream that keeps up to a byte
 //! cap, drops the rest (counting it), and forwards each complete line to
-//! `tracing` tagged with the message id, as it is written.
+//! `tracing` tagged with the message id, as it is written. What reaches the
+//! log is bounded too: at most [`MAX_FORWARDED_LINES`] lines and
+//! [`MAX_FORWARDED_BYTES`] per stream and call (the rest is counted and
+//! reported once), each line cut at [`MAX_LINE_BYTES`], and control
+//! characters escaped, so a guest can neither flood the log with a million
+//! newlines nor forge log lines or terminal escapes in pretty output.
 //!
 //! The executor gives one `OutputCapture` per stream to the guest's WASI
 //! context and reads the kept text back with `OutputCapture::finish`. Runs
@@ -14,6 +19,13 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+/// Most guest lines forwarded to the log per stream and call.
+pub(crate) const MAX_FORWARDED_LINES: u64 = 1000;
+/// Most guest bytes forwarded to the log per stream and call.
+pub(crate) const MAX_FORWARDED_BYTES: u64 = 256 * 1024;
+/// Longest guest line forwarded as it is; longer ones are cut.
+pub(crate) const MAX_LINE_BYTES: usize = 4096;
 
 /// Which guest stream a capture is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +70,11 @@ struct CaptureState {
     /// Start of the line not yet forwarded to tracing.
     line_start: usize,
     dropped: u64,
+    /// Lines and bytes forwarded to the log so far.
+    forwarded_lines: u64,
+    forwarded_bytes: u64,
+    /// Lines kept but not forwarded, past the log caps.
+    suppressed_lines: u64,
 }
 
 impl OutputCapture {
@@ -72,6 +89,9 @@ impl OutputCapture {
                 kept: Vec::new(),
                 line_start: 0,
                 dropped: 0,
+                forwarded_lines: 0,
+                forwarded_bytes: 0,
+                suppressed_lines: 0,
             })),
         }
     }
@@ -108,6 +128,14 @@ impl OutputCapture {
                 "guest output truncated"
             );
         }
+        if st.suppressed_lines > 0 {
+            tracing::warn!(
+                message_id = %st.message_id,
+                stream = st.stream.as_str(),
+                suppressed_lines = st.suppressed_lines,
+                "guest lines not forwarded to the log (over the log cap)"
+            );
+        }
         CapturedText {
             text: String::from_utf8_lossy(&st.kept).into_owned(),
             dropped_bytes: st.dropped,
@@ -134,9 +162,25 @@ impl CaptureState {
         }
     }
 
-    fn emit(&self, start: usize, end: usize) {
-        let line = String::from_utf8_lossy(&self.kept[start..end]);
-        let line = line.trim_end_matches('\r');
+    fn emit(&mut self, start: usize, end: usize) {
+        if self.forwarded_lines >= MAX_FORWARDED_LINES
+            || self.forwarded_bytes >= MAX_FORWARDED_BYTES
+        {
+            if self.suppressed_lines == 0 {
+                tracing::warn!(
+                    message_id = %self.message_id,
+                    stream = self.stream.as_str(),
+                    max_lines = MAX_FORWARDED_LINES,
+                    max_bytes = MAX_FORWARDED_BYTES,
+                    "guest output over the log cap; further lines are kept but not logged"
+                );
+            }
+            self.suppressed_lines += 1;
+            return;
+        }
+        let line = loggable(&self.kept[start..end]);
+        self.forwarded_lines += 1;
+        self.forwarded_bytes += (end - start) as u64;
         tracing::info!(
             target: "wasm_jobs::guest",
             message_id = %self.message_id,
@@ -144,6 +188,32 @@ impl CaptureState {
             line = %line,
         );
     }
+}
+
+/// A guest line as it may appear in the log: cut at [`MAX_LINE_BYTES`] (on
+/// a character boundary, saying how much was cut), a trailing `\r` dropped,
+/// and control characters other than tab escaped (`\u{1b}`, `\r`, ...).
+fn loggable(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let text = text.trim_end_matches('\r');
+    let (kept, cut) = if text.len() > MAX_LINE_BYTES {
+        let end = text.floor_char_boundary(MAX_LINE_BYTES);
+        (&text[..end], text.len() - end)
+    } else {
+        (text, 0)
+    };
+    let mut out = String::with_capacity(kept.len());
+    for c in kept.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if cut > 0 {
+        out.push_str(&format!("… ({cut} bytes cut)"));
+    }
+    out
 }
 
 impl IsTerminal for OutputCapture {
@@ -204,6 +274,37 @@ impl AsyncWrite for OutputCapture {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_newline_flood_forwards_a_bounded_number_of_lines() {
+        let c = OutputCapture::new(StreamName::Stdout, "m", 1 << 20);
+        c.write_bytes(&vec![b'\n'; 1 << 20]);
+        let text = c.finish();
+        assert_eq!(text.text.len(), 1 << 20, "kept up to the output cap");
+        let st = c.state.lock().unwrap();
+        assert_eq!(st.forwarded_lines, MAX_FORWARDED_LINES);
+        assert_eq!(st.suppressed_lines, (1 << 20) - MAX_FORWARDED_LINES);
+        drop(st);
+        let c = OutputCapture::new(StreamName::Stdout, "m", 4 << 20);
+        c.write_bytes(&vec![b'x'; 3 << 20]);
+        c.write_bytes(b"\nlast\n");
+        c.finish();
+        let st = c.state.lock().unwrap();
+        assert!(st.forwarded_bytes <= MAX_FORWARDED_BYTES + (3 << 20));
+        assert_eq!((st.forwarded_lines, st.suppressed_lines), (1, 1));
+    }
+
+    #[test]
+    fn log_lines_are_cut_and_cannot_forge_lines_or_escapes() {
+        assert_eq!(loggable(b"plain\ttext\r"), "plain\ttext");
+        assert_eq!(
+            loggable(b"a\rINFO forged\x1b[31m"),
+            "a\\rINFO forged\\u{1b}[31m"
+        );
+        let long = loggable(&vec![b'y'; MAX_LINE_BYTES + 10]);
+        assert!(long.starts_with(&"y".repeat(MAX_LINE_BYTES)));
+        assert!(long.ends_with("… (10 bytes cut)"), "{long}");
+    }
 
     #[test]
     fn keeps_up_to_the_cap_and_counts_the_rest() {
