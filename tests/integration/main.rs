@@ -8,6 +8,7 @@
 
 mod architecture;
 mod common;
+mod confinement;
 mod exec_cli;
 mod executor_outcomes;
 mod guests;

@@ -43,6 +43,28 @@ fn exit_now(code: u8) -> ! {
     unsafe { libc::_exit(code.into()) }
 }
 
+/// Most descriptors a child may hold (the guest's open files, sockets and
+/// preopens, plus the runtime's own).
+const MAX_OPEN_FILES: u64 = 256;
+/// Largest file a child may write (into a read-write preopen).
+const MAX_FILE_SIZE: u64 = 1 << 30;
+
+/// Below wasmtime's sandbox, the process's own: no privilege can be gained
+/// through exec (`no_new_privs`), no core dump (it would hold the guest's
+/// memory and the fork server's), and bounded open files and file sizes.
+/// The environment is already empty (the fork server's is cleared).
+fn confine() -> nix::Result<()> {
+    use nix::sys::resource::{Resource, setrlimit};
+    // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes integers and no pointers.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+    setrlimit(Resource::RLIMIT_NOFILE, MAX_OPEN_FILES, MAX_OPEN_FILES)?;
+    setrlimit(Resource::RLIMIT_FSIZE, MAX_FILE_SIZE, MAX_FILE_SIZE)?;
+    Ok(())
+}
+
 pub(super) fn run_child(c: ChildCall<'_>) -> ! {
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
     die_with_parent(c.fork_server);
@@ -56,6 +78,10 @@ pub(super) fn run_child(c: ChildCall<'_>) -> ! {
         let _ = unsafe { signal(sig, SigHandler::SigDfl) };
     }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    if let Err(e) = confine() {
+        tracing::error!(error = %e, "cannot confine the worker child");
+        std::process::exit(exit_code::HOST_ERROR.into())
+    }
 
     let pid = getpid().as_raw();
     let call = match c.call {
