@@ -41,6 +41,22 @@ fn resolve(
     }
 }
 
+/// Refuse a directory that group or others can write: anyone who can write
+/// the data dir could plant native code in the artifact cache or rewrite the
+/// queues. A directory that does not exist yet is fine (it is created 0700).
+pub(crate) fn check_private(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(dir) {
+        Ok(m) if m.permissions().mode() & 0o022 != 0 => Err(format!(
+            "{} is writable by group or others (mode {:03o}); run: chmod go-w {}",
+            dir.display(),
+            m.permissions().mode() & 0o777,
+            dir.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The compiled-artifact cache inside a data directory.
 pub(crate) fn compiled_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("compiled")
@@ -49,6 +65,20 @@ pub(crate) fn compiled_dir(data_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(check_private(dir.path()), Ok(()));
+        assert_eq!(check_private(&dir.path().join("missing")), Ok(()));
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check_private(dir.path()).unwrap_err();
+        assert!(
+            err.contains("mode 777") && err.contains("chmod go-w"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn explicit_flag_wins_then_env_then_xdg_then_home() {

@@ -155,6 +155,10 @@ where
 /// Parse the command line, run the subcommand, and map its result to an exit
 /// code (errors print one line and exit 1).
 pub fn main() -> ExitCode {
+    // Everything wasm-jobs creates (queues, registry, artifacts, and files a
+    // job writes into a granted directory) is private to this user: 0600
+    // files, 0700 directories.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cli = Cli::parse();
     if let Command::ForkServer(args) = &cli.command {
         crate::logging::install(&crate::logging::LogSettings {

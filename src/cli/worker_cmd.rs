@@ -159,6 +159,10 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let data_dir = paths::data_dir(args.location.data_dir.as_deref());
+    for dir in [data_dir.clone(), paths::compiled_dir(&data_dir)] {
+        paths::check_private(&dir)
+            .map_err(|why| anyhow::anyhow!("refusing the data directory: {why}"))?;
+    }
     let base = SandboxPolicy {
         timeout: args.timeout,
         max_memory: args.max_memory,

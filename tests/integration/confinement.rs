@@ -73,3 +73,62 @@ async fn a_worker_child_holds_no_environment_and_no_privileges() {
         "{log}"
     );
 }
+
+/// Every mode under `dir` that group or others may use.
+fn shared_entries(dir: &std::path::Path, out: &mut Vec<String>) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            out.push(format!("{} {mode:03o}", entry.path().display()));
+        }
+        if meta.is_dir() {
+            shared_entries(&entry.path(), out);
+        }
+    }
+}
+
+#[test]
+fn files_wasm_jobs_creates_are_private_and_a_shared_data_dir_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(crate::common::bin())
+            .args(args)
+            .env("WASM_JOBS_HOME", home.path())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let module = crate::common::modes_path();
+    run(&["queue", "create", "private"]);
+    run(&[
+        "module",
+        "push",
+        "--name",
+        "modes",
+        module.to_str().unwrap(),
+    ]);
+    run(&["send", "--queue", "private", "--attr", "module=modes", "o"]);
+    run(&["worker", "--queue", "private", "--wait", "0", "--drain"]);
+    let mut shared = Vec::new();
+    shared_entries(home.path(), &mut shared);
+    assert!(shared.is_empty(), "readable by others: {shared:?}");
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = Command::new(crate::common::bin())
+        .args(["worker", "--queue", "private", "--wait", "0", "--drain"])
+        .env("WASM_JOBS_HOME", home.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("writable by group or others"), "{err}");
+}
