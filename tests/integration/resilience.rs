@@ -326,3 +326,49 @@ async fn chaos_kills_lose_and_dead_letter_nothing(b: Backend) {
         "seed {seed}: {succeeded} successes logged"
     );
 }
+
+/// A fork server killed again and again right after it starts slows the
+/// restarts down but never makes the worker give up: only failed starts do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_server_killed_repeatedly_is_still_replaced() {
+    let b = Backend::embedded();
+    let (q, addr) = b.create("crashloop", &QueueConfig::default()).await;
+    let module = modes_path();
+    let w = Worker::with_args(
+        &b,
+        &[
+            "--queue",
+            &addr,
+            "--module",
+            module.to_str().unwrap(),
+            "--wait",
+            "0",
+        ],
+    );
+    let mut killed = Vec::new();
+    for _ in 0..7 {
+        let ready = w.wait_until(
+            "a fork server not killed yet",
+            Duration::from_secs(30),
+            |e| {
+                message(e) == "fork server ready"
+                    && !killed.contains(&field(e, "pid").parse::<i32>().unwrap())
+            },
+        );
+        let pid: i32 = field(&ready, "pid").parse().unwrap();
+        kill(pid, libc::SIGKILL);
+        killed.push(pid);
+    }
+    q.send(&OutgoingMessage::new("o")).await.unwrap();
+    w.wait_for(
+        "job succeeded; message deleted",
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(
+        alive(w.child.id() as i32),
+        "the worker stayed up: {}",
+        w.log()
+    );
+    assert_eq!(w.count("the fork server died; starting a new one", &[]), 7);
+}

@@ -41,8 +41,9 @@ pub(crate) const MAX_START_FAILURES: u32 = 5;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a spawn waits for a fork server to be up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// A fork server that dies sooner than this after starting counts as a
-/// failed start, so a crash loop ends.
+/// A fork server that dies sooner than this after starting is restarted
+/// after a growing pause (100 ms, doubling to 3.2 s), so a crash loop does
+/// not spin; the first restart is immediate.
 const STABLE_AFTER: Duration = Duration::from_secs(5);
 
 /// How a forked process ended, with the outcome it reported if it got that far.
@@ -176,7 +177,7 @@ impl ForkServers {
 
     async fn supervise(self: Arc<Self>, mut conn: Arc<Conn>, mut child: tokio::process::Child) {
         let mut started = Instant::now();
-        let mut failures = 0u32;
+        let mut quick_deaths = 0u32;
         loop {
             let status = child.wait().await;
             self.current.send_replace(None);
@@ -186,11 +187,14 @@ impl ForkServers {
                 ?status,
                 "the fork server died; starting a new one"
             );
-            if started.elapsed() < STABLE_AFTER {
-                failures += 1;
+            // One that dies soon after starting is restarted more slowly each
+            // time (a crash loop must not spin), but is not a failed start.
+            quick_deaths = if started.elapsed() < STABLE_AFTER {
+                quick_deaths + 1
             } else {
-                failures = 0;
-            }
+                0
+            };
+            let mut failures = 0u32;
             loop {
                 if failures >= MAX_START_FAILURES {
                     let why =
@@ -198,8 +202,10 @@ impl ForkServers {
                     self.failed.send_replace(Some(why));
                     return;
                 }
-                if failures > 0 {
-                    tokio::time::sleep(Duration::from_millis(100 << failures.min(6))).await;
+                let tries = quick_deaths + failures;
+                if tries > 1 {
+                    let pause = Duration::from_millis(100 << (tries - 2).min(5));
+                    tokio::time::sleep(pause).await;
                 }
                 match launch(&self.launcher).await {
                     Ok((c, ch)) => {
