@@ -6,7 +6,7 @@ use crate::common::hostile_path;
 use crate::queue_backends::Backend;
 use crate::worker_harness::*;
 use std::time::Duration;
-use wasm_jobs::queue::{OutgoingMessage, QueueConfig};
+use wasm_jobs::queue::OutgoingMessage;
 
 fn limit(limits: &str, name: &str) -> (String, String) {
     let line = limits
@@ -20,15 +20,7 @@ fn limit(limits: &str, name: &str) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_child_holds_no_environment_and_no_privileges() {
     let b = Backend::embedded();
-    let (q, addr) = b
-        .create(
-            "confined",
-            &QueueConfig {
-                visibility_timeout: Duration::from_secs(30),
-                ..QueueConfig::default()
-            },
-        )
-        .await;
+    let (q, addr) = b.create("confined", &config(30)).await;
     q.send(&OutgoingMessage::new("sleep-ms:3000"))
         .await
         .unwrap();

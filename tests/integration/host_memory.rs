@@ -10,7 +10,7 @@ use crate::queue_backends::Backend;
 use crate::worker_harness::*;
 use std::path::PathBuf;
 use std::time::Duration;
-use wasm_jobs::queue::{OutgoingMessage, QueueConfig};
+use wasm_jobs::queue::OutgoingMessage;
 
 /// The canonical-ABI shell of a job whose `run` executes `body` and returns
 /// ok; `decls` go at module level.
@@ -172,15 +172,7 @@ fn the_bombs_fit_when_the_limit_allows_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_bomb_through_the_worker_ends_out_of_memory() {
     let b = Backend::embedded();
-    let (q, addr) = b
-        .create(
-            "tables",
-            &QueueConfig {
-                visibility_timeout: Duration::from_secs(30),
-                ..QueueConfig::default()
-            },
-        )
-        .await;
+    let (q, addr) = b.create("tables", &config(30)).await;
     q.send(&OutgoingMessage::new("x")).await.unwrap();
     let module = component("tables-100-worker", &filled_tables(100));
     let w = Worker::start(

@@ -40,16 +40,7 @@ async fn a_killed_compile_helper_is_not_a_verdict() {
     for (name, path) in [("py", example_guest("python")), ("modes", modes_path())] {
         push_module(pushed.path(), name, None, &path);
     }
-    let (q, dlq) = b
-        .create_with_dlq(
-            "compile",
-            5,
-            &QueueConfig {
-                visibility_timeout: Duration::from_secs(60),
-                ..QueueConfig::default()
-            },
-        )
-        .await;
+    let (q, dlq) = b.create_with_dlq("compile", 5, &config(60)).await;
     q.send(&with_module(r#"{"op":"count","text":"a b c"}"#, "py"))
         .await
         .unwrap();
@@ -117,16 +108,7 @@ async fn a_killed_compile_helper_is_not_a_verdict() {
 /// starts a new fork server at once, handles the lost job as killed (on-exit
 /// in a fresh instance, then requeue), and serves on; nothing is lost.
 async fn a_killed_fork_server_is_replaced_and_loses_nothing(b: Backend) {
-    let (q, dlq) = b
-        .create_with_dlq(
-            "forkserver",
-            5,
-            &QueueConfig {
-                visibility_timeout: Duration::from_secs(30),
-                ..QueueConfig::default()
-            },
-        )
-        .await;
+    let (q, dlq) = b.create_with_dlq("forkserver", 5, &config(30)).await;
     // on-exit of a `sleep-ms:N` job sleeps N ms too: well within --exit-timeout.
     q.send(&OutgoingMessage::new("sleep-ms:3000"))
         .await
@@ -201,16 +183,7 @@ const CHAOS_MESSAGES: usize = 300;
 /// here), the fork server and job children are SIGKILLed at random every
 /// 0.3-1.5 s until the queue is drained: 0 lost, 0 dead-lettered.
 async fn chaos_kills_lose_and_dead_letter_nothing(b: Backend) {
-    let (q, dlq) = b
-        .create_with_dlq(
-            "chaos",
-            10,
-            &QueueConfig {
-                visibility_timeout: Duration::from_secs(2),
-                ..QueueConfig::default()
-            },
-        )
-        .await;
+    let (q, dlq) = b.create_with_dlq("chaos", 10, &config(2)).await;
     let batch: Vec<OutgoingMessage> = (0..10)
         .map(|_| OutgoingMessage::new("sleep-ms:120"))
         .collect();

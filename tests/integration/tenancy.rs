@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use wasm_jobs::queue::{AttributeValue, OutgoingMessage, QueueConfig};
+use wasm_jobs::queue::{AttributeValue, OutgoingMessage};
 use wasm_jobs::signing::{self, SigningKey};
 
 crate::on_both_backends!(
@@ -65,13 +65,6 @@ fn worker_in(b: &Backend, home: &Path, args: &[&str]) -> Worker {
     Worker::with_args(b, &all)
 }
 
-fn queue_config() -> QueueConfig {
-    QueueConfig {
-        visibility_timeout: Duration::from_secs(30),
-        ..QueueConfig::default()
-    }
-}
-
 /// The README's two-tenant setup, attacked as in the issue: a worker for
 /// mallory's queue, and a message claiming to be acme's, naming acme's
 /// module and carrying a forged `wasm-jobs.*` attribute. It is dead-lettered
@@ -90,7 +83,7 @@ async fn a_sender_cannot_claim_another_tenant(b: Backend) {
         ),
     )
     .unwrap();
-    let (q, dlq) = b.create_with_dlq("attack", 3, &queue_config()).await;
+    let (q, dlq) = b.create_with_dlq("attack", 3, &config(30)).await;
     let addr = b.address_of(q.as_ref());
     let attack = outgoing(
         "env",
@@ -191,7 +184,7 @@ async fn shared_queues_run_only_messages_signed_by_their_tenant(b: Backend) {
     .unwrap();
     let key = SigningKey::load(&acme_key).unwrap();
     let wrong = SigningKey::from_bytes(b"not-acmes-key-0123456789").unwrap();
-    let (q, dlq) = b.create_with_dlq("shared", 3, &queue_config()).await;
+    let (q, dlq) = b.create_with_dlq("shared", 3, &config(30)).await;
     let addr = b.address_of(q.as_ref());
     let later = unix_now() + 600;
     // Valid: one through the CLI (`send --tenant --key-file`), one signed here.
@@ -285,8 +278,8 @@ async fn shared_queues_run_only_messages_signed_by_their_tenant(b: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capped_tenant_never_holds_up_another() {
     let b = Backend::embedded();
-    let (qa, addr_a) = b.create("fair-a", &queue_config()).await;
-    let (qb, addr_b) = b.create("fair-b", &queue_config()).await;
+    let (qa, addr_a) = b.create("fair-a", &config(30)).await;
+    let (qb, addr_b) = b.create("fair-b", &config(30)).await;
     for _ in 0..30 {
         qa.send(&OutgoingMessage::new("sleep-ms:1000"))
             .await
@@ -369,10 +362,10 @@ async fn strangers_are_refused_and_a_shared_queue_respects_caps() {
     )
     .unwrap();
     let key = SigningKey::load(&acme_key).unwrap();
-    let config = queue_config();
-    let (shared, dlq) = b.create_with_dlq("capped", 5, &config).await;
-    let (stranger, stranger_dlq) = b.create_with_dlq("stranger", 5, &config).await;
-    let (nomods, nomods_dlq) = b.create_with_dlq("nomods", 5, &config).await;
+    let settings = config(30);
+    let (shared, dlq) = b.create_with_dlq("capped", 5, &settings).await;
+    let (stranger, stranger_dlq) = b.create_with_dlq("stranger", 5, &settings).await;
+    let (nomods, nomods_dlq) = b.create_with_dlq("nomods", 5, &settings).await;
     let later = unix_now() + 600;
     for i in 0..3 {
         let m = signed(&key, &format!("sleep-ms:{}", 1500 + i), "acme", later);
