@@ -40,6 +40,16 @@ impl WasiView for HostState {
     }
 }
 
+/// A call made ready by [`Executor::prepare`]: its store and what it sends.
+pub(crate) struct PreparedCall {
+    store: Store<HostState>,
+    message: contract::bindings::wasm_jobs::job::types::Message,
+    call: Call,
+    timeout: Duration,
+    stdout: OutputCapture,
+    stderr: OutputCapture,
+}
+
 /// Which export to call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {
@@ -242,6 +252,20 @@ impl Executor {
         call: Call,
         policy: &SandboxPolicy,
     ) -> Result<CallReport, CallError> {
+        let prepared = self.prepare(msg, call, policy)?;
+        Ok(self.run_prepared(job, prepared).await)
+    }
+
+    /// Everything host-side a call needs, done before any guest code runs:
+    /// the store, the granted directories opened, allowed names resolved. A
+    /// worker child confines itself between this and [`Self::run_prepared`],
+    /// so it needs no path and no name lookup once the guest runs.
+    pub(crate) fn prepare(
+        &self,
+        msg: &JobMessage,
+        call: Call,
+        policy: &SandboxPolicy,
+    ) -> Result<PreparedCall, CallError> {
         self.ensure_ticker()?;
         if policy.fuel.is_some() && !self.settings.fuel_metering {
             return Err(CallError::FuelNeedsMetering);
@@ -267,13 +291,31 @@ impl Executor {
         }
         store.set_epoch_deadline(deadline_ticks(policy.timeout));
         store.epoch_deadline_trap();
+        Ok(PreparedCall {
+            store,
+            message: msg.to_wit(),
+            call,
+            timeout: policy.timeout,
+            stdout,
+            stderr,
+        })
+    }
 
+    /// Instantiate `job` in the prepared store and make the call.
+    pub(crate) async fn run_prepared(&self, job: &LoadedJob, p: PreparedCall) -> CallReport {
+        let PreparedCall {
+            mut store,
+            message,
+            call,
+            timeout,
+            stdout,
+            stderr,
+        } = p;
         let started = Instant::now();
-        let wit_msg = msg.to_wit();
         let guest = async {
             let job: Job = job.pre.instantiate_async(&mut store).await?;
             match call {
-                Call::Run => job.call_run(&mut store, &wit_msg).await.map(|r| match r {
+                Call::Run => job.call_run(&mut store, &message).await.map(|r| match r {
                     Ok(()) => Outcome::Ok,
                     Err(Failure::Retry(info)) => Outcome::Retry {
                         reason: info.reason,
@@ -282,7 +324,7 @@ impl Executor {
                     Err(Failure::Fatal(reason)) => Outcome::Fatal { reason },
                 }),
                 Call::OnExit { signal } => job
-                    .call_on_exit(&mut store, &wit_msg, signal)
+                    .call_on_exit(&mut store, &message, signal)
                     .await
                     .map(|r| match r {
                         Ok(()) => Outcome::Ok,
@@ -293,19 +335,17 @@ impl Executor {
         // The epoch deadline stops a guest spinning in wasm; this timer stops
         // one blocked in a host call (a WASI sleep or poll), which epochs
         // cannot reach. Three ticks of slack let the epoch path report first.
-        let outcome = match tokio::time::timeout(policy.timeout + EPOCH_TICK * 3, guest).await {
+        let outcome = match tokio::time::timeout(timeout + EPOCH_TICK * 3, guest).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(err)) => classify_error(&err, policy),
-            Err(_elapsed) => Outcome::Timeout {
-                limit: policy.timeout,
-            },
+            Ok(Err(err)) => classify_error(&err, timeout),
+            Err(_elapsed) => Outcome::Timeout { limit: timeout },
         };
-        Ok(CallReport {
+        CallReport {
             outcome,
             stdout: stdout.finish(),
             stderr: stderr.finish(),
             duration: started.elapsed(),
-        })
+        }
     }
 
     /// Tick this process's epochs with a SIGALRM timer instead of a thread
@@ -328,7 +368,7 @@ impl Executor {
 }
 
 /// Map an error raised while the guest ran to a typed outcome.
-fn classify_error(err: &wasmtime::Error, policy: &SandboxPolicy) -> Outcome {
+fn classify_error(err: &wasmtime::Error, timeout: Duration) -> Outcome {
     // The root cause says what happened; the full chain (with the wasm
     // backtrace) goes to the debug log.
     let detail = err.root_cause().to_string();
@@ -336,9 +376,7 @@ fn classify_error(err: &wasmtime::Error, policy: &SandboxPolicy) -> Outcome {
     let kind = if let Some(trap) = err.downcast_ref::<Trap>() {
         match trap {
             Trap::Interrupt => {
-                return Outcome::Timeout {
-                    limit: policy.timeout,
-                };
+                return Outcome::Timeout { limit: timeout };
             }
             Trap::StackOverflow => TrapKind::StackOverflow,
             Trap::UnreachableCodeReached => TrapKind::Unreachable,

@@ -4,8 +4,12 @@
 //!
 //! - Commands, parent -> fork server: a stream socket, each frame a 4-byte
 //!   big-endian length and a JSON [`Command`]. One writer, one reader.
-//! - Events, fork server and children -> parent: a `SOCK_SEQPACKET` socket,
-//!   one JSON [`Event`] per packet, so many writers never interleave.
+//! - Events, fork server -> parent: a `SOCK_SEQPACKET` socket, one JSON
+//!   [`Event`] per packet.
+//! - Reports, each child -> fork server: a `SOCK_SEQPACKET` socket pair of
+//!   its own, made at its fork, one JSON [`Outcome`] packet just before it
+//!   exits. The fork server reads it when it reaps that child and puts it in
+//!   the child's [`Event::Exited`], so a child can speak only for itself.
 //!
 //! The fork server is a separate executable image (`wasm-jobs
 //! __fork-server`); it inherits the two sockets at [`COMMAND_FD`] and
@@ -21,7 +25,7 @@ use std::time::Duration;
 
 /// The descriptor the fork server reads commands from.
 pub(crate) const COMMAND_FD: i32 = 3;
-/// The descriptor the fork server and its children write events to.
+/// The descriptor the fork server writes events to.
 pub(crate) const EVENT_FD: i32 = 4;
 
 /// Largest event packet; outcomes carry guest text, so reasons are cut to fit.
@@ -126,14 +130,13 @@ pub(crate) enum Event {
         error: String,
         failure: SpawnFailure,
     },
-    /// Sent by the child itself just before it exits.
-    Finished {
+    /// The process has been reaped; `outcome` is what it reported on its
+    /// own channel, if it got that far.
+    Exited {
         process: u64,
-        outcome: Outcome,
-        duration_ms: f64,
+        status: ExitStatus,
+        outcome: Option<Outcome>,
     },
-    /// The process has been reaped.
-    Exited { process: u64, status: ExitStatus },
 }
 
 /// Cut guest-supplied text in an outcome so the event fits in one packet.
@@ -203,6 +206,17 @@ pub(crate) fn encode_event(event: &Event) -> Vec<u8> {
     serde_json::to_vec(event).expect("events always serialize")
 }
 
+/// A child's report: its outcome, already cut by [`trim_outcome`].
+pub(crate) fn encode_report(outcome: &Outcome) -> Vec<u8> {
+    serde_json::to_vec(outcome).expect("outcomes always serialize")
+}
+
+/// A child's report as the fork server reads it; `None` for anything that
+/// is not a well-formed outcome (the child's exit status then speaks alone).
+pub(crate) fn decode_report(packet: &[u8]) -> Option<Outcome> {
+    serde_json::from_slice(packet).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,11 +254,14 @@ mod tests {
         let o = trim_outcome(Outcome::Fatal {
             reason: "é".repeat(MAX_EVENT_BYTES),
         });
-        let event = encode_event(&Event::Finished {
+        assert!(encode_report(&o).len() < MAX_EVENT_BYTES);
+        assert_eq!(decode_report(&encode_report(&o)), Some(o.clone()));
+        let event = encode_event(&Event::Exited {
             process: 1,
-            outcome: o,
-            duration_ms: 1.0,
+            status: ExitStatus::Code(0),
+            outcome: Some(o),
         });
         assert!(event.len() < MAX_EVENT_BYTES);
+        assert_eq!(decode_report(b"{\"not\":\"an outcome\"}"), None);
     }
 }

@@ -1,6 +1,9 @@
 //! What a worker child holds, read from its `/proc` entry while it runs a
 //! job: an empty environment (no AWS credentials, nothing of the worker's),
-//! `no_new_privs`, no core dumps, bounded open files and file sizes.
+//! `no_new_privs`, a seccomp filter, no core dumps, bounded open files, file
+//! sizes and data; and what happens to a child its filter kills. (That a
+//! forbidden system call does kill is unit-tested in the fork server's
+//! `confine` module: a guest cannot make one on purpose.)
 
 use crate::common::hostile_path;
 use crate::queue_backends::Backend;
@@ -45,6 +48,15 @@ async fn a_worker_child_holds_no_environment_and_no_privileges() {
     assert!(alive(pid), "read while the job ran");
     assert!(environ.is_empty(), "{}", String::from_utf8_lossy(&environ));
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    assert!(status.contains("Seccomp:\t2"), "a seccomp filter: {status}");
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    assert!(fds < 16, "the child holds only its own descriptors: {fds}");
+    let (soft, hard) = limit(&limits, "Max data size");
+    assert_eq!(soft, hard);
+    let data: u64 = soft.parse().expect("a data-size backstop");
+    assert!(data > 256 << 20, "above the job's memory limit: {data}");
     assert_eq!(
         limit(&limits, "Max core file size"),
         ("0".into(), "0".into())
@@ -59,6 +71,41 @@ async fn a_worker_child_holds_no_environment_and_no_privileges() {
     );
     let (exit, log) = w.wait(Duration::from_secs(30));
     assert!(exit.success(), "{log}");
+    assert_eq!(
+        count_in(&log, "job succeeded; message deleted", &[]),
+        1,
+        "{log}"
+    );
+}
+
+/// A child killed by SIGSYS, as its seccomp filter would kill it, is
+/// handled like any killed worker: `on-exit` runs in a fresh child and the
+/// message goes back to the queue, then runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_killed_by_its_filter_is_handled_like_a_killed_worker() {
+    let b = Backend::embedded();
+    let (q, addr) = b.create("sigsys", &config(30)).await;
+    q.send(&OutgoingMessage::new("sleep-ms:1500"))
+        .await
+        .unwrap();
+    let module = hostile_path();
+    let w = Worker::start(&b, &addr, &module, &["--wait", "0", "--drain"]);
+    let pid = w.child_pid(Duration::from_secs(30));
+    // SAFETY: kill takes a pid and a signal number and no pointers.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSYS) }, 0);
+    let (exit, log) = w.wait(Duration::from_secs(60));
+    assert!(exit.success(), "{log}");
+    let ended = events_of(&log)
+        .into_iter()
+        .find(|e| message(e) == "worker child ended")
+        .unwrap();
+    assert!(field(&ended, "end").contains("SIGSYS"), "{log}");
+    assert_eq!(
+        count_in(&log, "exit handling", &[("signal", "31")]),
+        1,
+        "{log}"
+    );
+    assert_eq!(count_in(&log, "on-exit finished", &[]), 1, "{log}");
     assert_eq!(
         count_in(&log, "job succeeded; message deleted", &[]),
         1,

@@ -1,21 +1,25 @@
 //! A worker child, forked by the fork server for one call: become the
-//! leader of a new process group, die with the fork server, restore default
-//! signal handling, make one call in a fresh instance on a fresh
-//! single-threaded runtime, report the outcome to the parent and exit with
-//! its code (see `outcome::exit_code`). It is told its tenant and module
-//! label; it works out nothing about the message itself.
+//! leader of a new process group, die with the fork server, drop every
+//! descriptor of the fork server's but its report channel, restore default
+//! signal handling, limit itself ([`super::confine`]), prepare the call,
+//! lock itself down (Landlock, seccomp), make the call in a fresh instance
+//! on a fresh single-threaded runtime, write its outcome on its own
+//! channel and exit with its code (see `outcome::exit_code`). It is told its
+//! tenant and module label; it works out nothing about the message itself.
 //!
 //! The child never returns into the fork server's loop.
 
-use super::{EXIT_SIGNALS, die_with_parent, send_event};
+use super::confine::{Confinement, limit_process};
+use super::{EXIT_SIGNALS, die_with_parent};
 use crate::contract::JobMessage;
 use crate::executor::{Call, Executor, LoadedJob};
 use crate::outcome::exit_code;
 use crate::sandbox::SandboxPolicy;
-use crate::worker::protocol::{CallKind, Event, trim_outcome};
+use crate::worker::protocol::{CallKind, encode_report, trim_outcome};
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, signal, sigprocmask};
+use nix::sys::socket::{MsgFlags, send};
 use nix::unistd::{Pid, getpid, setpgid};
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// Everything a child needs, borrowed from the fork server's memory.
 pub(super) struct ChildCall<'a> {
@@ -29,9 +33,12 @@ pub(super) struct ChildCall<'a> {
     pub(super) message: JobMessage,
     pub(super) call: CallKind,
     pub(super) policy: &'a SandboxPolicy,
-    pub(super) events: &'a OwnedFd,
-    /// The fork server's own descriptors, which the child must not hold.
-    pub(super) close: &'a [RawFd],
+    pub(super) confinement: &'a Confinement,
+    /// This child's end of its own report channel.
+    pub(super) report: OwnedFd,
+    /// The fork server's other descriptors (its sockets to the parent and
+    /// every other child's report channel), which the child must not hold.
+    pub(super) close: Vec<RawFd>,
 }
 
 /// Leave at once: no atexit handlers, no destructors. The child shares
@@ -43,32 +50,10 @@ fn exit_now(code: u8) -> ! {
     unsafe { libc::_exit(code.into()) }
 }
 
-/// Most descriptors a child may hold (the guest's open files, sockets and
-/// preopens, plus the runtime's own).
-const MAX_OPEN_FILES: u64 = 256;
-/// Largest file a child may write (into a read-write preopen).
-const MAX_FILE_SIZE: u64 = 1 << 30;
-
-/// Below wasmtime's sandbox, the process's own: no privilege can be gained
-/// through exec (`no_new_privs`), no core dump (it would hold the guest's
-/// memory and the fork server's), and bounded open files and file sizes.
-/// The environment is already empty (the fork server's is cleared).
-fn confine() -> nix::Result<()> {
-    use nix::sys::resource::{Resource, setrlimit};
-    // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes integers and no pointers.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(nix::errno::Errno::last());
-    }
-    setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
-    setrlimit(Resource::RLIMIT_NOFILE, MAX_OPEN_FILES, MAX_OPEN_FILES)?;
-    setrlimit(Resource::RLIMIT_FSIZE, MAX_FILE_SIZE, MAX_FILE_SIZE)?;
-    Ok(())
-}
-
 pub(super) fn run_child(c: ChildCall<'_>) -> ! {
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
     die_with_parent(c.fork_server);
-    for fd in c.close {
+    for fd in &c.close {
         // SAFETY: these descriptors belong to the fork server's loop, which
         // this process never runs again.
         unsafe { libc::close(*fd) };
@@ -78,8 +63,8 @@ pub(super) fn run_child(c: ChildCall<'_>) -> ! {
         let _ = unsafe { signal(sig, SigHandler::SigDfl) };
     }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-    if let Err(e) = confine() {
-        tracing::error!(error = %e, "cannot confine the worker child");
+    if let Err(e) = limit_process(c.policy.max_memory) {
+        tracing::error!(error = %e, "cannot limit the worker child");
         std::process::exit(exit_code::HOST_ERROR.into())
     }
 
@@ -115,24 +100,25 @@ pub(super) fn run_child(c: ChildCall<'_>) -> ! {
             std::process::exit(exit_code::HOST_ERROR.into())
         }
     };
-    let report = runtime.block_on(c.executor.call(c.job, &c.message, call, c.policy));
-    match report {
-        Ok(report) => {
-            tracing::debug!(outcome = %report.outcome, duration_ms = report.duration.as_secs_f64() * 1e3, "call finished");
-            let code = report.outcome.exit_code();
-            send_event(
-                c.events,
-                &Event::Finished {
-                    process: c.process,
-                    outcome: trim_outcome(report.outcome),
-                    duration_ms: report.duration.as_secs_f64() * 1e3,
-                },
-            );
-            exit_now(code)
-        }
+    let _in_runtime = runtime.enter();
+    let prepared = match c.executor.prepare(&c.message, call, c.policy) {
+        Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "the call could not be made");
             std::process::exit(exit_code::HOST_ERROR.into())
         }
+    };
+    if let Err(e) = c.confinement.lock_down(c.policy) {
+        tracing::error!(error = %e, "cannot confine the worker child");
+        std::process::exit(exit_code::HOST_ERROR.into())
     }
+    let report = runtime.block_on(c.executor.run_prepared(c.job, prepared));
+    tracing::debug!(outcome = %report.outcome, duration_ms = report.duration.as_secs_f64() * 1e3, "call finished");
+    let code = report.outcome.exit_code();
+    let bytes = encode_report(&trim_outcome(report.outcome));
+    // One packet; the fork server reads it when it reaps this process.
+    if let Err(e) = send(c.report.as_raw_fd(), &bytes, MsgFlags::empty()) {
+        tracing::error!(error = %e, "cannot report the outcome");
+    }
+    exit_now(code)
 }

@@ -5,6 +5,10 @@
 //!
 //! It reads [`Command`]s from the parent on [`COMMAND_FD`] and reports
 //! [`Event`]s on [`EVENT_FD`] (`Ready`, `Started`, `SpawnFailed`, `Exited`).
+//! Children never write to the parent: each gets a report channel of its
+//! own at its fork, which this process reads when it reaps that child and
+//! forwards inside its `Exited`; a child holds no other child's channel.
+//! Children are confined ([`confine`]) before guest code runs.
 //! One `poll` loop waits on the command socket and a signalfd for SIGCHLD;
 //! there is no polling timer except a compile helper's deadline.
 //!
@@ -18,6 +22,7 @@
 
 mod child;
 mod compile;
+mod confine;
 
 use super::protocol::{
     self, COMMAND_FD, Command, EVENT_FD, Event, ExitStatus, ForkServerConfig, ModuleRef, Spawn,
@@ -26,10 +31,11 @@ use super::protocol::{
 use crate::engine::EngineSettings;
 use crate::executor::{Executor, LoadedJob};
 use compile::Compiling;
+use confine::Confinement;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, killpg, signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{MsgFlags, send};
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, recv, send, socketpair};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, getpid, getppid};
 use std::collections::HashMap;
@@ -67,10 +73,20 @@ fn send_event(events: &impl AsFd, event: &Event) {
     }
 }
 
+/// The one packet a reaped child left on its report channel, if any.
+fn read_report(channel: &OwnedFd) -> Option<crate::outcome::Outcome> {
+    let mut buf = vec![0u8; protocol::MAX_EVENT_BYTES];
+    match recv(channel.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+        Ok(n) => protocol::decode_report(&buf[..n]),
+        Err(_) => None,
+    }
+}
+
 /// What a reaped pid was.
 enum Running {
-    /// A worker child making a call for the parent's `process`.
-    Call(u64),
+    /// A worker child making a call for the parent's `process`, and the
+    /// fork server's end of its report channel.
+    Call(u64, OwnedFd),
     /// A compile helper for this digest.
     Helper(String),
 }
@@ -78,6 +94,7 @@ enum Running {
 struct Server {
     config: ForkServerConfig,
     executor: Executor,
+    confinement: Confinement,
     events: OwnedFd,
     commands: UnixStream,
     sigfd: SignalFd,
@@ -138,9 +155,17 @@ pub(crate) fn main(config: &str) -> i32 {
             return 1;
         }
     };
+    let confinement = match Confinement::new() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "fork server: cannot prepare the children's confinement");
+            return 1;
+        }
+    };
     let mut server = Server {
         config,
         executor,
+        confinement,
         events,
         commands,
         sigfd,
@@ -271,12 +296,25 @@ impl Server {
 
     fn fork_call(&mut self, req: Spawn, job: &LoadedJob) {
         let me = getpid();
+        let (ours, theirs) = match socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        ) {
+            Ok(pair) => pair,
+            Err(e) => {
+                let why = format!("cannot make a report channel: {e}");
+                return self.fail(req.process, SpawnFailure::Passing, why);
+            }
+        };
         // SAFETY: this process is single-threaded (see module docs).
         match unsafe { fork() } {
             Ok(ForkResult::Parent { child }) => {
+                drop(theirs);
                 // Also set the group here, so it exists before anyone signals it.
                 let _ = nix::unistd::setpgid(child, child);
-                self.running.insert(child, Running::Call(req.process));
+                self.running.insert(child, Running::Call(req.process, ours));
                 send_event(
                     &self.events,
                     &Event::Started {
@@ -285,19 +323,32 @@ impl Server {
                     },
                 );
             }
-            Ok(ForkResult::Child) => child::run_child(child::ChildCall {
-                fork_server: me,
-                process: req.process,
-                job,
-                module: &req.module.label,
-                tenant: &req.tenant,
-                executor: &self.executor,
-                message: req.message,
-                call: req.call,
-                policy: &req.policy,
-                events: &self.events,
-                close: &[self.commands.as_raw_fd(), self.sigfd.as_raw_fd()],
-            }),
+            Ok(ForkResult::Child) => {
+                let mut close = vec![
+                    self.commands.as_raw_fd(),
+                    self.sigfd.as_raw_fd(),
+                    self.events.as_raw_fd(),
+                    ours.as_raw_fd(),
+                ];
+                close.extend(self.running.values().filter_map(|r| match r {
+                    Running::Call(_, fd) => Some(fd.as_raw_fd()),
+                    Running::Helper(_) => None,
+                }));
+                child::run_child(child::ChildCall {
+                    fork_server: me,
+                    process: req.process,
+                    job,
+                    module: &req.module.label,
+                    tenant: &req.tenant,
+                    executor: &self.executor,
+                    message: req.message,
+                    call: req.call,
+                    policy: &req.policy,
+                    confinement: &self.confinement,
+                    report: theirs,
+                    close,
+                })
+            }
             Err(e) => self.fail(
                 req.process,
                 SpawnFailure::Passing,
@@ -313,7 +364,7 @@ impl Server {
         let pid = self
             .running
             .iter()
-            .find(|(_, r)| matches!(r, Running::Call(p) if *p == process))
+            .find(|(_, r)| matches!(r, Running::Call(p, _) if *p == process))
             .map(|(pid, _)| *pid);
         // Not found: already reaped (or never started); nothing to signal.
         if let Some(pid) = pid
@@ -332,8 +383,16 @@ impl Server {
                 Ok(_) => continue,
             };
             match self.running.remove(&pid) {
-                Some(Running::Call(process)) => {
-                    send_event(&self.events, &Event::Exited { process, status })
+                Some(Running::Call(process, report)) => {
+                    let outcome = read_report(&report);
+                    send_event(
+                        &self.events,
+                        &Event::Exited {
+                            process,
+                            status,
+                            outcome,
+                        },
+                    )
                 }
                 Some(Running::Helper(digest)) => self.compiled(&digest, status),
                 None => {}
@@ -393,7 +452,7 @@ impl Server {
     fn shutdown(&mut self, code: i32) -> i32 {
         for (pid, r) in &self.running {
             let _ = match r {
-                Running::Call(_) => killpg(*pid, Signal::SIGKILL),
+                Running::Call(..) => killpg(*pid, Signal::SIGKILL),
                 Running::Helper(_) => nix::sys::signal::kill(*pid, Signal::SIGKILL),
             };
         }

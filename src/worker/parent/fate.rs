@@ -37,6 +37,10 @@ impl std::fmt::Display for WorkerEnd {
         match self {
             WorkerEnd::Reported(o) => write!(f, "{o}"),
             WorkerEnd::ExitCode(c) => write!(f, "exited with code {c} without an outcome"),
+            WorkerEnd::Killed(s) if *s == libc::SIGSYS => write!(
+                f,
+                "killed by signal {s} (SIGSYS: a system call outside the child's seccomp allow-list)"
+            ),
             WorkerEnd::Killed(s) => write!(f, "killed by signal {s}"),
             WorkerEnd::Unloadable(why) => write!(f, "module could not be loaded: {why}"),
             WorkerEnd::Refused(why) => write!(f, "refused: {why}"),

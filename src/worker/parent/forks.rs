@@ -100,7 +100,6 @@ impl ForkServerSettings {
 #[derive(Default)]
 struct Pending {
     started: Option<oneshot::Sender<Result<Pid, SpawnError>>>,
-    finished: Option<Outcome>,
     ended: Option<oneshot::Sender<ProcessEnd>>,
 }
 
@@ -264,7 +263,6 @@ impl ForkServers {
             }
             let p = Pending {
                 started: Some(started_tx),
-                finished: None,
                 ended: Some(ended_tx),
             };
             pending.insert(process, p);
@@ -444,21 +442,15 @@ impl Conn {
                     }));
                 }
             }
-            Event::Finished {
-                process, outcome, ..
+            Event::Exited {
+                process,
+                status,
+                outcome,
             } => {
-                if let Some(p) = pending.get_mut(&process) {
-                    p.finished = Some(outcome);
-                }
-            }
-            Event::Exited { process, status } => {
                 if let Some(mut p) = pending.remove(&process)
                     && let Some(s) = p.ended.take()
                 {
-                    let _ = s.send(ProcessEnd {
-                        status,
-                        outcome: p.finished.take(),
-                    });
+                    let _ = s.send(ProcessEnd { status, outcome });
                 }
             }
         }
