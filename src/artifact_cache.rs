@@ -2,20 +2,31 @@
 //! made of the component's sha256 and the engine's compatibility hash.
 //!
 //! Only files this cache wrote itself are ever deserialized (a user never
-//! hands us precompiled code); a corrupt or stale entry is recompiled and
-//! replaced. Entries are written to a temporary file and renamed, so
-//! concurrent writers on one machine never expose a half-written artifact.
+//! hands us precompiled code). Each entry ends with an HMAC-SHA256 tag, keyed
+//! by this machine's artifact key (`artifact.key` in the cache directory: 32
+//! random bytes as hex, mode 0600, owned by the worker's user, created on
+//! first use) over the entry's name (which binds the component's digest and
+//! the engine) and its bytes. An entry is read once, without following
+//! symlinks, checked in memory and deserialized from those same bytes; one
+//! whose tag does not verify (tampered, swapped for another module's, or
+//! written under another key) or that does not deserialize is logged,
+//! recompiled and replaced, never run. Entries are written to a temporary
+//! file and renamed, so concurrent writers on one machine never expose a
+//! half-written artifact.
 //!
 //! Used wherever the executor loads components: the fork server loads cached
 //! artifacts, its compile helpers compile and store them, and the CLI process
 //! does both for `exec` and `module push|inspect`. The worker parent only
 //! uses [`content_digest`].
 
+use crate::signing::{KeyError, SigningKey};
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::Engine;
@@ -54,12 +65,27 @@ pub enum CacheError {
     /// wasmtime could not compile the component: the component's fault.
     #[error("compiling the component failed: {0:#}")]
     Compile(#[source] wasmtime::Error),
+    /// The component's copy-on-write memory images could not be made.
+    #[error("preparing the component's memory images: {0:#}")]
+    Image(#[source] wasmtime::Error),
+    /// The artifact key could not be created or is not private.
+    #[error("artifact key: {0}")]
+    Key(#[source] KeyError),
 }
 
+/// The artifact key's file in the cache directory.
+const KEY_FILE: &str = "artifact.key";
+/// What the tag binds besides the entry's name and bytes.
+const TAG_DOMAIN: &[u8] = b"wasm-jobs artifact v1";
+/// Length of the HMAC-SHA256 tag at the end of each entry.
+const TAG_BYTES: usize = 32;
+
 /// A directory of compiled artifacts for one engine configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ArtifactCache {
     dir: PathBuf,
+    /// Loaded (or created) on first use.
+    key: OnceLock<SigningKey>,
 }
 
 /// The sha256 of a component's bytes, as lowercase hex.
@@ -70,7 +96,10 @@ pub fn content_digest(wasm: &[u8]) -> String {
 impl ArtifactCache {
     /// A cache in `dir`, created on the first store.
     pub(crate) fn new(dir: impl Into<PathBuf>) -> Self {
-        ArtifactCache { dir: dir.into() }
+        ArtifactCache {
+            dir: dir.into(),
+            key: OnceLock::new(),
+        }
     }
 
     /// The file an artifact for `wasm` compiled by `engine` lives in.
@@ -88,39 +117,101 @@ impl ArtifactCache {
     }
 
     /// Load the compiled form of `wasm`, compiling and storing it first when
-    /// it is not cached (or the cached file is unusable).
+    /// it is not cached (or the cached entry does not verify).
     pub(crate) fn load_or_compile(
         &self,
         engine: &Engine,
         wasm: &[u8],
     ) -> Result<(Component, CompileSource), CacheError> {
-        let path = self.artifact_path(engine, wasm);
-        if path.is_file() {
-            // SAFETY: `path` is inside our cache directory and was written by
-            // `store` below from `Engine::precompile_component`; user-supplied
-            // bytes are only ever compiled, never deserialized.
-            match unsafe { Component::deserialize_file(engine, &path) } {
-                Ok(c) => return Ok((c, CompileSource::Cached)),
-                Err(e) => tracing::warn!(
-                    path = %path.display(),
-                    error = %e,
-                    "cached artifact unusable; recompiling"
-                ),
-            }
+        if let Some(component) = self.load_cached(engine, wasm)? {
+            return Ok((component, CompileSource::Cached));
         }
+        self.compile(engine, wasm)
+    }
+
+    /// Compile `wasm` and store the tagged artifact, whatever is cached.
+    pub(crate) fn compile(
+        &self,
+        engine: &Engine,
+        wasm: &[u8],
+    ) -> Result<(Component, CompileSource), CacheError> {
         let started = Instant::now();
         let compiled = engine
             .precompile_component(wasm)
             .map_err(CacheError::Compile)?;
         let took = started.elapsed();
-        self.store(&path, &compiled)?;
-        // SAFETY: as above; the file was just written from our own compile.
+        let path = self.artifact_path(engine, wasm);
+        let tag = self.key()?.tag(&[TAG_DOMAIN, entry_name(&path), &compiled]);
+        self.store(&path, &[&compiled, &tag])?;
+        // SAFETY: these bytes come from our own compile, just now.
         let component =
-            unsafe { Component::deserialize_file(engine, &path) }.map_err(CacheError::Compile)?;
-        Ok((component, CompileSource::Compiled { took }))
+            unsafe { Component::deserialize(engine, &compiled) }.map_err(CacheError::Compile)?;
+        Ok((ready(component)?, CompileSource::Compiled { took }))
     }
 
-    fn store(&self, path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
+    /// The cached compiled form of `wasm`, if there is an entry and it
+    /// verifies; `None` otherwise (a bad entry is logged). Never compiles.
+    pub(crate) fn load_cached(
+        &self,
+        engine: &Engine,
+        wasm: &[u8],
+    ) -> Result<Option<Component>, CacheError> {
+        let path = self.artifact_path(engine, wasm);
+        let io = |source| CacheError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut bytes = Vec::new();
+        let opened = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path);
+        match opened {
+            Ok(mut f) if f.metadata().map_err(io)?.is_file() => {
+                f.read_to_end(&mut bytes).map_err(io)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Ok(_) | Err(_) => {
+                tracing::warn!(path = %path.display(), "cached artifact is not a regular file; recompiling");
+                return Ok(None);
+            }
+        }
+        let key = self.key()?;
+        let verified = bytes
+            .len()
+            .checked_sub(TAG_BYTES)
+            .map(|at| bytes.split_at(at))
+            .filter(|(artifact, tag)| key.verify(&[TAG_DOMAIN, entry_name(&path), artifact], tag));
+        let Some((artifact, _)) = verified else {
+            tracing::warn!(
+                path = %path.display(),
+                "cached artifact failed verification (changed, swapped or written under another key); recompiling"
+            );
+            return Ok(None);
+        };
+        // SAFETY: `artifact` carries this machine's key's tag over this
+        // entry's name, so `load_or_compile` wrote it from our own compile of
+        // this component for this engine; it was checked in memory, and these
+        // same bytes are deserialized, so nothing changed after the check.
+        match unsafe { Component::deserialize(engine, artifact) } {
+            Ok(c) => Ok(Some(ready(c)?)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cached artifact unusable; recompiling");
+                Ok(None)
+            }
+        }
+    }
+
+    /// This machine's artifact key, created on first use.
+    fn key(&self) -> Result<&SigningKey, CacheError> {
+        if let Some(key) = self.key.get() {
+            return Ok(key);
+        }
+        let key = load_or_create_key(&self.dir)?;
+        Ok(self.key.get_or_init(|| key))
+    }
+
+    fn store(&self, path: &Path, parts: &[&[u8]]) -> Result<(), CacheError> {
         let io = |source| CacheError::Io {
             path: path.to_owned(),
             source,
@@ -138,10 +229,62 @@ impl ArtifactCache {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let mut f = fs::File::create(&tmp).map_err(io)?;
-        f.write_all(bytes).map_err(io)?;
+        for part in parts {
+            f.write_all(part).map_err(io)?;
+        }
         f.sync_all().map_err(io)?;
         fs::rename(&tmp, path).map_err(io)
     }
+}
+
+/// The entry's file name, which the tag binds.
+fn entry_name(path: &Path) -> &[u8] {
+    path.file_name().map_or(&[], |n| n.as_encoded_bytes())
+}
+
+/// Make the component's copy-on-write memory images now, once, in this
+/// process: a fork server's children then share them instead of each
+/// building its own (which would also need `memfd_create` in the child).
+fn ready(component: Component) -> Result<Component, CacheError> {
+    component
+        .initialize_copy_on_write_image()
+        .map_err(CacheError::Image)?;
+    Ok(component)
+}
+
+/// Read the artifact key in `dir`, or create it: 32 random bytes as hex,
+/// written to a private temporary file and hard-linked into place, so two
+/// processes creating it at once agree on one key.
+fn load_or_create_key(dir: &Path) -> Result<SigningKey, CacheError> {
+    let path = dir.join(KEY_FILE);
+    match SigningKey::load(&path) {
+        Ok(key) => return Ok(key),
+        Err(KeyError::Open(_, e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(CacheError::Key(e)),
+    }
+    let io = |source| CacheError::Io {
+        path: path.clone(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(io)?;
+    let tmp = dir.join(format!(".{KEY_FILE}.{}.tmp", std::process::id()));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    let written = f
+        .write_all(format!("{}\n", hex::encode(rand::random::<[u8; 32]>())).as_bytes())
+        .and_then(|()| f.sync_all())
+        .and_then(|()| fs::hard_link(&tmp, &path));
+    let _ = fs::remove_file(&tmp);
+    match written {
+        Ok(()) => tracing::info!(path = %path.display(), "created the artifact key"),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(e)),
+    }
+    SigningKey::load(&path).map_err(CacheError::Key)
 }
 
 /// Feeds `Hash` output into sha256, so the key is stable across processes

@@ -20,7 +20,7 @@ use crate::sandbox::{MemoryLimitExceeded, MemoryLimiter, SandboxError, SandboxPo
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -193,21 +193,50 @@ impl Executor {
     pub fn load_bytes(&self, wasm: &[u8]) -> Result<LoadedJob, LoadError> {
         contract::check_header(wasm)?;
         let (component, source) = self.cache.load_or_compile(&self.engine, wasm)?;
-        contract::check_world(&self.engine, &component)?;
+        self.job(wasm, &component, source)
+    }
+
+    /// Compile `wasm` into the cache (replacing any entry) and load it: a
+    /// fork server's compile helper, after the fork server found no usable
+    /// entry.
+    pub(crate) fn compile_bytes(&self, wasm: &[u8]) -> Result<LoadedJob, LoadError> {
+        contract::check_header(wasm)?;
+        let (component, source) = self.cache.compile(&self.engine, wasm)?;
+        self.job(wasm, &component, source)
+    }
+
+    /// Load `wasm` only if its verified artifact is already cached: `None`
+    /// means it must be compiled first (the fork server never compiles).
+    pub(crate) fn load_cached(&self, wasm: &[u8]) -> Result<Option<LoadedJob>, LoadError> {
+        contract::check_header(wasm)?;
+        match self.cache.load_cached(&self.engine, wasm)? {
+            Some(component) => self.job(wasm, &component, CompileSource::Cached).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Check a compiled component against the job contract and link it.
+    fn job(
+        &self,
+        wasm: &[u8],
+        component: &Component,
+        source: CompileSource,
+    ) -> Result<LoadedJob, LoadError> {
+        contract::check_world(&self.engine, component)?;
         // WASI interfaces we do not implement (e.g. wasi:http) are linked as
         // stubs: the job instantiates, and using them is denied at call time.
         let stubbed;
-        let linker = if linking::unimplemented_wasi_imports(&self.engine, &component).is_empty() {
+        let linker = if linking::unimplemented_wasi_imports(&self.engine, component).is_empty() {
             &self.linker
         } else {
             let mut l = self.linker.clone();
-            linking::stub_unimplemented_wasi(&mut l, &self.engine, &component)
+            linking::stub_unimplemented_wasi(&mut l, &self.engine, component)
                 .map_err(|e| ContractError::Invalid(format!("{e:#}")))?;
             stubbed = l;
             &stubbed
         };
         let instance_pre = linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(|e| ContractError::Invalid(format!("{e:#}")))?;
         let pre = JobPre::new(instance_pre).map_err(|e| ContractError::WrongWorld {
             problem: format!("{e:#}"),

@@ -57,6 +57,15 @@ pub(crate) fn check_private(dir: &Path) -> Result<(), String> {
     }
 }
 
+/// wasm-jobs' own directories, which no tenant directory may overlap.
+pub(crate) fn own_dirs(data_dir: &Path, registry: &Path) -> Vec<(&'static str, PathBuf)> {
+    vec![
+        ("data directory", data_dir.to_owned()),
+        ("registry", registry.to_owned()),
+        ("compiled-artifact cache", compiled_dir(data_dir)),
+    ]
+}
+
 /// The compiled-artifact cache inside a data directory.
 pub(crate) fn compiled_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("compiled")

@@ -184,6 +184,35 @@ impl Policies {
         }
     }
 
+    /// Refuse a tenant directory that overlaps one of wasm-jobs' own
+    /// (`protected`: what it is called, and where). Read-only access is
+    /// refused too: the data directory holds every tenant's queued messages
+    /// and the key that vouches for compiled native code.
+    pub fn check_dirs_apart(&self, protected: &[(&str, PathBuf)]) -> Result<(), String> {
+        let tenants = self
+            .tenants
+            .iter()
+            .map(|(n, t)| (n.as_str(), t))
+            .chain(self.default.iter().map(|t| ("default", t)));
+        for (tenant, t) in tenants {
+            for p in &t.sandbox.preopens {
+                for (what, dir) in protected {
+                    // A directory not made yet cannot be resolved: compare it
+                    // as written (absolute, from the CLI).
+                    let dir = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+                    if p.host_path.starts_with(&dir) || dir.starts_with(&p.host_path) {
+                        return Err(format!(
+                            "tenant `{tenant}`: directory {} overlaps the {what} {}; give tenants directories outside wasm-jobs' own",
+                            p.host_path.display(),
+                            dir.display()
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Read and check a policy file (key files included).
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
         let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {

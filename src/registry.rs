@@ -51,6 +51,16 @@ pub enum RegistryError {
     /// The file to push is not a loadable job component.
     #[error("not stored: {0}")]
     Invalid(LoadError),
+    /// A registry file holds something the registry never writes: a digest
+    /// that is not 64 lowercase hex digits, a record for another digest, or
+    /// a blob whose bytes no longer have its digest.
+    #[error("registry file {path} is corrupt: {why}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The tenant has no module by that name.
     #[error("no module `{name}` for tenant `{tenant}`")]
     NotFound {
@@ -114,6 +124,13 @@ pub struct Resolved {
 #[derive(Debug, Clone)]
 pub struct Registry {
     root: PathBuf,
+}
+
+/// A sha256 as the registry writes it: 64 lowercase hex digits. Digests
+/// read from the registry's own files are checked with this before they
+/// become part of a path.
+fn valid_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Module and tenant names: 1-64 of a-z, 0-9, `.`, `_`, `-`, starting with a letter or digit.
@@ -278,10 +295,21 @@ impl Registry {
         }
         let digest = match pinned {
             Some(d) => d,
-            None => fs::read_to_string(dir.join("latest"))
-                .map_err(|_| not_found())?
-                .trim()
-                .to_owned(),
+            None => {
+                let latest = dir.join("latest");
+                let d = fs::read_to_string(&latest).map_err(|_| not_found())?;
+                let d = d.trim();
+                if !valid_digest(d) {
+                    return Err(RegistryError::Corrupt {
+                        path: latest,
+                        why: format!(
+                            "{:?} is not a sha256 digest",
+                            d.chars().take(80).collect::<String>()
+                        ),
+                    });
+                }
+                d.to_owned()
+            }
         };
         let record = fs::read(dir.join(format!("{digest}.json"))).map_err(|_| {
             RegistryError::NoSuchVersion {
@@ -295,11 +323,32 @@ impl Registry {
                 path: dir.clone(),
                 source: std::io::Error::other(e),
             })?;
+        if version.digest != digest {
+            return Err(RegistryError::Corrupt {
+                path: dir.join(format!("{digest}.json")),
+                why: format!("it records digest {:?}", version.digest),
+            });
+        }
         let path = self.blob(&version.digest);
         if !path.is_file() {
             return Err(not_found());
         }
         Ok(Resolved { version, path })
+    }
+
+    /// The bytes of a resolved module, checked against its digest. (A worker
+    /// does not read blobs here: its fork server reads and checks each one
+    /// once, when it first loads it.)
+    pub fn read(&self, resolved: &Resolved) -> Result<Vec<u8>, RegistryError> {
+        let bytes = fs::read(&resolved.path).map_err(self.io(&resolved.path))?;
+        let actual = content_digest(&bytes);
+        if actual != resolved.version.digest {
+            return Err(RegistryError::Corrupt {
+                path: resolved.path.clone(),
+                why: format!("its bytes have digest {actual}"),
+            });
+        }
+        Ok(bytes)
     }
 
     /// The latest version of every module (of one tenant, or all).

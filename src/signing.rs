@@ -96,6 +96,27 @@ impl SigningKey {
         Ok(SigningKey { mac, len })
     }
 
+    /// HMAC-SHA256 over `parts`, each prefixed with its length as a u64
+    /// (so no bytes can move from one part to the next). For keyed checks
+    /// other than message signatures, such as compiled artifacts.
+    pub(crate) fn tag(&self, parts: &[&[u8]]) -> [u8; 32] {
+        self.keyed(parts).finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is [`Self::tag`] of `parts`, compared in constant time.
+    pub(crate) fn verify(&self, parts: &[&[u8]], tag: &[u8]) -> bool {
+        self.keyed(parts).verify_slice(tag).is_ok()
+    }
+
+    fn keyed(&self, parts: &[&[u8]]) -> HmacSha256 {
+        let mut mac = self.mac.clone();
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac
+    }
+
     /// Read a key file: a regular file (not a symlink) owned by the current
     /// effective user, with no permission for group or others. The key is
     /// the file's bytes without one trailing `\n` or `\r\n`.

@@ -101,12 +101,19 @@ struct ForkServerArgs {
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
     /// Validate a policy file and print the effective policy of each tenant.
-    Check { file: std::path::PathBuf },
+    Check {
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        location: module_cmds::RegistryLocation,
+    },
 }
 
 fn policy_command(cmd: PolicyCommand) -> anyhow::Result<u8> {
-    let PolicyCommand::Check { file } = cmd;
+    let PolicyCommand::Check { file, location } = cmd;
     let policies = crate::policy::Policies::load(&file)?;
+    policies
+        .check_dirs_apart(&location.own_dirs())
+        .map_err(|why| anyhow::anyhow!("policy file {}: {why}", file.display()))?;
     println!("{}", serde_json::to_string_pretty(&policies.describe())?);
     if policies.default.is_none() {
         eprintln!("note: no [default] section: tenants not listed are rejected");

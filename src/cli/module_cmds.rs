@@ -24,12 +24,19 @@ impl RegistryLocation {
         paths::data_dir(self.data_dir.as_deref())
     }
 
+    fn registry_dir(&self) -> PathBuf {
+        self.registry
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("registry"))
+    }
+
     fn registry(&self) -> Registry {
-        Registry::new(
-            self.registry
-                .clone()
-                .unwrap_or_else(|| self.data_dir().join("registry")),
-        )
+        Registry::new(self.registry_dir())
+    }
+
+    /// wasm-jobs' own directories, which no tenant directory may overlap.
+    pub(super) fn own_dirs(&self) -> Vec<(&'static str, PathBuf)> {
+        paths::own_dirs(&self.data_dir(), &self.registry_dir())
     }
 
     /// An executor whose artifact cache is the data directory's.
@@ -122,7 +129,7 @@ pub(super) fn run(loc: &RegistryLocation, cmd: ModuleCommand) -> anyhow::Result<
             json,
         } => {
             let resolved = registry.resolve(&reference, &tenant)?;
-            let bytes = std::fs::read(&resolved.path)?;
+            let bytes = registry.read(&resolved)?;
             let executor = loc.executor()?;
             let compiled = executor.cache().contains(executor.engine(), &bytes);
             let (imports, exports) = executor.describe(&bytes)?;

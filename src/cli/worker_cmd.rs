@@ -172,6 +172,13 @@ where
         Some(path) => crate::policy::Policies::load(path)?,
         None => crate::policy::Policies::open(base),
     };
+    let registry_dir = args
+        .registry
+        .clone()
+        .unwrap_or_else(|| data_dir.join("registry"));
+    policies
+        .check_dirs_apart(&paths::own_dirs(&data_dir, &registry_dir))
+        .map_err(|why| anyhow::anyhow!("refusing the policy: {why}"))?;
     let fork_server = ForkServerSettings {
         exe: std::env::current_exe()?,
         cache_dir: paths::compiled_dir(&data_dir),
@@ -183,11 +190,7 @@ where
     let bindings = bindings(args, &policies)?;
     let config = WorkerConfig {
         module: args.module.clone(),
-        registry: crate::registry::Registry::new(
-            args.registry
-                .clone()
-                .unwrap_or_else(|| data_dir.join("registry")),
-        ),
+        registry: crate::registry::Registry::new(registry_dir),
         concurrency: args.concurrency,
         visibility_timeout: args.visibility_timeout,
         heartbeat: args.heartbeat,

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod architecture;
+mod artifacts;
 mod common;
 mod confinement;
 mod exec_cli;

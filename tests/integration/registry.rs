@@ -187,6 +187,41 @@ fn a_name_follows_its_latest_push_and_a_digest_pins_a_version() {
     ));
 }
 
+/// Digests read from the registry's own files are checked before they become
+/// paths, and blob bytes are checked against their digest when read.
+#[test]
+fn corrupt_registry_files_are_refused_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("registry");
+    let reg = Registry::new(&root);
+    let ex = executor(dir.path());
+    let (v, _) = reg.push(&ex, &modes_path(), "job", "t", u64::MAX).unwrap();
+    let resolved = reg.resolve("job", "t").unwrap();
+    assert_eq!(reg.read(&resolved).unwrap(), modes_wasm());
+
+    let latest = root.join("modules/t/job/latest");
+    for bad in ["../../../../etc/passwd", &"A".repeat(64), "abc"] {
+        std::fs::write(&latest, bad).unwrap();
+        let e = reg.resolve("job", "t").unwrap_err();
+        assert!(matches!(e, RegistryError::Corrupt { .. }), "{bad}: {e}");
+    }
+    std::fs::write(&latest, &v.digest).unwrap();
+
+    // A record that claims another digest than its file name.
+    let record = root.join(format!("modules/t/job/{}.json", v.digest));
+    let text = std::fs::read_to_string(&record).unwrap();
+    std::fs::write(&record, text.replace(&v.digest, &"0".repeat(64))).unwrap();
+    let e = reg.resolve("job", "t").unwrap_err();
+    assert!(matches!(e, RegistryError::Corrupt { .. }), "{e}");
+    std::fs::write(&record, text).unwrap();
+
+    // A blob whose bytes changed.
+    let resolved = reg.resolve("job", "t").unwrap();
+    std::fs::write(&resolved.path, b"\0asm changed").unwrap();
+    let e = reg.read(&resolved).unwrap_err();
+    assert!(e.to_string().contains("its bytes have digest"), "{e}");
+}
+
 #[test]
 fn concurrent_pushes_and_removes_leave_the_registry_consistent() {
     let dir = tempfile::tempdir().unwrap();

@@ -261,3 +261,60 @@ fn policy_check_prints_the_effective_policy_or_what_is_wrong() {
         "{err}"
     );
 }
+
+/// A tenant directory may not overlap wasm-jobs' own: not the data directory
+/// (queued messages of every tenant, the artifact key), not the registry or
+/// the artifact cache inside it, not a directory that contains them, and
+/// not read-only either. `policy check` and the worker both refuse it.
+#[test]
+fn a_tenant_directory_overlapping_the_data_directory_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data");
+    std::fs::create_dir_all(data.join("compiled")).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let policy_file = elsewhere.path().join("policy.toml");
+    let check = |host: &Path, read_only: bool| {
+        std::fs::write(
+            &policy_file,
+            format!(
+                "[tenants.acme]\ndirs = [{{ host = \"{}\", guest = \"/data\", read_only = {read_only} }}]\n",
+                host.display()
+            ),
+        )
+        .unwrap();
+        Command::new(bin())
+            .args(["policy", "check"])
+            .arg(&policy_file)
+            .env("WASM_JOBS_HOME", &data)
+            .output()
+            .unwrap()
+    };
+    for (host, read_only) in [
+        (data.clone(), false),
+        (data.join("compiled"), true),
+        (home.path().to_owned(), true),
+    ] {
+        let out = check(&host, read_only);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {err}", host.display());
+        assert!(err.contains("overlaps the"), "{err}");
+    }
+    let out = check(elsewhere.path(), false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = check(&data, false);
+    assert!(!out.status.success());
+    let worker = Command::new(bin())
+        .args(["worker", "--queue", "q", "--policy"])
+        .arg(&policy_file)
+        .env("WASM_JOBS_HOME", &data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&worker.stderr);
+    assert!(!worker.status.success(), "{err}");
+    assert!(err.contains("overlaps the data directory"), "{err}");
+}

@@ -75,7 +75,7 @@ pub(super) fn start(
                 config.compile_memory,
                 config.compile_memory,
             );
-            let code = match executor.load_bytes(&bytes) {
+            let code = match executor.compile_bytes(&bytes) {
                 Ok(_) => 0,
                 Err(e) => {
                     let mut text = e.to_string();

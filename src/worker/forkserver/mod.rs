@@ -250,15 +250,10 @@ impl Server {
             Ok(b) => b,
             Err(why) => return self.fail(req.process, SpawnFailure::Passing, why),
         };
-        if self
-            .executor
-            .cache()
-            .contains(self.executor.engine(), &bytes)
-        {
-            return match self.load(&req.module, &bytes) {
-                Ok(job) => self.fork_call(req, &job),
-                Err((failure, why)) => self.fail(req.process, failure, why),
-            };
+        match self.load(&req.module, &bytes) {
+            Ok(Some(job)) => return self.fork_call(req, &job),
+            Ok(None) => {}
+            Err((failure, why)) => return self.fail(req.process, failure, why),
         }
         let digest = req.module.digest.clone();
         let close = [self.commands.as_raw_fd(), self.sigfd.as_raw_fd()];
@@ -274,13 +269,14 @@ impl Server {
         }
     }
 
-    /// Load a compiled component from the cache (a memory map: quick).
+    /// Load a compiled component from the cache, verified (quick next to a
+    /// compile); `None` when it must be compiled first.
     fn load(
         &mut self,
         module: &ModuleRef,
         bytes: &[u8],
-    ) -> Result<Rc<LoadedJob>, (SpawnFailure, String)> {
-        let job = self.executor.load_bytes(bytes).map_err(|e| {
+    ) -> Result<Option<Rc<LoadedJob>>, (SpawnFailure, String)> {
+        let job = self.executor.load_cached(bytes).map_err(|e| {
             let failure = if e.is_invalid_component() {
                 SpawnFailure::InvalidComponent
             } else {
@@ -288,10 +284,11 @@ impl Server {
             };
             (failure, e.to_string())
         })?;
+        let Some(job) = job else { return Ok(None) };
         tracing::info!(module = %module.label, digest = %job.digest, source = ?job.source, "module loaded");
         let job = Rc::new(job);
         self.modules.insert(module.digest.clone(), Rc::clone(&job));
-        Ok(job)
+        Ok(Some(job))
     }
 
     fn fork_call(&mut self, req: Spawn, job: &LoadedJob) {
@@ -411,7 +408,10 @@ impl Server {
                 .first()
                 .map(|r| r.module.clone())
                 .ok_or((SpawnFailure::Passing, String::new()))?;
-            self.load(&module, &bytes)
+            self.load(&module, &bytes)?.ok_or_else(|| {
+                let why = "the artifact its compile helper stored did not load";
+                (SpawnFailure::Passing, why.to_owned())
+            })
         });
         match job {
             Ok(job) => {
