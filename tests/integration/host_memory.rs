@@ -1,6 +1,6 @@
 //! Host memory a guest can make us allocate beyond its linear memory: tables
-//! (declared huge, grown, filled, or initialised from big element segments)
-//! and many memories. Each bomb is a generated WAT job, run in a real
+//! (declared huge, grown, filled, or initialised from big element segments),
+//! many memories and many instances. Each bomb is a generated WAT job, run in a real
 //! `wasm-jobs exec` process with `--max-memory 1MiB`: it must end typed
 //! `out_of_memory` (exit 21) with the process's peak resident memory below
 //! the limit plus 64 MiB (measured with `wait4`), and once through a worker.
@@ -88,6 +88,42 @@ fn many_memories() -> String {
     job_wat(&decls, "")
 }
 
+/// A job component (written at the component level, so it can hold more
+/// than one core instance) with `n` extra core instances of a module with
+/// no memory and no table: host bookkeeping that no byte budget sees, which
+/// only the instance cap bounds.
+fn many_instances(n: usize) -> Vec<u8> {
+    let bombs = "(core instance (instantiate $bomb))\n".repeat(n);
+    let wat = format!(
+        r#"(component
+  (type $message' (record (field "id" string) (field "body" string)
+    (field "attributes" (list (tuple string string))) (field "receive-count" u32)))
+  (export $message "message" (type $message'))
+  (type $retry-info' (record (field "reason" string) (field "delay-seconds" (option u32))))
+  (export $retry-info "retry-info" (type $retry-info'))
+  (type $failure' (variant (case "retry" $retry-info) (case "fatal" string)))
+  (export $failure "failure" (type $failure'))
+  (core module $m
+    (memory (export "memory") 1)
+    (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) (i32.const 1024))
+    (func (export "run") (param i32 i32 i32 i32 i32 i32 i32) (result i32)
+      (i32.store8 (i32.const 16) (i32.const 0)) (i32.const 16))
+    (func (export "on-exit") (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
+      (i32.store8 (i32.const 16) (i32.const 0)) (i32.const 16)))
+  (core module $bomb (global i64 (i64.const 0)) (func))
+  (core instance $i (instantiate $m))
+  {bombs}
+  (func $run (param "msg" $message) (result (result (error $failure)))
+    (canon lift (core func $i "run") (memory $i "memory") (realloc (func $i "cabi_realloc"))))
+  (func $on-exit (param "msg" $message) (param "signal" u32) (result (result (error string)))
+    (canon lift (core func $i "on-exit") (memory $i "memory") (realloc (func $i "cabi_realloc"))))
+  (export "run" (func $run))
+  (export "on-exit" (func $on-exit))
+)"#
+    );
+    wat::parse_str(wat).unwrap()
+}
+
 fn component(name: &str, wat: &str) -> PathBuf {
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.wasm"));
     let bytes = wasm_jobs::componentize::job_component_from_core(wat.as_bytes()).unwrap();
@@ -155,6 +191,27 @@ fn baseline_mib() -> f64 {
         assert_eq!(code, 0, "{json}");
         peak
     })
+}
+
+#[test]
+fn many_instances_are_stopped_by_the_instance_cap() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let (bomb, fits) = (
+        dir.join("instances-300.wasm"),
+        dir.join("instances-150.wasm"),
+    );
+    std::fs::write(&bomb, many_instances(300)).unwrap();
+    std::fs::write(&fits, many_instances(150)).unwrap();
+    let (code, peak_mib, json) = exec_peak(&bomb, "1MiB");
+    assert_eq!(code, 21, "typed out_of_memory: {json}");
+    assert!(json.contains("instance count too high"), "{json}");
+    assert!(
+        peak_mib < 1.0 + 64.0 + baseline_mib(),
+        "peak RSS {peak_mib:.0} MiB"
+    );
+    // Under the cap the same fixture is a job that runs.
+    let (code, _, json) = exec_peak(&fits, "1MiB");
+    assert_eq!(code, 0, "{json}");
 }
 
 #[test]
