@@ -17,7 +17,8 @@
 //!   short-lived helpers, forks one child per call, reaps them, and is the
 //!   only process that signals them.
 //! - The children (`forkserver::child`): one call each, in a fresh instance,
-//!   reporting the outcome on the event socket and exiting.
+//!   confined below wasmtime (`forkserver::confine`: limits, Landlock,
+//!   seccomp), reporting the outcome on a channel of their own and exiting.
 //!
 //! [`protocol`] is what they say to each other; it depends on neither side.
 
