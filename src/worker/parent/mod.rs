@@ -9,7 +9,8 @@
 //!   worker slot → spawned → ended → [`fate`] → applied ([`settle`]);
 //!   [`exit`] for the exit-signal sequence.
 //! - [`heartbeat`]: leases and batched visibility extensions, per queue.
-//! - [`stats`] and [`metrics`]: counters and the Prometheus endpoint.
+//! - [`stats`] and [`metrics`]: counters, and the endpoint that serves them
+//!   with the health checks.
 
 pub(crate) mod admit;
 mod exit;
@@ -130,10 +131,9 @@ async fn sources(
     let mut out = Vec::new();
     for b in queues {
         let q = b.queue;
-        let attrs = q
-            .attributes()
-            .await
-            .map_err(|e| format!("cannot use queue {}: {e}", q.name()))?;
+        let attrs = q.attributes().await;
+        stats.queue_call(q.name(), &attrs);
+        let attrs = attrs.map_err(|e| format!("cannot use queue {}: {e}", q.name()))?;
         let dead_letter_queue = q
             .dead_letter_queue()
             .await
