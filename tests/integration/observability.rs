@@ -8,6 +8,7 @@ use crate::queue_backends::Backend;
 use crate::worker_harness::{LogEvent, Worker, events_of, get, is, message};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::Command;
 use std::time::{Duration, Instant};
 use wasm_jobs::queue::{AttributeValue, OutgoingMessage, QueueConfig};
 
@@ -282,6 +283,16 @@ async fn json_logs_tag_every_job_line_and_guest_output() {
     );
 }
 
+/// `wasm-jobs worker` on `queue` (the modes fixture, 1 s long polls)
+/// serving its endpoint on a free port: the command and that address.
+fn serving_worker(b: &Backend, queue: &str, env: &[(&str, &str)]) -> (Command, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let module = modes_path().display().to_string();
+    let args = ["--queue", queue, "--module", &module, "--wait", "1"];
+    let cmd = Worker::command(b, &[&args[..], &["--metrics-addr", &addr]].concat(), env);
+    (cmd, addr)
+}
+
 /// CPU time (user + system) a process has used so far, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -334,19 +345,7 @@ async fn idle_connections_neither_block_metrics_nor_burn_cpu() {
     );
     let b = Backend::embedded();
     let (_q, queue) = b.create("idle", &QueueConfig::default()).await;
-    let addr = format!("127.0.0.1:{}", free_port());
-    let module = modes_path().display().to_string();
-    let args = [
-        "--queue",
-        &queue,
-        "--module",
-        &module,
-        "--wait",
-        "1",
-        "--metrics-addr",
-        &addr,
-    ];
-    let mut cmd = Worker::command(&b, &args, &[]);
+    let (mut cmd, addr) = serving_worker(&b, &queue, &[]);
     // SAFETY: runs between fork and exec; getrlimit and setrlimit are
     // async-signal-safe.
     unsafe {
@@ -456,19 +455,8 @@ async fn readyz_follows_the_queue_and_healthz_the_process() {
     let upstream = moto.trim_start_matches("http://").parse().unwrap();
     let mut proxy = Proxy::start(0, upstream).await;
     let endpoint = format!("http://127.0.0.1:{}", proxy.port);
-    let addr = format!("127.0.0.1:{}", free_port());
-    let module = modes_path().display().to_string();
-    let args = [
-        "--queue",
-        &queue,
-        "--module",
-        &module,
-        "--wait",
-        "1",
-        "--metrics-addr",
-        &addr,
-    ];
-    let w = Worker::with_env(&b, &args, &[("AWS_ENDPOINT_URL", &endpoint)]);
+    let (cmd, addr) = serving_worker(&b, &queue, &[("AWS_ENDPOINT_URL", &endpoint)]);
+    let w = Worker::spawn(cmd);
     let ok = "HTTP/1.1 200 OK";
     let unavailable = "HTTP/1.1 503 Service Unavailable";
     let long = Duration::from_secs(30);
