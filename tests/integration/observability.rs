@@ -463,6 +463,7 @@ async fn readyz_follows_the_queue_and_healthz_the_process() {
     let body = wait_for_status(&w, &addr, "/healthz", ok, long);
     assert_eq!(body.trim(), "ok");
     wait_for_status(&w, &addr, "/readyz", ok, long);
+    w.wait_for("worker started", &[], long);
 
     proxy.stop().await;
     let why = wait_for_status(&w, &addr, "/readyz", unavailable, long);

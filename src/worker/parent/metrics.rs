@@ -259,10 +259,18 @@ mod tests {
 
     /// A server on a free port with these limits, answering `/readyz` with `ready`.
     async fn server(limits: Limits, ready: Result<(), String>) -> SocketAddr {
+        serve_stats(Arc::default(), limits, ready).await
+    }
+
+    async fn serve_stats(
+        stats: Arc<WorkerStats>,
+        limits: Limits,
+        ready: Result<(), String>,
+    ) -> SocketAddr {
         let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let endpoints = Endpoints {
-            stats: Arc::default(),
+            stats,
             ready: Arc::new(move || ready.clone()),
         };
         tokio::spawn(serve(listener, endpoints, limits, std::future::pending()));
@@ -299,6 +307,20 @@ mod tests {
         assert_eq!(ask(addr, post).await.0, "HTTP/1.1 405 Method Not Allowed");
         let ready = server(Limits::default(), Ok(())).await;
         assert_eq!(ask(ready, &get("/readyz")).await.0, "HTTP/1.1 200 OK");
+    }
+
+    #[tokio::test]
+    async fn metrics_larger_than_the_connection_buffer_are_sent_whole() {
+        let stats = Arc::new(WorkerStats::default());
+        let _jobs: Vec<_> = (0..1000)
+            .map(|i| stats.job_started(&format!("module-{i}"), "acme"))
+            .collect();
+        let expected = stats.render();
+        assert!(expected.len() > 4 * MAX_BUFFER);
+        let addr = serve_stats(Arc::clone(&stats), Limits::default(), Ok(())).await;
+        let (status, body) = ask(addr, &get("/metrics")).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(body, expected);
     }
 
     #[tokio::test]

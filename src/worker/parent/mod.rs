@@ -131,9 +131,10 @@ async fn sources(
     let mut out = Vec::new();
     for b in queues {
         let q = b.queue;
-        let attrs = q.attributes().await;
-        stats.queue_call(q.name(), &attrs);
-        let attrs = attrs.map_err(|e| format!("cannot use queue {}: {e}", q.name()))?;
+        let attrs = q
+            .attributes()
+            .await
+            .map_err(|e| format!("cannot use queue {}: {e}", q.name()))?;
         let dead_letter_queue = q
             .dead_letter_queue()
             .await
@@ -167,6 +168,10 @@ async fn sources(
             long_poll,
             heartbeats,
         }));
+    }
+    // Every queue answered its start-up calls: each counts as reached.
+    for s in &out {
+        stats.queue_call::<()>(s.queue.name(), &Ok(()));
     }
     Ok(out)
 }

@@ -267,8 +267,8 @@ impl WorkerStats {
         self.exit_to_settled.observe(d.as_secs_f64());
     }
 
-    /// Note how a call to `queue` went, for readiness: its attributes read
-    /// at start, each receive and each heartbeat call (one of these runs
+    /// Note how a call to `queue` went, for readiness: its attributes and
+    /// dead-letter queue read at start, each receive and each heartbeat call (one of these runs
     /// whether the worker is idle or busy). A stale receipt is an answer
     /// from the queue, not a failure to reach it.
     pub(crate) fn queue_call<T>(&self, queue: &str, result: &Result<T, QueueError>) {
