@@ -67,7 +67,8 @@ pub(super) struct WorkerArgs {
     /// Exit 0 once the queue is empty and every job has ended.
     #[arg(long)]
     pub(super) drain: bool,
-    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464),
+    /// and health checks at /healthz and /readyz.
     #[arg(long, value_name = "ADDR")]
     pub(super) metrics_addr: Option<std::net::SocketAddr>,
     /// A compile helper is killed after this long (seconds); the message
@@ -216,10 +217,20 @@ where
             .await
             .map_err(|e| anyhow::anyhow!("cannot start the fork server: {e}"))?;
         let signals = exit_signals()?;
+        // Dropped when this block ends: the endpoint stops with the worker.
+        let (_stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
         if let Some(addr) = args.metrics_addr {
-            crate::worker::parent::metrics::serve(addr, Arc::clone(&stats))
-                .await
+            use crate::worker::parent::metrics::{self, Endpoints, Limits};
+            let listener = metrics::bind(addr)
                 .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+            let endpoints = Endpoints {
+                stats: Arc::clone(&stats),
+                ready: metrics::worker_readiness(Arc::clone(&forks), Arc::clone(&stats)),
+            };
+            tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+            tokio::spawn(metrics::serve(listener, endpoints, Limits::default(), async {
+                let _ = metrics_stopped.await;
+            }));
         }
         before_run().await?;
         let mut queues = Vec::new();

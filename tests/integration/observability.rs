@@ -1,21 +1,118 @@
-//! Metrics and structured logs of a running worker: a real HTTP GET against
-//! `--metrics-addr`, and `--log-format json` lines checked field by field.
+//! Metrics and structured logs of a running worker: real HTTP requests
+//! against `--metrics-addr` (the metrics, the health endpoints, and the
+//! endpoint under 500 idle connections), and `--log-format json` lines
+//! checked field by field.
 
 use crate::common::{example_guest, modes_path};
 use crate::queue_backends::Backend;
 use crate::worker_harness::{LogEvent, Worker, events_of, get, is, message};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::Command;
 use std::time::{Duration, Instant};
 use wasm_jobs::queue::{AttributeValue, OutgoingMessage, QueueConfig};
 
+/// A TCP proxy on 127.0.0.1 to `upstream` that can be stopped (its port
+/// then refuses connections and those it carried are cut) and started again
+/// on the same port.
+struct Proxy {
+    port: u16,
+    upstream: std::net::SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    async fn start(port: u16, upstream: std::net::SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut carried = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                carried.spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            upstream,
+            task: Some(task),
+        }
+    }
+
+    /// Close the port and cut every connection (dropping the task drops
+    /// the listener and the connections' tasks).
+    async fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    async fn restart(&mut self) {
+        *self = Proxy::start(self.port, self.upstream).await;
+    }
+}
+
+/// Send `request` and read the whole answer (the server closes after it),
+/// all within `timeout`: (status line, body).
+fn try_request(addr: &str, request: &str, timeout: Duration) -> std::io::Result<(String, String)> {
+    let deadline = Instant::now() + timeout;
+    let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), timeout)?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(request.as_bytes())?;
+    let mut response = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        s.set_read_timeout(Some(left))?;
+        match s.read(&mut buf)? {
+            0 => break,
+            n => response.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
+    Ok((
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    ))
+}
+
+fn try_get(addr: &str, path: &str, timeout: Duration) -> std::io::Result<(String, String)> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    try_request(addr, &request, timeout)
+}
+
 fn http_get(addr: &str, path: &str) -> (String, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_owned(), body.to_owned())
+    try_get(addr, path, Duration::from_secs(10)).unwrap()
+}
+
+/// GET `path` until it answers with `status` (the worker is still starting,
+/// or its state is changing); returns the body.
+fn wait_for_status(w: &Worker, addr: &str, path: &str, status: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = try_get(addr, path, Duration::from_secs(5));
+        match &last {
+            Ok((s, body)) if s == status => return body.clone(),
+            _ => assert!(
+                Instant::now() < deadline,
+                "GET {path} never answered {status}; last: {last:?}\n{}",
+                w.log()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn free_port() -> u16 {
@@ -184,4 +281,207 @@ async fn json_logs_tag_every_job_line_and_guest_output() {
         !lines.iter().any(|l| message(l) == "message refused"),
         "{log}"
     );
+}
+
+/// `wasm-jobs worker` on `queue` (the modes fixture, 1 s long polls)
+/// serving its endpoint on a free port: the command and that address.
+fn serving_worker(b: &Backend, queue: &str, env: &[(&str, &str)]) -> (Command, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let module = modes_path().display().to_string();
+    let args = ["--queue", queue, "--module", &module, "--wait", "1"];
+    let cmd = Worker::command(b, &[&args[..], &["--metrics-addr", &addr]].concat(), env);
+    (cmd, addr)
+}
+
+/// CPU time (user + system) a process has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a constant.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// This process's descriptor limit up to its hard limit (500 sockets must
+/// fit beside what the other tests hold).
+fn raise_own_nofile_limit() -> u64 {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: reading and setting this process's own limit.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut l), 0);
+        l.rlim_cur = l.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &l), 0);
+    }
+    l.rlim_cur
+}
+
+/// The worker's soft descriptor limit: low enough that 500 connections
+/// would exhaust it (accept fails with EMFILE) if the server held them all.
+const WORKER_NOFILE: libc::rlim_t = 128;
+const IDLE_CONNECTIONS: usize = 500;
+
+/// 500 idle connections (one of them sending half a request head) to a
+/// worker allowed 128 descriptors: they can all be opened, /metrics still
+/// answers within 1 s, the parent stays under 10% of a core from the first
+/// connection to the end of 2 s of requests, and every idle connection is
+/// closed by the server (the over-cap ones at once, the rest at the head
+/// timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_neither_block_metrics_nor_burn_cpu() {
+    let own_limit = raise_own_nofile_limit();
+    assert!(
+        own_limit >= 2 * IDLE_CONNECTIONS as u64,
+        "this test needs a hard descriptor limit of at least {} (have {own_limit})",
+        2 * IDLE_CONNECTIONS
+    );
+    let b = Backend::embedded();
+    let (_q, queue) = b.create("idle", &QueueConfig::default()).await;
+    let (mut cmd, addr) = serving_worker(&b, &queue, &[]);
+    // SAFETY: runs between fork and exec; getrlimit and setrlimit are
+    // async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            let mut l = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            l.rlim_cur = WORKER_NOFILE.min(l.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let w = Worker::spawn(cmd);
+    wait_for_status(
+        &w,
+        &addr,
+        "/metrics",
+        "HTTP/1.1 200 OK",
+        Duration::from_secs(30),
+    );
+    let pid = w.child.id();
+
+    // A server that stopped accepting leaves connections in the listen
+    // backlog, then the kernel drops new ones: connecting times out (and
+    // the test stops opening more, to measure the rest).
+    let socket: std::net::SocketAddr = addr.parse().unwrap();
+    let cpu_before = cpu_seconds(pid);
+    let started = Instant::now();
+    let mut idle = Vec::new();
+    let mut refused = None;
+    while idle.len() < IDLE_CONNECTIONS && refused.is_none() {
+        match TcpStream::connect_timeout(&socket, Duration::from_secs(5)) {
+            Ok(c) => idle.push(c),
+            Err(e) => refused = Some(e),
+        }
+    }
+    idle[0]
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut answers = Vec::new();
+    let asking = Instant::now();
+    while asking.elapsed() < Duration::from_secs(2) {
+        let asked = Instant::now();
+        let answer = try_get(&addr, "/metrics", Duration::from_secs(1));
+        answers.push((asked.elapsed(), answer.map(|(status, _)| status)));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cpu = (cpu_seconds(pid) - cpu_before) / started.elapsed().as_secs_f64();
+    let slowest = answers.iter().map(|(t, _)| *t).max().unwrap();
+    eprintln!(
+        "with {} idle connections: {} GET /metrics, slowest {slowest:?}; worker parent CPU {:.1}% of a core",
+        idle.len(),
+        answers.len(),
+        cpu * 100.0
+    );
+    if let Some(e) = refused {
+        panic!("only {} connections could be opened: {e}", idle.len());
+    }
+    for (took, answer) in &answers {
+        match answer {
+            Ok(status) => assert_eq!(status, "HTTP/1.1 200 OK"),
+            Err(e) => panic!("GET /metrics failed after {took:?}: {e}\n{}", w.log()),
+        }
+    }
+    assert!(slowest < Duration::from_secs(1), "{answers:?}");
+    assert!(
+        cpu < 0.10,
+        "the worker parent used {:.1}% of a core",
+        cpu * 100.0
+    );
+
+    // Every idle connection is closed by the server: read sees the end.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for (i, c) in idle.iter_mut().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        c.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("idle connection {i} still open after 15 s: {e}"),
+            }
+        }
+    }
+    w.signal(libc::SIGTERM);
+    w.wait(Duration::from_secs(20));
+}
+
+/// `/healthz` answers while the process runs; `/readyz` is 200 once the
+/// worker reached its queue, 503 with the reason while the SQS endpoint
+/// refuses connections (a proxy to moto, stopped), 200 again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_queue_and_healthz_the_process() {
+    let b = Backend::moto();
+    let (_q, queue) = b.create("ready", &QueueConfig::default()).await;
+    let moto = crate::queue_backends::moto_endpoint();
+    let upstream = moto.trim_start_matches("http://").parse().unwrap();
+    let mut proxy = Proxy::start(0, upstream).await;
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let (cmd, addr) = serving_worker(&b, &queue, &[("AWS_ENDPOINT_URL", &endpoint)]);
+    let w = Worker::spawn(cmd);
+    let ok = "HTTP/1.1 200 OK";
+    let unavailable = "HTTP/1.1 503 Service Unavailable";
+    let long = Duration::from_secs(30);
+    let body = wait_for_status(&w, &addr, "/healthz", ok, long);
+    assert_eq!(body.trim(), "ok");
+    wait_for_status(&w, &addr, "/readyz", ok, long);
+    w.wait_for("worker started", &[], long);
+
+    proxy.stop().await;
+    let why = wait_for_status(&w, &addr, "/readyz", unavailable, long);
+    assert!(
+        why.starts_with("not ready: the last call to queue"),
+        "{why}"
+    );
+    assert_eq!(http_get(&addr, "/healthz").0, ok);
+
+    proxy.restart().await;
+    wait_for_status(&w, &addr, "/readyz", ok, long);
+
+    assert_eq!(http_get(&addr, "/nope").0, "HTTP/1.1 404 Not Found");
+    let post = format!(
+        "POST /readyz HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let (status, _) = try_request(&addr, &post, Duration::from_secs(10)).unwrap();
+    assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+    w.signal(libc::SIGTERM);
+    w.wait(Duration::from_secs(20));
 }

@@ -6,7 +6,7 @@
 use crate::queue_backends::Backend;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use wasm_jobs::queue::{Queue, QueueConfig, ReceiveRequest, ReceivedMessage};
@@ -72,6 +72,12 @@ impl Worker {
 
     /// The same, with these extra environment variables.
     pub(crate) fn with_env(b: &Backend, args: &[&str], env: &[(&str, &str)]) -> Worker {
+        Worker::spawn(Worker::command(b, args, env))
+    }
+
+    /// The command [`Worker::with_env`] runs, for a test to adjust (its
+    /// limits, say) before [`Worker::spawn`].
+    pub(crate) fn command(b: &Backend, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = b.cli();
         cmd.envs(env.iter().copied());
         cmd.arg("worker")
@@ -81,6 +87,11 @@ impl Worker {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Start a command from [`Worker::command`].
+    pub(crate) fn spawn(mut cmd: Command) -> Worker {
         let mut child = cmd.spawn().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&lines);

@@ -13,7 +13,6 @@ use super::settle::{Delivery, JobContext, JobResult, dead_letter, report_queue_e
 use crate::outcome::Outcome;
 use crate::worker::protocol::CallKind;
 use nix::sys::signal::Signal;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Run `on-exit(msg, signal)` in a fresh process, bounded by the exit timeout.
@@ -100,7 +99,7 @@ pub(super) async fn handle(
             let visibility = fate::requeue_visibility(d.source.long_poll);
             let r = queue.change_visibility(receipt, visibility).await;
             if r.is_ok() {
-                ctx.stats.requeued.fetch_add(1, Ordering::Relaxed);
+                ctx.stats.requeued.inc();
                 tracing::info!(message_id = %id, visibility_s = visibility.as_secs(), "message returned to the queue");
             }
             report_queue_error(ctx, id, r);

@@ -209,9 +209,7 @@ impl ForkServers {
                 match launch(&self.launcher).await {
                     Ok((c, ch)) => {
                         (conn, child, started) = (c, ch, Instant::now());
-                        self.stats
-                            .fork_server_restarts
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.stats.fork_server_restarts.inc();
                         tracing::info!(pid = conn.pid.as_raw(), "fork server restarted");
                         self.current.send_replace(Some(Arc::clone(&conn)));
                         break;

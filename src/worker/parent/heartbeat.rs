@@ -117,9 +117,11 @@ async fn tick(inner: Arc<Inner>, queue: Arc<dyn Queue>, interval: Duration, visi
                 .collect()
         };
         for chunk in due.chunks(limits::MAX_BATCH) {
-            inner.stats.heartbeat_calls.fetch_add(1, Ordering::Relaxed);
+            inner.stats.heartbeat_calls.inc();
             let results: Vec<Result<(), QueueError>> = if chunk.len() == 1 {
-                vec![queue.change_visibility(&chunk[0].1, visibility).await]
+                let r = queue.change_visibility(&chunk[0].1, visibility).await;
+                inner.stats.queue_call(queue.name(), &r);
+                vec![r]
             } else {
                 let changes: Vec<VisibilityChange> = chunk
                     .iter()
@@ -128,7 +130,9 @@ async fn tick(inner: Arc<Inner>, queue: Arc<dyn Queue>, interval: Duration, visi
                         timeout: visibility,
                     })
                     .collect();
-                match queue.change_visibility_batch(&changes).await {
+                let r = queue.change_visibility_batch(&changes).await;
+                inner.stats.queue_call(queue.name(), &r);
+                match r {
                     Ok(rs) => {
                         let mut out: Vec<Result<(), QueueError>> = vec![Ok(()); chunk.len()];
                         for r in rs {
@@ -151,22 +155,16 @@ async fn tick(inner: Arc<Inner>, queue: Arc<dyn Queue>, interval: Duration, visi
                 }
                 match result {
                     Ok(()) => {
-                        inner.stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
+                        inner.stats.heartbeats_sent.inc();
                         tracing::debug!(%message_id, visibility_s = visibility.as_secs(), "heartbeat");
                     }
                     Err(QueueError::StaleReceipt | QueueError::NotInFlight) => {
-                        inner
-                            .stats
-                            .heartbeats_failed
-                            .fetch_add(1, Ordering::Relaxed);
-                        inner.stats.stale_receipts.fetch_add(1, Ordering::Relaxed);
+                        inner.stats.heartbeats_failed.inc();
+                        inner.stats.stale_receipts.inc();
                         tracing::warn!(%message_id, "heartbeat: receipt handle is stale; the message may be delivered elsewhere");
                     }
                     Err(e) => {
-                        inner
-                            .stats
-                            .heartbeats_failed
-                            .fetch_add(1, Ordering::Relaxed);
+                        inner.stats.heartbeats_failed.inc();
                         tracing::warn!(%message_id, error = %e, "heartbeat failed");
                     }
                 }

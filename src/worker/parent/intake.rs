@@ -14,7 +14,6 @@ use super::slots::{Slots, Ticket};
 use super::stats::WorkerStats;
 use crate::queue::{Queue, ReceiveRequest, ReceivedMessage};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
@@ -56,7 +55,9 @@ pub(super) async fn receive_loop(
             max_messages: reserved.count(),
             ..request
         };
-        let batch = match source.queue.receive(req).await {
+        let answer = source.queue.receive(req).await;
+        stats.queue_call(source.queue.name(), &answer);
+        let batch = match answer {
             Ok(b) => {
                 transient_failures = 0;
                 b
@@ -80,9 +81,7 @@ pub(super) async fn receive_loop(
             release(source.queue.as_ref(), &batch, &stats).await;
             return;
         }
-        stats
-            .received
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats.received.inc_by(batch.len() as u64);
         if batch.is_empty() {
             drop(reserved);
             if out.send(Intake::Empty(index)).await.is_err() {
@@ -128,7 +127,7 @@ pub(super) async fn release(queue: &dyn Queue, batch: &[ReceivedMessage], stats:
             .await
         {
             Ok(()) => {
-                stats.released.fetch_add(1, Ordering::Relaxed);
+                stats.released.inc();
                 tracing::info!(message_id = %m.message_id, "released a message received after the exit signal");
             }
             Err(e) => {

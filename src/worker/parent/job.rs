@@ -16,7 +16,6 @@ use super::slots::Ticket;
 use crate::worker::protocol::CallKind;
 use nix::sys::signal::Signal;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::Instrument;
 
@@ -81,7 +80,7 @@ pub(crate) async fn handle(ctx: Arc<JobContext>, d: Delivery, mut ticket: Ticket
                 drop(lease);
                 let visibility = fate::requeue_visibility(d.source.long_poll);
                 report_queue_error(&ctx, &d.msg.message_id, d.source.queue.change_visibility(&d.msg.receipt_handle, visibility).await);
-                ctx.stats.released.fetch_add(1, Ordering::Relaxed);
+                ctx.stats.released.inc();
                 return JobResult::default();
             }
         };
@@ -101,7 +100,7 @@ async fn over_cap(ctx: &JobContext, d: &Delivery) -> JobResult {
         delay_ms = delay.as_millis() as u64,
         "tenant at its concurrency cap; returning the message for later"
     );
-    ctx.stats.over_cap.fetch_add(1, Ordering::Relaxed);
+    ctx.stats.over_cap.inc();
     let r = d
         .source
         .queue
@@ -141,9 +140,8 @@ async fn run(
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        ctx.stats.queue_to_start.observe(Duration::from_millis(
-            now.saturating_sub(d.msg.sent_timestamp_ms),
-        ));
+        let waited = Duration::from_millis(now.saturating_sub(d.msg.sent_timestamp_ms));
+        ctx.stats.queue_to_start.observe(waited.as_secs_f64());
     }
     let mut spawned: Spawned = spawned;
     let mut exit_signal = ctx.exit_signal.clone();
@@ -152,7 +150,7 @@ async fn run(
     let end = tokio::select! {
         ended = &mut spawned.end => {
             drop(lease);
-            ctx.stats.job_duration.observe(started.elapsed());
+            ctx.stats.job_duration.observe(started.elapsed().as_secs_f64());
             match ended {
                 Ok(ProcessEnd { status, outcome }) => WorkerEnd::from_process(status, outcome),
                 Err(_) => WorkerEnd::Lost,

@@ -1,224 +1,234 @@
-//! The worker's metrics: [`render`] writes [`WorkerStats`] in the Prometheus
-//! text exposition format; [`serve`] answers `GET /metrics` on a TCP address
-//! (a minimal HTTP/1.1 responder on the worker's tokio runtime; anything
-//! else gets 404). Started by `wasm-jobs worker --metrics-addr`.
+//! The worker's HTTP endpoint, in the worker parent process on its tokio
+//! runtime (started by `wasm-jobs worker --metrics-addr`): `GET /metrics`
+//! ([`WorkerStats::render`]), `GET /healthz` (200 while the process runs) and
+//! `GET /readyz` (200 while a fork server is up and every queue's last call
+//! succeeded, else 503 and why). Any other path is 404; another method on
+//! these paths is 405.
+//!
+//! hyper's HTTP/1 server, kept safe from clients that hold connections: a
+//! request head must arrive within [`Limits::header_read_timeout`] (idle and
+//! slowloris connections are dropped); at most [`Limits::max_connections`]
+//! are open, and one more closes the oldest, so holders of idle connections
+//! cannot lock out a scrape; an accept that fails for want of descriptors or
+//! memory pauses the loop, longer each time in a row, logged once per burst.
 
-use super::stats::{Histogram, WorkerStats};
-use std::fmt::Write;
+use super::forks::ForkServers;
+use super::stats::WorkerStats;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::prometheus_text;
+use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::AbortHandle;
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Connections waiting to be accepted (a burst beyond this is dropped by
+/// the kernel and retried by the clients).
+const BACKLOG: u32 = 1024;
+/// Bytes a connection may buffer (the request head included).
+const MAX_BUFFER: usize = 16 * 1024;
+/// The longest pause after accept failures in a row.
+const MAX_ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+
+/// How much a client may hold.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Connections open at once; one more closes the oldest.
+    pub(crate) max_connections: usize,
+    /// Time a request head (the first or the next one) may take to arrive.
+    pub(crate) header_read_timeout: Duration,
 }
 
-fn counter(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
-    let _ = writeln!(out, "# HELP wasm_jobs_{name} {help}");
-    let _ = writeln!(out, "# TYPE wasm_jobs_{name} counter");
-    let _ = writeln!(out, "wasm_jobs_{name} {}", value.load(Ordering::Relaxed));
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 64,
+            header_read_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
-fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
-    let (buckets, sum, count) = h.snapshot();
-    let _ = writeln!(out, "# HELP wasm_jobs_{name} {help}");
-    let _ = writeln!(out, "# TYPE wasm_jobs_{name} histogram");
-    for (bound, n) in buckets {
-        let _ = writeln!(out, "wasm_jobs_{name}_bucket{{le=\"{bound}\"}} {n}");
-    }
-    let _ = writeln!(out, "wasm_jobs_{name}_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(out, "wasm_jobs_{name}_sum {sum}");
-    let _ = writeln!(out, "wasm_jobs_{name}_count {count}");
+/// What `/readyz` asks: `Err(why)` while the worker cannot take work.
+pub(crate) type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// What the endpoint serves.
+#[derive(Clone)]
+pub(crate) struct Endpoints {
+    pub(crate) stats: Arc<WorkerStats>,
+    pub(crate) ready: Readiness,
 }
 
-/// The metrics in Prometheus text format.
-pub(crate) fn render(s: &WorkerStats) -> String {
-    let mut out = String::new();
-    counter(
-        &mut out,
-        "messages_received_total",
-        "Messages received from the queue.",
-        &s.received,
-    );
-    counter(
-        &mut out,
-        "jobs_succeeded_total",
-        "Jobs whose run returned ok (message deleted).",
-        &s.succeeded,
-    );
-    let _ = writeln!(
-        out,
-        "# HELP wasm_jobs_jobs_failed_total Jobs that did not succeed, by reason (retry, fatal, trap, timeout, crash, signal, unloadable, refused, not_started) and trap kind."
-    );
-    let _ = writeln!(out, "# TYPE wasm_jobs_jobs_failed_total counter");
-    for ((reason, kind), n) in s.failures() {
-        let _ = writeln!(
-            out,
-            "wasm_jobs_jobs_failed_total{{reason=\"{reason}\",kind=\"{}\"}} {n}",
-            escape(&kind)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP wasm_jobs_messages_refused_total Messages refused at admission and dead-lettered, by reason (tenant_mismatch, bad_signature, policy, module)."
-    );
-    let _ = writeln!(out, "# TYPE wasm_jobs_messages_refused_total counter");
-    for (reason, n) in s.refusals() {
-        let _ = writeln!(
-            out,
-            "wasm_jobs_messages_refused_total{{reason=\"{reason}\"}} {n}"
-        );
-    }
-    counter(
-        &mut out,
-        "over_cap_returned_total",
-        "Shared-queue messages made visible again because their tenant was at its cap.",
-        &s.over_cap,
-    );
-    counter(
-        &mut out,
-        "fork_server_restarts_total",
-        "Fork servers started to replace one that died.",
-        &s.fork_server_restarts,
-    );
-    counter(
-        &mut out,
-        "dead_lettered_total",
-        "Messages copied to the dead-letter queue by the worker.",
-        &s.dead_lettered,
-    );
-    counter(
-        &mut out,
-        "requeued_on_signal_total",
-        "Messages returned to the queue by exit handling.",
-        &s.requeued,
-    );
-    counter(
-        &mut out,
-        "released_on_signal_total",
-        "Messages received after an exit signal and released at once.",
-        &s.released,
-    );
-    counter(
-        &mut out,
-        "heartbeat_calls_total",
-        "Visibility-extension calls (a batch counts once).",
-        &s.heartbeat_calls,
-    );
-    counter(
-        &mut out,
-        "heartbeats_sent_total",
-        "Message visibilities extended.",
-        &s.heartbeats_sent,
-    );
-    counter(
-        &mut out,
-        "heartbeats_failed_total",
-        "Visibility extensions that failed.",
-        &s.heartbeats_failed,
-    );
-    counter(
-        &mut out,
-        "queue_errors_total",
-        "Queue calls that failed.",
-        &s.queue_errors,
-    );
-    counter(
-        &mut out,
-        "stale_receipts_total",
-        "Queue calls refused for a stale receipt handle.",
-        &s.stale_receipts,
-    );
-    histogram(
-        &mut out,
-        "job_duration_seconds",
-        "Worker child run time, fork to exit.",
-        &s.job_duration,
-    );
-    histogram(
-        &mut out,
-        "queue_to_start_seconds",
-        "From the message's SentTimestamp to its worker child's start.",
-        &s.queue_to_start,
-    );
-    let _ = writeln!(
-        out,
-        "# HELP wasm_jobs_jobs_in_flight Worker children running now, by module and tenant."
-    );
-    let _ = writeln!(out, "# TYPE wasm_jobs_jobs_in_flight gauge");
-    for ((module, tenant), n) in s.in_flight() {
-        let _ = writeln!(
-            out,
-            "wasm_jobs_jobs_in_flight{{module=\"{}\",tenant=\"{}\"}} {n}",
-            escape(&module),
-            escape(&tenant)
-        );
-    }
-    out
+/// The worker's readiness: a fork server is up (not dead or being
+/// replaced) and every queue's last call succeeded.
+pub(crate) fn worker_readiness(forks: Arc<ForkServers>, stats: Arc<WorkerStats>) -> Readiness {
+    Arc::new(move || {
+        if forks.pid().is_none() {
+            return Err("no fork server is up".into());
+        }
+        stats.queues_reached()
+    })
 }
 
-/// Bind `addr` and serve `GET /metrics` until the runtime stops. Returns the
-/// bound address (useful with port 0).
+/// A listener on `addr` with a deeper backlog than the default.
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Serve `listener` until `shutdown` resolves; then every open connection
+/// is closed.
 pub(crate) async fn serve(
-    addr: SocketAddr,
-    stats: Arc<WorkerStats>,
-) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                continue;
-            };
-            let stats = Arc::clone(&stats);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut len = 0;
-                // Read the request head (we need only its first line).
-                while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
-                    match conn.read(&mut buf[len..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => len += n,
+    listener: TcpListener,
+    endpoints: Endpoints,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut open: VecDeque<AbortHandle> = VecDeque::new();
+    let mut failures = AcceptFailures::default();
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                failures.in_a_row = 0;
+                stream
+            }
+            Err(e) => {
+                if let Some(pause) = failures.pause_after(&e) {
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(pause) => {}
                     }
                 }
-                let head = String::from_utf8_lossy(&buf[..len]);
-                let first = head.lines().next().unwrap_or("");
-                let (status, body) =
-                    if first.starts_with("GET /metrics ") || first == "GET /metrics" {
-                        ("200 OK", render(&stats))
-                    } else {
-                        ("404 Not Found", "only GET /metrics is served\n".to_owned())
-                    };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(response.as_bytes()).await;
-                let _ = conn.shutdown().await;
-            });
+                continue;
+            }
+        };
+        open.retain(|c| !c.is_finished());
+        if open.len() >= limits.max_connections
+            && let Some(oldest) = open.pop_front()
+        {
+            oldest.abort();
         }
+        let task = tokio::spawn(connection(stream, endpoints.clone(), limits));
+        open.push_back(task.abort_handle());
+    }
+    for c in open {
+        c.abort();
+    }
+}
+
+/// Accept failures in a row.
+#[derive(Default)]
+struct AcceptFailures {
+    in_a_row: u32,
+}
+
+impl AcceptFailures {
+    /// How long to pause after this failure: not at all when only this
+    /// connection is lost (its client gave up); else 10 ms, doubling up to
+    /// [`MAX_ACCEPT_PAUSE`] (out of descriptors or memory: the queued
+    /// connections stay queued, and retrying at once would spin).
+    fn pause_after(&mut self, e: &std::io::Error) -> Option<Duration> {
+        use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
+        if matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted) {
+            return None;
+        }
+        if self.in_a_row == 0 {
+            tracing::warn!(error = %e, "the metrics endpoint cannot accept connections; pausing between tries");
+        }
+        let pause = Duration::from_millis(10 << self.in_a_row.min(7)).min(MAX_ACCEPT_PAUSE);
+        self.in_a_row += 1;
+        Some(pause)
+    }
+}
+
+async fn connection(stream: TcpStream, endpoints: Endpoints, limits: Limits) {
+    let service = service_fn(move |request| {
+        let response = answer(&endpoints, &request);
+        async move { Ok::<_, Infallible>(response) }
     });
-    tracing::info!(addr = %bound, "serving metrics at /metrics");
-    Ok(bound)
+    let result = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_BUFFER)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "metrics connection ended");
+    }
+}
+
+fn answer<B>(endpoints: &Endpoints, request: &Request<B>) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
+    let known = matches!(path, "/metrics" | "/healthz" | "/readyz");
+    let (status, body) = if !known {
+        (
+            StatusCode::NOT_FOUND,
+            "not found: GET /metrics, /healthz or /readyz\n".to_owned(),
+        )
+    } else if request.method() != Method::GET {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET is served\n".into(),
+        )
+    } else {
+        match path {
+            "/metrics" => (StatusCode::OK, endpoints.stats.render()),
+            "/readyz" => match (endpoints.ready)() {
+                Ok(()) => (StatusCode::OK, "ready\n".into()),
+                Err(why) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {why}\n"),
+                ),
+            },
+            _ => (StatusCode::OK, "ok\n".into()),
+        }
+    };
+    let content_type = if path == "/metrics" && status == StatusCode::OK {
+        prometheus_text::CONTENT_TYPE
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        headers.insert(ALLOW, HeaderValue::from_static("GET"));
+    }
+    response
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn render_has_every_family_with_labels() {
         let s = Arc::new(WorkerStats::default());
-        s.received.fetch_add(3, Ordering::Relaxed);
+        s.received.inc_by(3);
         s.job_failed("trap", "out_of_memory");
-        s.job_duration.observe(Duration::from_millis(2));
+        s.job_duration
+            .observe(Duration::from_millis(2).as_secs_f64());
         let _guard = s.job_started("wc \"v2\"", "acme");
-        let text = render(&s);
+        let text = s.render();
         assert!(
             text.contains("wasm_jobs_messages_received_total 3\n"),
             "{text}"
@@ -245,5 +255,107 @@ mod tests {
                 "{family}"
             );
         }
+    }
+
+    /// A server on a free port with these limits, answering `/readyz` with `ready`.
+    async fn server(limits: Limits, ready: Result<(), String>) -> SocketAddr {
+        serve_stats(Arc::default(), limits, ready).await
+    }
+
+    async fn serve_stats(
+        stats: Arc<WorkerStats>,
+        limits: Limits,
+        ready: Result<(), String>,
+    ) -> SocketAddr {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let endpoints = Endpoints {
+            stats,
+            ready: Arc::new(move || ready.clone()),
+        };
+        tokio::spawn(serve(listener, endpoints, limits, std::future::pending()));
+        addr
+    }
+
+    /// Send `request` on a new connection; the status line and body.
+    async fn ask(addr: SocketAddr, request: &str) -> (String, String) {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        c.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        (head.lines().next().unwrap().to_owned(), body.to_owned())
+    }
+
+    fn get(path: &str) -> String {
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    }
+
+    #[tokio::test]
+    async fn routes_methods_and_readiness() {
+        let addr = server(Limits::default(), Err("the queue is down".into())).await;
+        let (status, body) = ask(addr, &get("/metrics")).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(body.contains("# TYPE wasm_jobs_messages_received_total counter\n"));
+        assert_eq!(ask(addr, &get("/healthz")).await.1, "ok\n");
+        let (status, body) = ask(addr, &get("/readyz")).await;
+        assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+        assert_eq!(body, "not ready: the queue is down\n");
+        assert_eq!(ask(addr, &get("/nope")).await.0, "HTTP/1.1 404 Not Found");
+        let post =
+            "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        assert_eq!(ask(addr, post).await.0, "HTTP/1.1 405 Method Not Allowed");
+        let ready = server(Limits::default(), Ok(())).await;
+        assert_eq!(ask(ready, &get("/readyz")).await.0, "HTTP/1.1 200 OK");
+    }
+
+    #[tokio::test]
+    async fn metrics_larger_than_the_connection_buffer_are_sent_whole() {
+        let stats = Arc::new(WorkerStats::default());
+        let _jobs: Vec<_> = (0..1000)
+            .map(|i| stats.job_started(&format!("module-{i}"), "acme"))
+            .collect();
+        let expected = stats.render();
+        assert!(expected.len() > 4 * MAX_BUFFER);
+        let addr = serve_stats(Arc::clone(&stats), Limits::default(), Ok(())).await;
+        let (status, body) = ask(addr, &get("/metrics")).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(body, expected);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_time_out_and_the_oldest_make_room() {
+        let limits = Limits {
+            max_connections: 2,
+            header_read_timeout: Duration::from_millis(300),
+        };
+        let addr = server(limits, Ok(())).await;
+        let mut idle = Vec::new();
+        for _ in 0..2 {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // Both slots are held by idle connections: a request still gets in,
+        // and the oldest idle connection is closed for it.
+        assert_eq!(ask(addr, &get("/healthz")).await.0, "HTTP/1.1 200 OK");
+        let started = std::time::Instant::now();
+        for mut c in idle {
+            let mut buf = [0u8; 64];
+            assert_eq!(c.read(&mut buf).await.unwrap(), 0, "closed by the server");
+        }
+        // The newer one waited for the head timeout, not for ever.
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn accept_failures_pause_longer_each_time_unless_a_client_gave_up() {
+        let mut f = AcceptFailures::default();
+        let gone = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
+        assert_eq!(f.pause_after(&gone), None);
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let pauses: Vec<Duration> = (0..10).filter_map(|_| f.pause_after(&emfile)).collect();
+        assert_eq!(pauses[0], Duration::from_millis(10));
+        assert_eq!(pauses[1], Duration::from_millis(20));
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(pauses[9], MAX_ACCEPT_PAUSE);
     }
 }

@@ -9,7 +9,8 @@
 //!   worker slot → spawned → ended → [`fate`] → applied ([`settle`]);
 //!   [`exit`] for the exit-signal sequence.
 //! - [`heartbeat`]: leases and batched visibility extensions, per queue.
-//! - [`stats`] and [`metrics`]: counters and the Prometheus endpoint.
+//! - [`stats`] and [`metrics`]: counters, and the endpoint that serves them
+//!   with the health checks.
 
 pub(crate) mod admit;
 mod exit;
@@ -167,6 +168,10 @@ async fn sources(
             long_poll,
             heartbeats,
         }));
+    }
+    // Every queue answered its start-up calls: each counts as reached.
+    for s in &out {
+        stats.queue_call::<()>(s.queue.name(), &Ok(()));
     }
     Ok(out)
 }

@@ -14,7 +14,6 @@ use crate::outcome::Outcome;
 use crate::policy::Policies;
 use crate::queue::{AttributeValue, OutgoingMessage, Queue, QueueError, ReceivedMessage, limits};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -123,24 +122,24 @@ pub(super) async fn apply(ctx: &JobContext, d: &Delivery, fate: Fate) {
         Fate::Delete => {
             let r = queue.delete(receipt).await;
             if r.is_ok() {
-                ctx.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+                ctx.stats.succeeded.inc();
                 tracing::info!(message_id = %id, "job succeeded; message deleted");
             }
             r
         }
         Fate::Leave { why } => {
-            ctx.stats.left.fetch_add(1, Ordering::Relaxed);
+            ctx.stats.left.inc();
             tracing::warn!(message_id = %id, %why, "job did not succeed; leaving the message for redelivery");
             Ok(())
         }
         Fate::RetryAfter { delay, why } => {
-            ctx.stats.left.fetch_add(1, Ordering::Relaxed);
+            ctx.stats.left.inc();
             let delay = delay.min(limits::MAX_VISIBILITY);
             tracing::info!(message_id = %id, %why, delay_s = delay.as_secs(), "job asked for a retry");
             queue.change_visibility(receipt, delay).await
         }
         Fate::Redeliver { delay, why } => {
-            ctx.stats.left.fetch_add(1, Ordering::Relaxed);
+            ctx.stats.left.inc();
             tracing::warn!(message_id = %id, %why, delay_ms = delay.as_millis() as u64, "job could not start; the message is left for redelivery");
             queue.change_visibility(receipt, delay).await
         }
@@ -161,11 +160,11 @@ pub(super) fn report_queue_error(
     match result {
         Ok(()) => {}
         Err(QueueError::StaleReceipt | QueueError::NotInFlight) => {
-            ctx.stats.stale_receipts.fetch_add(1, Ordering::Relaxed);
+            ctx.stats.stale_receipts.inc();
             tracing::warn!(%message_id, "receipt handle is stale; the message was redelivered elsewhere");
         }
         Err(e) => {
-            ctx.stats.queue_errors.fetch_add(1, Ordering::Relaxed);
+            ctx.stats.queue_errors.inc();
             tracing::error!(%message_id, error = %e, "queue call failed");
         }
     }
@@ -181,7 +180,7 @@ pub(super) async fn dead_letter(
 ) -> Result<(), QueueError> {
     let msg = &d.msg;
     let Some(dlq) = &d.source.dead_letter_queue else {
-        ctx.stats.left.fetch_add(1, Ordering::Relaxed);
+        ctx.stats.left.inc();
         tracing::error!(message_id = %msg.message_id, %why, "message should be dead-lettered but the queue has no dead-letter queue; leaving it");
         return Ok(());
     };
@@ -209,7 +208,7 @@ pub(super) async fn dead_letter(
     };
     dlq.send(&copy).await?;
     d.source.queue.delete(&msg.receipt_handle).await?;
-    ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    ctx.stats.dead_lettered.inc();
     tracing::warn!(message_id = %msg.message_id, %why, "message dead-lettered");
     Ok(())
 }

@@ -1,240 +1,316 @@
-//! Counters, histograms and gauges of one worker run, shared by the job
-//! tasks, the heartbeat ticker, the demo's progress line and the metrics
-//! endpoint ([`super::metrics`] renders them in Prometheus text format).
+//! Counters, histograms and gauges of one worker run, in the worker parent
+//! process: shared by the job tasks, the heartbeat ticker, the demo's progress
+//! line and the metrics endpoint ([`super::metrics`] serves
+//! [`WorkerStats::render`]). The metrics are `prometheus-client` types in one
+//! registry, encoded in the Prometheus text format. Beside them, how each
+//! queue's last call went, for `/readyz`.
 
+use crate::queue::QueueError;
+use prometheus_client::encoding::{EncodeLabelSet, prometheus_text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-/// A latency histogram with fixed buckets (seconds).
-#[derive(Debug)]
-pub(crate) struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<AtomicU64>,
-    sum_micros: AtomicU64,
-    count: AtomicU64,
-}
-
-/// Bucket bounds for job durations and queue-to-start latencies.
-pub(crate) const SECONDS_BUCKETS: &[f64] = &[
+/// Bucket bounds (seconds) for job durations and queue-to-start latencies.
+const SECONDS_BUCKETS: [f64; 18] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0, 300.0, 900.0,
 ];
 
-impl Histogram {
-    pub(crate) fn new(bounds: &'static [f64]) -> Self {
-        Histogram {
-            bounds,
-            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            sum_micros: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
+/// Bucket bounds (seconds) for exit-to-settled latencies: a queue call or
+/// two, 100 µs to 10 s.
+const SETTLE_BUCKETS: [f64; 16] = [
+    0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+    10.0,
+];
 
-    pub(crate) fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
-            self.counts[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.sum_micros
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
+/// Labels of the failed-jobs counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Failure {
+    reason: &'static str,
+    kind: String,
+}
 
-    /// (upper bound, cumulative count) pairs, then the sum in seconds and the count.
-    pub(crate) fn snapshot(&self) -> (Vec<(f64, u64)>, f64, u64) {
-        let mut cumulative = 0;
-        let buckets = self
-            .bounds
-            .iter()
-            .zip(&self.counts)
-            .map(|(b, c)| {
-                cumulative += c.load(Ordering::Relaxed);
-                (*b, cumulative)
-            })
-            .collect();
-        (
-            buckets,
-            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
-            self.count.load(Ordering::Relaxed),
-        )
-    }
+/// Label of the refused-messages counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Refusal {
+    reason: &'static str,
 }
 
 /// Labels of the jobs-in-flight gauge.
-pub(crate) type JobLabels = (String, String);
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Job {
+    module: String,
+    tenant: String,
+}
 
 /// Everything one worker run counts. Shared by its tasks through an `Arc`.
 #[derive(Debug)]
 pub struct WorkerStats {
-    pub(crate) received: AtomicU64,
-    pub(crate) succeeded: AtomicU64,
-    /// Left for redelivery: retry, trap, timeout, crash.
-    pub(crate) left: AtomicU64,
-    pub(crate) dead_lettered: AtomicU64,
+    registry: Registry,
+    pub(crate) received: Counter,
+    pub(crate) succeeded: Counter,
+    /// Left for redelivery: retry, trap, timeout, crash (not exported).
+    pub(crate) left: Counter,
+    pub(crate) dead_lettered: Counter,
     /// Returned to the queue by exit handling.
-    pub(crate) requeued: AtomicU64,
+    pub(crate) requeued: Counter,
     /// Received after an exit signal and released at once.
-    pub(crate) released: AtomicU64,
-    pub(crate) stale_receipts: AtomicU64,
-    pub(crate) queue_errors: AtomicU64,
+    pub(crate) released: Counter,
+    pub(crate) stale_receipts: Counter,
+    pub(crate) queue_errors: Counter,
     /// Visibility-extension calls made (a batch of up to 10 counts once).
-    pub heartbeat_calls: AtomicU64,
-    pub(crate) heartbeats_sent: AtomicU64,
-    pub(crate) heartbeats_failed: AtomicU64,
+    pub(crate) heartbeat_calls: Counter,
+    pub(crate) heartbeats_sent: Counter,
+    pub(crate) heartbeats_failed: Counter,
     /// Shared-queue messages returned because their tenant was at its cap.
-    pub(crate) over_cap: AtomicU64,
+    pub(crate) over_cap: Counter,
     /// Fork servers started to replace one that died.
-    pub(crate) fork_server_restarts: AtomicU64,
-    /// Messages refused at admission, by kind (tenant_mismatch,
-    /// bad_signature, policy, module).
-    refused: Mutex<BTreeMap<&'static str, u64>>,
-    /// Failed jobs by (reason, trap kind): reason is retry, fatal, trap,
-    /// timeout, crash, signal or unloadable; kind is set for traps.
-    failed: Mutex<BTreeMap<(&'static str, String), u64>>,
+    pub(crate) fork_server_restarts: Counter,
+    refused: Family<Refusal, Counter>,
+    failed: Family<Failure, Counter>,
     pub(crate) job_duration: Histogram,
     /// From the message's SentTimestamp to its worker child's start.
     pub(crate) queue_to_start: Histogram,
-    in_flight: Mutex<BTreeMap<JobLabels, i64>>,
+    in_flight: Family<Job, Gauge>,
     /// From learning that a worker child exited to its message's fate being
-    /// applied, for the benchmark's percentiles.
-    exit_to_settled: Mutex<Vec<Duration>>,
+    /// applied.
+    exit_to_settled: Histogram,
+    /// Each queue's last call: `Some(why)` if it failed.
+    queues: Mutex<BTreeMap<String, Option<String>>>,
 }
 
 impl Default for WorkerStats {
     fn default() -> Self {
-        WorkerStats {
-            received: AtomicU64::new(0),
-            succeeded: AtomicU64::new(0),
-            left: AtomicU64::new(0),
-            dead_lettered: AtomicU64::new(0),
-            requeued: AtomicU64::new(0),
-            released: AtomicU64::new(0),
-            stale_receipts: AtomicU64::new(0),
-            queue_errors: AtomicU64::new(0),
-            heartbeat_calls: AtomicU64::new(0),
-            heartbeats_sent: AtomicU64::new(0),
-            heartbeats_failed: AtomicU64::new(0),
-            over_cap: AtomicU64::new(0),
-            fork_server_restarts: AtomicU64::new(0),
-            refused: Mutex::new(BTreeMap::new()),
-            failed: Mutex::new(BTreeMap::new()),
-            job_duration: Histogram::new(SECONDS_BUCKETS),
-            queue_to_start: Histogram::new(SECONDS_BUCKETS),
-            in_flight: Mutex::new(BTreeMap::new()),
-            exit_to_settled: Mutex::new(Vec::new()),
-        }
+        let seconds = || Histogram::new(SECONDS_BUCKETS);
+        let s = WorkerStats {
+            registry: Registry::with_prefix("wasm_jobs"),
+            received: Counter::default(),
+            succeeded: Counter::default(),
+            left: Counter::default(),
+            dead_lettered: Counter::default(),
+            requeued: Counter::default(),
+            released: Counter::default(),
+            stale_receipts: Counter::default(),
+            queue_errors: Counter::default(),
+            heartbeat_calls: Counter::default(),
+            heartbeats_sent: Counter::default(),
+            heartbeats_failed: Counter::default(),
+            over_cap: Counter::default(),
+            fork_server_restarts: Counter::default(),
+            refused: Family::default(),
+            failed: Family::default(),
+            job_duration: seconds(),
+            queue_to_start: seconds(),
+            in_flight: Family::default(),
+            exit_to_settled: Histogram::new(SETTLE_BUCKETS),
+            queues: Mutex::new(BTreeMap::new()),
+        };
+        s.registered()
     }
 }
 
 /// Counts a job in the in-flight gauge until dropped.
-pub(crate) struct InFlight {
-    stats: Arc<WorkerStats>,
-    labels: JobLabels,
-}
+pub(crate) struct InFlight(Gauge);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(n) = self
-            .stats
-            .in_flight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_mut(&self.labels)
-        {
-            *n -= 1;
-        }
+        self.0.dec();
     }
 }
 
 impl WorkerStats {
-    pub(crate) fn job_started(self: &Arc<Self>, module: &str, tenant: &str) -> InFlight {
-        let labels = (module.to_owned(), tenant.to_owned());
-        *self
-            .in_flight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(labels.clone())
-            .or_insert(0) += 1;
-        InFlight {
-            stats: Arc::clone(self),
-            labels,
-        }
+    /// Register every exported metric (in the order of the exposition).
+    /// Counter names get their `_total` from the encoder; the help gets its
+    /// full stop.
+    fn registered(mut self) -> Self {
+        let r = &mut self.registry;
+        r.register(
+            "messages_received",
+            "Messages received from the queue",
+            self.received.clone(),
+        );
+        r.register(
+            "jobs_succeeded",
+            "Jobs whose run returned ok (message deleted)",
+            self.succeeded.clone(),
+        );
+        r.register(
+            "jobs_failed",
+            "Jobs that did not succeed, by reason (retry, fatal, trap, timeout, crash, signal, unloadable, refused, not_started) and trap kind",
+            self.failed.clone(),
+        );
+        r.register(
+            "messages_refused",
+            "Messages refused at admission and dead-lettered, by reason (tenant_mismatch, bad_signature, policy, module)",
+            self.refused.clone(),
+        );
+        r.register(
+            "over_cap_returned",
+            "Shared-queue messages made visible again because their tenant was at its cap",
+            self.over_cap.clone(),
+        );
+        r.register(
+            "fork_server_restarts",
+            "Fork servers started to replace one that died",
+            self.fork_server_restarts.clone(),
+        );
+        r.register(
+            "dead_lettered",
+            "Messages copied to the dead-letter queue by the worker",
+            self.dead_lettered.clone(),
+        );
+        r.register(
+            "requeued_on_signal",
+            "Messages returned to the queue by exit handling",
+            self.requeued.clone(),
+        );
+        r.register(
+            "released_on_signal",
+            "Messages received after an exit signal and released at once",
+            self.released.clone(),
+        );
+        r.register(
+            "heartbeat_calls",
+            "Visibility-extension calls (a batch counts once)",
+            self.heartbeat_calls.clone(),
+        );
+        r.register(
+            "heartbeats_sent",
+            "Message visibilities extended",
+            self.heartbeats_sent.clone(),
+        );
+        r.register(
+            "heartbeats_failed",
+            "Visibility extensions that failed",
+            self.heartbeats_failed.clone(),
+        );
+        r.register(
+            "queue_errors",
+            "Queue calls that failed",
+            self.queue_errors.clone(),
+        );
+        r.register(
+            "stale_receipts",
+            "Queue calls refused for a stale receipt handle",
+            self.stale_receipts.clone(),
+        );
+        r.register(
+            "job_duration_seconds",
+            "Worker child run time, fork to exit",
+            self.job_duration.clone(),
+        );
+        r.register(
+            "queue_to_start_seconds",
+            "From the message's SentTimestamp to its worker child's start",
+            self.queue_to_start.clone(),
+        );
+        r.register(
+            "jobs_in_flight",
+            "Worker children running now, by module and tenant",
+            self.in_flight.clone(),
+        );
+        r.register(
+            "exit_to_settled_seconds",
+            "From a worker child's exit to its message's fate being applied",
+            self.exit_to_settled.clone(),
+        );
+        self
     }
 
-    /// Jobs running now by (module, tenant).
-    pub fn in_flight(&self) -> Vec<((String, String), i64)> {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect()
+    /// The metrics in the Prometheus text format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail; the encoder only passes its errors on.
+        let _ = prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub(crate) fn job_started(&self, module: &str, tenant: &str) -> InFlight {
+        let labels = Job {
+            module: module.to_owned(),
+            tenant: tenant.to_owned(),
+        };
+        let gauge = self.in_flight.get_or_create_owned(&labels);
+        gauge.inc();
+        InFlight(gauge)
+    }
+
+    /// Jobs of `module` for `tenant` running now.
+    pub fn in_flight(&self, module: &str, tenant: &str) -> i64 {
+        let labels = Job {
+            module: module.to_owned(),
+            tenant: tenant.to_owned(),
+        };
+        self.in_flight.get(&labels).map_or(0, |g| g.get())
     }
 
     pub(crate) fn job_failed(&self, reason: &'static str, kind: &str) {
-        *self
-            .failed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry((reason, kind.to_owned()))
-            .or_insert(0) += 1;
+        let labels = Failure {
+            reason,
+            kind: kind.to_owned(),
+        };
+        self.failed.get_or_create(&labels).inc();
     }
 
     /// Count a message refused at admission.
-    pub(crate) fn refused(&self, kind: &'static str) {
-        *self
-            .refused
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(kind)
-            .or_insert(0) += 1;
-    }
-
-    /// Refused messages by kind.
-    pub(crate) fn refusals(&self) -> Vec<(&'static str, u64)> {
-        self.refused
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .map(|(k, v)| (*k, *v))
-            .collect()
-    }
-
-    pub(crate) fn failures(&self) -> Vec<((&'static str, String), u64)> {
-        self.failed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect()
+    pub(crate) fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&Refusal { reason }).inc();
     }
 
     pub(crate) fn record_exit_to_settled(&self, d: Duration) {
-        self.exit_to_settled
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(d);
+        self.exit_to_settled.observe(d.as_secs_f64());
     }
 
-    /// Every exit-to-settled latency so far (for the benchmark).
-    pub fn exit_to_settled(&self) -> Vec<Duration> {
-        self.exit_to_settled
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+    /// Note how a call to `queue` went, for readiness: its attributes and
+    /// dead-letter queue read at start, each receive and each heartbeat call (one of these runs
+    /// whether the worker is idle or busy). A stale receipt is an answer
+    /// from the queue, not a failure to reach it.
+    pub(crate) fn queue_call<T>(&self, queue: &str, result: &Result<T, QueueError>) {
+        let failure = match result {
+            Ok(_) | Err(QueueError::StaleReceipt | QueueError::NotInFlight) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        match queues.get_mut(queue) {
+            Some(last) => *last = failure,
+            None => {
+                queues.insert(queue.to_owned(), failure);
+            }
+        }
+    }
+
+    /// `Ok` once some queue call was made and every queue's last call
+    /// succeeded; else why not.
+    pub(crate) fn queues_reached(&self) -> Result<(), String> {
+        let queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        if queues.is_empty() {
+            return Err("no queue has been reached yet".into());
+        }
+        match queues.iter().find_map(|(q, why)| Some((q, why.as_ref()?))) {
+            Some((queue, why)) => Err(format!("the last call to queue {queue} failed: {why}")),
+            None => Ok(()),
+        }
     }
 
     /// Jobs that succeeded (message deleted).
     pub fn succeeded_count(&self) -> u64 {
-        self.succeeded.load(Ordering::Relaxed)
+        self.succeeded.get()
     }
     pub(crate) fn left_count(&self) -> u64 {
-        self.left.load(Ordering::Relaxed)
+        self.left.get()
     }
     pub(crate) fn dead_lettered_count(&self) -> u64 {
-        self.dead_lettered.load(Ordering::Relaxed)
+        self.dead_lettered.get()
+    }
+    /// Visibility-extension calls made so far (a batch counts once).
+    pub fn heartbeat_calls(&self) -> u64 {
+        self.heartbeat_calls.get()
     }
 }
 
@@ -243,26 +319,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_buckets_are_cumulative() {
-        let h = Histogram::new(&[0.01, 0.1, 1.0]);
-        h.observe(Duration::from_millis(5));
-        h.observe(Duration::from_millis(50));
-        h.observe(Duration::from_millis(500));
-        h.observe(Duration::from_secs(5));
-        let (buckets, sum, count) = h.snapshot();
-        assert_eq!(buckets, vec![(0.01, 1), (0.1, 2), (1.0, 3)]);
-        assert_eq!(count, 4);
-        assert!((sum - 5.555).abs() < 1e-6);
+    fn in_flight_gauge_follows_guards() {
+        let s = WorkerStats::default();
+        let a = s.job_started("wc", "acme");
+        let b = s.job_started("wc", "acme");
+        assert_eq!(s.in_flight("wc", "acme"), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(s.in_flight("wc", "acme"), 0);
+        assert_eq!(s.in_flight("other", "acme"), 0);
     }
 
     #[test]
-    fn in_flight_gauge_follows_guards() {
-        let s = Arc::new(WorkerStats::default());
-        let a = s.job_started("wc", "acme");
-        let b = s.job_started("wc", "acme");
-        assert_eq!(s.in_flight(), vec![(("wc".into(), "acme".into()), 2)]);
-        drop(a);
-        drop(b);
-        assert_eq!(s.in_flight(), vec![(("wc".into(), "acme".into()), 0)]);
+    fn exit_to_settled_is_a_bounded_histogram() {
+        let s = WorkerStats::default();
+        for _ in 0..10_000 {
+            s.record_exit_to_settled(Duration::from_micros(700));
+        }
+        s.record_exit_to_settled(Duration::from_secs(60));
+        let text = s.render();
+        assert!(text.contains("# TYPE wasm_jobs_exit_to_settled_seconds histogram\n"));
+        assert!(text.contains("wasm_jobs_exit_to_settled_seconds_bucket{le=\"0.0005\"} 0\n"));
+        assert!(text.contains("wasm_jobs_exit_to_settled_seconds_bucket{le=\"0.001\"} 10000\n"));
+        assert!(text.contains("wasm_jobs_exit_to_settled_seconds_bucket{le=\"10\"} 10000\n"));
+        assert!(text.contains("wasm_jobs_exit_to_settled_seconds_bucket{le=\"+Inf\"} 10001\n"));
+        assert!(text.contains("wasm_jobs_exit_to_settled_seconds_count 10001\n"));
+    }
+
+    #[test]
+    fn readiness_follows_each_queues_last_call() {
+        let s = WorkerStats::default();
+        assert!(s.queues_reached().is_err(), "nothing reached yet");
+        s.queue_call("a", &Ok(()));
+        s.queue_call::<()>("b", &Err(QueueError::StaleReceipt));
+        assert_eq!(s.queues_reached(), Ok(()));
+        s.queue_call::<()>("b", &Err(QueueError::Transient("refused".into())));
+        let why = s.queues_reached().unwrap_err();
+        assert!(why.contains("queue b") && why.contains("refused"), "{why}");
+        s.queue_call("a", &Ok(()));
+        assert!(s.queues_reached().is_err(), "b has not answered since");
+        s.queue_call("b", &Ok(()));
+        assert_eq!(s.queues_reached(), Ok(()));
     }
 }
