@@ -173,6 +173,10 @@ pub(crate) fn main(config: &str) -> i32 {
         running: HashMap::new(),
         compiling: HashMap::new(),
     };
+    if let Err(e) = server.confinement.confine_fork_server() {
+        tracing::error!(error = %e, "fork server: cannot install its seccomp filter");
+        return 1;
+    }
     let pid = getpid().as_raw();
     tracing::info!(pid, "fork server ready");
     send_event(&server.events, &Event::Ready { pid });
