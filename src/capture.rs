@@ -78,13 +78,13 @@ struct CaptureState {
 }
 
 impl OutputCapture {
-    /// A capture of `stream` that keeps `limit` bytes and tags its log
-    /// lines with `message_id`.
-    pub(crate) fn new(stream: StreamName, message_id: &str, limit: usize) -> Self {
+    /// A capture of `stream` that keeps `limit` bytes; its log lines carry
+    /// the message id given to [`Self::set_message_id`].
+    pub(crate) fn new(stream: StreamName, limit: usize) -> Self {
         OutputCapture {
             state: Arc::new(Mutex::new(CaptureState {
                 stream,
-                message_id: message_id.to_owned(),
+                message_id: String::new(),
                 limit,
                 kept: Vec::new(),
                 line_start: 0,
@@ -94,6 +94,12 @@ impl OutputCapture {
                 suppressed_lines: 0,
             })),
         }
+    }
+
+    /// Tag the log lines of the call this capture belongs to.
+    pub(crate) fn set_message_id(&self, message_id: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        message_id.clone_into(&mut st.message_id);
     }
 
     fn write_bytes(&self, bytes: &[u8]) {
@@ -277,7 +283,7 @@ mod tests {
 
     #[test]
     fn a_newline_flood_forwards_a_bounded_number_of_lines() {
-        let c = OutputCapture::new(StreamName::Stdout, "m", 1 << 20);
+        let c = OutputCapture::new(StreamName::Stdout, 1 << 20);
         c.write_bytes(&vec![b'\n'; 1 << 20]);
         let text = c.finish();
         assert_eq!(text.text.len(), 1 << 20, "kept up to the output cap");
@@ -285,7 +291,7 @@ mod tests {
         assert_eq!(st.forwarded_lines, MAX_FORWARDED_LINES);
         assert_eq!(st.suppressed_lines, (1 << 20) - MAX_FORWARDED_LINES);
         drop(st);
-        let c = OutputCapture::new(StreamName::Stdout, "m", 4 << 20);
+        let c = OutputCapture::new(StreamName::Stdout, 4 << 20);
         c.write_bytes(&vec![b'x'; 3 << 20]);
         c.write_bytes(b"\nlast\n");
         c.finish();
@@ -308,7 +314,7 @@ mod tests {
 
     #[test]
     fn keeps_up_to_the_cap_and_counts_the_rest() {
-        let c = OutputCapture::new(StreamName::Stdout, "m1", 10);
+        let c = OutputCapture::new(StreamName::Stdout, 10);
         c.write_bytes(b"hello\n");
         c.write_bytes(b"world, and more");
         let out = c.finish();
@@ -318,7 +324,7 @@ mod tests {
 
     #[test]
     fn clones_share_one_buffer() {
-        let a = OutputCapture::new(StreamName::Stderr, "m1", 100);
+        let a = OutputCapture::new(StreamName::Stderr, 100);
         let mut b = a.clone();
         a.write_bytes(b"one ");
         OutputStream::write(&mut b, Bytes::from_static(b"two")).unwrap();

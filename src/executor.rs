@@ -40,6 +40,34 @@ impl WasiView for HostState {
     }
 }
 
+/// A store made ready by [`Executor::prepare_store`] for one call under a
+/// tenant's policy, before the message is known: a pre-forked worker child
+/// holds one while it waits for its message.
+pub(crate) struct PreparedStore {
+    store: Store<HostState>,
+    timeout: Duration,
+    stdout: OutputCapture,
+    stderr: OutputCapture,
+}
+
+impl PreparedStore {
+    /// The call of `call` with `msg` in this store. The timeout's epoch
+    /// deadline counts from here, not from when the store was made.
+    pub(crate) fn for_message(mut self, msg: &JobMessage, call: Call) -> PreparedCall {
+        self.stdout.set_message_id(&msg.id);
+        self.stderr.set_message_id(&msg.id);
+        self.store.set_epoch_deadline(deadline_ticks(self.timeout));
+        PreparedCall {
+            store: self.store,
+            message: msg.to_wit(),
+            call,
+            timeout: self.timeout,
+            stdout: self.stdout,
+            stderr: self.stderr,
+        }
+    }
+}
+
 /// A call made ready by [`Executor::prepare`]: its store and what it sends.
 pub(crate) struct PreparedCall {
     store: Store<HostState>,
@@ -286,9 +314,7 @@ impl Executor {
     }
 
     /// Everything host-side a call needs, done before any guest code runs:
-    /// the store, the granted directories opened, allowed names resolved. A
-    /// worker child confines itself between this and [`Self::run_prepared`],
-    /// so it needs no path and no name lookup once the guest runs.
+    /// the store, the granted directories opened, allowed names resolved.
     pub(crate) fn prepare(
         &self,
         msg: &JobMessage,
@@ -296,11 +322,20 @@ impl Executor {
         policy: &SandboxPolicy,
     ) -> Result<PreparedCall, CallError> {
         self.ensure_ticker()?;
+        Ok(self.prepare_store(policy)?.for_message(msg, call))
+    }
+
+    /// The store of one call under `policy`, before its message is known. A
+    /// worker child confines itself between this and [`Self::run_prepared`],
+    /// so it needs no path and no name lookup once the guest runs. Epochs
+    /// must be ticking (a ticker thread or [`Self::use_timer_signal_ticks`])
+    /// by the time the call runs.
+    pub(crate) fn prepare_store(&self, policy: &SandboxPolicy) -> Result<PreparedStore, CallError> {
         if policy.fuel.is_some() && !self.settings.fuel_metering {
             return Err(CallError::FuelNeedsMetering);
         }
-        let stdout = OutputCapture::new(StreamName::Stdout, &msg.id, policy.max_output);
-        let stderr = OutputCapture::new(StreamName::Stderr, &msg.id, policy.max_output);
+        let stdout = OutputCapture::new(StreamName::Stdout, policy.max_output);
+        let stderr = OutputCapture::new(StreamName::Stderr, policy.max_output);
         let mut builder = WasiCtxBuilder::new();
         policy.apply_to(&mut builder)?;
         builder.stdout(stdout.clone()).stderr(stderr.clone());
@@ -318,12 +353,9 @@ impl Executor {
                 .set_fuel(policy.fuel.unwrap_or(u64::MAX))
                 .expect("fuel metering is on");
         }
-        store.set_epoch_deadline(deadline_ticks(policy.timeout));
         store.epoch_deadline_trap();
-        Ok(PreparedCall {
+        Ok(PreparedStore {
             store,
-            message: msg.to_wit(),
-            call,
             timeout: policy.timeout,
             stdout,
             stderr,

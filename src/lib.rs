@@ -5,8 +5,8 @@
 //! - [`cli`]: the `wasm-jobs` command line, one module per subcommand.
 //! - [`worker`]: the worker's three processes — the tokio parent (queues,
 //!   tenants, slots, leases, fates), the fork server (engine, compile
-//!   helpers, one confined child per call) and the wire protocol between
-//!   them.
+//!   helpers, one confined child per call, pre-forked ahead of it) and the
+//!   wire protocol between them.
 //! - [`queue`]: the queue interface with SQS semantics; the embedded
 //!   (SQLite) and SQS backends.
 //! - [`registry`]: content-addressed modules per tenant.

@@ -75,6 +75,7 @@ pub(super) fn run(args: DemoArgs, log: &crate::logging::LogSettings) -> anyhow::
         timeout: Duration::from_secs(60),
         max_memory: DEFAULT_MAX_MEMORY,
         drain: true,
+        warm_children: None,
         metrics_addr: None,
         compile_timeout: Duration::from_secs(300),
         compile_memory: 4 << 30,

@@ -67,6 +67,12 @@ pub(super) struct WorkerArgs {
     /// Exit 0 once the queue is empty and every job has ended.
     #[arg(long)]
     pub(super) drain: bool,
+    /// At most this many children kept forked and set up (runtime, store,
+    /// sandbox) for the module last used, one per free slot and at least
+    /// one, so a call starts without a fork; 0 forks each call on demand.
+    /// Default: --concurrency.
+    #[arg(long, value_name = "N")]
+    pub(super) warm_children: Option<usize>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464),
     /// and health checks at /healthz and /readyz.
     #[arg(long, value_name = "ADDR")]
@@ -187,6 +193,7 @@ where
         compile_timeout: args.compile_timeout,
         compile_memory: args.compile_memory,
         log: log.clone(),
+        warm_children: args.warm_children.unwrap_or(args.concurrency),
     };
     let bindings = bindings(args, &policies)?;
     let config = WorkerConfig {

@@ -14,11 +14,14 @@
 //! - [`forkserver`]: `wasm-jobs __fork-server`, started by the parent with
 //!   an empty environment and restarted if it dies. Single-threaded: it
 //!   holds the wasmtime `Engine` and loaded components, compiles new ones in
-//!   short-lived helpers, forks one child per call, reaps them, and is the
+//!   short-lived helpers, keeps children forked and set up ahead of their
+//!   calls (`forkserver::warm`, one per free slot for the module it expects
+//!   next) and forks on demand for any other call, reaps them, and is the
 //!   only process that signals them.
 //! - The children (`forkserver::child`): one call each, in a fresh instance,
 //!   confined below wasmtime (`forkserver::confine`: limits, Landlock,
-//!   seccomp), reporting the outcome on a channel of their own and exiting.
+//!   seccomp) before their call is known, reporting the outcome on a
+//!   channel of their own and exiting.
 //!
 //! [`protocol`] is what they say to each other; it depends on neither side.
 

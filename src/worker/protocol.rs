@@ -6,10 +6,13 @@
 //!   big-endian length and a JSON [`Command`]. One writer, one reader.
 //! - Events, fork server -> parent: a `SOCK_SEQPACKET` socket, one JSON
 //!   [`Event`] per packet.
-//! - Reports, each child -> fork server: a `SOCK_SEQPACKET` socket pair of
-//!   its own, made at its fork, one JSON [`Outcome`] packet just before it
-//!   exits. The fork server reads it when it reaps that child and puts it in
-//!   the child's [`Event::Exited`], so a child can speak only for itself.
+//! - Each child and the fork server: a `SOCK_SEQPACKET` socket pair of its
+//!   own, made at its fork. A pre-forked child reads its call there (one
+//!   JSON [`Handover`] packet, at most [`MAX_HANDOVER_BYTES`]; a larger
+//!   message is forked on demand instead), and every child writes one JSON
+//!   [`Outcome`] packet there just before it exits. The fork server reads
+//!   it when it reaps that child and puts it in the child's
+//!   [`Event::Exited`], so a child can speak only for itself.
 //!
 //! The fork server is a separate executable image (`wasm-jobs
 //! __fork-server`); it inherits the two sockets at [`COMMAND_FD`] and
@@ -32,6 +35,9 @@ pub(crate) const EVENT_FD: i32 = 4;
 pub(crate) const MAX_EVENT_BYTES: usize = 64 * 1024;
 /// Longest reason text carried in an outcome event.
 pub(crate) const MAX_REASON_BYTES: usize = 8 * 1024;
+/// Largest handover packet to a pre-forked child (well under the default
+/// socket buffer, so one packet always fits).
+pub(crate) const MAX_HANDOVER_BYTES: usize = 64 * 1024;
 /// Largest command frame (a 256 KiB message plus attributes, JSON-escaped).
 const MAX_COMMAND_BYTES: usize = 8 * 1024 * 1024;
 
@@ -56,6 +62,9 @@ pub(crate) struct ForkServerConfig {
     pub(crate) compile_memory: u64,
     /// The worker parent's pid: the fork server dies with it.
     pub(crate) parent: i32,
+    /// How many children to keep forked and set up ahead of their calls
+    /// (the worker's concurrency); 0 forks every call on demand.
+    pub(crate) warm_children: usize,
 }
 
 /// The module a call runs, decided once when the message was admitted: the
@@ -83,6 +92,15 @@ pub(crate) struct Spawn {
     pub(crate) call: CallKind,
     /// The tenant's sandbox for this call.
     pub(crate) policy: SandboxPolicy,
+}
+
+/// Fork server -> a pre-forked child: the call it makes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Handover {
+    /// The parent's number for this process.
+    pub(crate) process: u64,
+    pub(crate) message: JobMessage,
+    pub(crate) call: CallKind,
 }
 
 /// Parent -> fork server. Each command is serialized once and read once, so
@@ -122,8 +140,9 @@ pub(crate) enum ExitStatus {
 pub(crate) enum Event {
     /// The fork server has built its engine and reads commands.
     Ready { pid: i32 },
-    /// The process was forked; it leads its own process group `pid`.
-    Started { process: u64, pid: i32 },
+    /// The process was forked (or, `warm`, a pre-forked one was handed the
+    /// call); it leads its own process group `pid`.
+    Started { process: u64, pid: i32, warm: bool },
     /// The module could not be loaded or no process could be forked.
     SpawnFailed {
         process: u64,
@@ -206,6 +225,17 @@ pub(crate) fn encode_event(event: &Event) -> Vec<u8> {
     serde_json::to_vec(event).expect("events always serialize")
 }
 
+/// A handover packet, or `None` if it would not fit in one.
+pub(crate) fn encode_handover(handover: &Handover) -> Option<Vec<u8>> {
+    let bytes = serde_json::to_vec(handover).expect("handovers always serialize");
+    (bytes.len() <= MAX_HANDOVER_BYTES).then_some(bytes)
+}
+
+/// A handover as the child reads it; `None` if it is not one.
+pub(crate) fn decode_handover(packet: &[u8]) -> Option<Handover> {
+    serde_json::from_slice(packet).ok()
+}
+
 /// A child's report: its outcome, already cut by [`trim_outcome`].
 pub(crate) fn encode_report(outcome: &Outcome) -> Vec<u8> {
     serde_json::to_vec(outcome).expect("outcomes always serialize")
@@ -247,6 +277,44 @@ mod tests {
         assert_eq!(read_command(&mut r).unwrap(), Some(cmd.clone()));
         assert_eq!(read_command(&mut r).unwrap(), Some(cmd));
         assert_eq!(read_command(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn a_handover_fits_one_packet_or_is_refused() {
+        let mut h = Handover {
+            process: 3,
+            message: JobMessage {
+                id: "m".into(),
+                body: "\u{1}".repeat(MAX_HANDOVER_BYTES / 8),
+                attributes: vec![("k".into(), "v".into())],
+                receive_count: 1,
+            },
+            call: CallKind::Run,
+        };
+        let packet = encode_handover(&h).expect("an escaped 8 KiB body fits");
+        assert_eq!(decode_handover(&packet), Some(h.clone()));
+        // Through a real socket pair of the kind the fork server makes.
+        let (a, b) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::SeqPacket,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        h.message.body = "x".repeat(MAX_HANDOVER_BYTES - 200);
+        let packet = encode_handover(&h).expect("just under the limit");
+        let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+        use std::os::fd::AsRawFd;
+        assert_eq!(
+            nix::sys::socket::send(a.as_raw_fd(), &packet, flags),
+            Ok(packet.len())
+        );
+        let mut buf = vec![0u8; MAX_HANDOVER_BYTES];
+        let n = nix::sys::socket::recv(b.as_raw_fd(), &mut buf, flags).unwrap();
+        assert_eq!(decode_handover(&buf[..n]), Some(h.clone()));
+        h.message.body = "x".repeat(MAX_HANDOVER_BYTES);
+        assert_eq!(encode_handover(&h), None);
+        assert_eq!(decode_handover(b"{}"), None);
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod executor_outcomes;
 mod guests;
 mod host_memory;
 mod observability;
+mod prefork;
 mod queue_backends;
 mod queue_cli;
 mod queue_conformance;

@@ -45,19 +45,6 @@ async fn counts_until(
     }
 }
 
-/// Wait until the worker's log has at least `n` events with this message.
-fn wait_for_count(w: &Worker, msg: &str, n: usize, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while w.count(msg, &[]) < n {
-        assert!(
-            Instant::now() < deadline,
-            "fewer than {n} {msg:?} events in:\n{}",
-            w.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The index of the first event that satisfies `pred`.
 fn position(events: &[LogEvent], pred: impl Fn(&LogEvent) -> bool) -> Option<usize> {
     events.iter().position(pred)

@@ -199,6 +199,19 @@ impl Drop for Worker {
     }
 }
 
+/// Wait until the worker's log has at least `n` events with this message.
+pub(crate) fn wait_for_count(w: &Worker, msg: &str, n: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while w.count(msg, &[]) < n {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} {msg:?} events in:\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub(crate) fn alive(pid: i32) -> bool {
     // A zombie is dead for our purposes.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

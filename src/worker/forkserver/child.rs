@@ -1,43 +1,47 @@
 //! A worker child, forked by the fork server for one call: become the
 //! leader of a new process group, die with the fork server, drop every
-//! descriptor of the fork server's but its report channel, restore default
-//! signal handling, limit itself ([`super::confine`]), prepare the call,
-//! lock itself down (Landlock, seccomp), make the call in a fresh instance
-//! on a fresh single-threaded runtime, write its outcome on its own
-//! channel and exit with its code (see `outcome::exit_code`). It is told its
-//! tenant and module label; it works out nothing about the message itself.
+//! descriptor of the fork server's but its own channel, restore default
+//! signal handling, limit itself ([`super::confine`]), make its store, lock
+//! itself down (Landlock, seccomp), then make the call in a fresh instance
+//! on a fresh single-threaded runtime, write its outcome on its channel and
+//! exit with its code (see `outcome::exit_code`).
+//!
+//! A child forked for a call already made is handed that call at its fork.
+//! A pre-forked child ([`super::warm`]) does everything up to the call and
+//! then waits on its channel for a [`Handover`]; end of stream (the fork
+//! server retiring it) makes it exit quietly. Either way it is told its
+//! tenant and module label and works out nothing about the message itself;
+//! the epoch timer that enforces the timeout starts when the call does.
 //!
 //! The child never returns into the fork server's loop.
 
 use super::confine::{Confinement, limit_process};
 use super::{EXIT_SIGNALS, die_with_parent};
-use crate::contract::JobMessage;
 use crate::executor::{Call, Executor, LoadedJob};
 use crate::outcome::exit_code;
 use crate::sandbox::SandboxPolicy;
-use crate::worker::protocol::{CallKind, encode_report, trim_outcome};
+use crate::worker::protocol::{
+    CallKind, Handover, MAX_HANDOVER_BYTES, decode_handover, encode_report, trim_outcome,
+};
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, signal, sigprocmask};
-use nix::sys::socket::{MsgFlags, send};
+use nix::sys::socket::{MsgFlags, recv, send};
 use nix::unistd::{Pid, getpid, setpgid};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// Everything a child needs, borrowed from the fork server's memory.
-pub(super) struct ChildCall<'a> {
+pub(super) struct ChildSetup<'a> {
     pub(super) fork_server: Pid,
-    pub(super) process: u64,
     pub(super) job: &'a LoadedJob,
     /// The module's label for logs.
     pub(super) module: &'a str,
     pub(super) tenant: &'a str,
     pub(super) executor: &'a Executor,
-    pub(super) message: JobMessage,
-    pub(super) call: CallKind,
     pub(super) policy: &'a SandboxPolicy,
     pub(super) confinement: &'a Confinement,
-    /// This child's end of its own report channel.
-    pub(super) report: OwnedFd,
+    /// This child's end of its own channel: the handover in, its report out.
+    pub(super) channel: OwnedFd,
     /// The fork server's other descriptors (its sockets to the parent and
-    /// every other child's report channel), which the child must not hold.
+    /// every other child's channel), which the child must not hold.
     pub(super) close: Vec<RawFd>,
 }
 
@@ -50,7 +54,29 @@ fn exit_now(code: u8) -> ! {
     unsafe { libc::_exit(code.into()) }
 }
 
-pub(super) fn run_child(c: ChildCall<'_>) -> ! {
+/// Log `what` and leave with a host error: the message (if one was handed
+/// over) is left for another try.
+fn host_error(what: &str, error: &dyn std::fmt::Display) -> ! {
+    tracing::error!(error = %error, "{what}");
+    exit_now(exit_code::HOST_ERROR)
+}
+
+/// The span every log line of a call carries (see `logging`).
+fn job_span(c: &ChildSetup<'_>, h: &Handover, pid: i32) -> tracing::Span {
+    tracing::info_span!(
+        "job",
+        message_id = %h.message.id,
+        module = %c.module,
+        tenant = %c.tenant,
+        attempt = h.message.receive_count,
+        pid,
+        process = h.process,
+    )
+}
+
+/// Run as a worker child: `handed` is the call if it is already known,
+/// `None` for a pre-forked child that waits for it.
+pub(super) fn run_child(c: ChildSetup<'_>, handed: Option<Handover>) -> ! {
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
     die_with_parent(c.fork_server);
     for fd in &c.close {
@@ -63,62 +89,77 @@ pub(super) fn run_child(c: ChildCall<'_>) -> ! {
         let _ = unsafe { signal(sig, SigHandler::SigDfl) };
     }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-    if let Err(e) = limit_process(c.policy.max_memory) {
-        tracing::error!(error = %e, "cannot limit the worker child");
-        std::process::exit(exit_code::HOST_ERROR.into())
-    }
-
     let pid = getpid().as_raw();
-    let call = match c.call {
-        CallKind::Run => Call::Run,
-        CallKind::OnExit { signal } => Call::OnExit { signal },
+    let setup_span = match &handed {
+        Some(h) => job_span(&c, h, pid),
+        None => tracing::info_span!("warm", module = %c.module, tenant = %c.tenant, pid),
     };
-    let span = tracing::info_span!(
-        "job",
-        message_id = %c.message.id,
-        module = %c.module,
-        tenant = %c.tenant,
-        attempt = c.message.receive_count,
-        pid,
-        process = c.process,
-    );
-    let _entered = span.enter();
-    // One call, then exit: a SIGALRM timer ticks the epoch, cheaper than a
-    // thread; the runtime's blocking threads leave the signal to this one.
-    if let Err(e) = c.executor.use_timer_signal_ticks() {
-        tracing::error!(error = %e, "cannot start the epoch timer");
-        std::process::exit(exit_code::HOST_ERROR.into())
+    let setup_entered = setup_span.enter();
+    if let Err(e) = limit_process(c.policy.max_memory) {
+        host_error("cannot limit the worker child", &e)
     }
+    // The runtime's blocking threads leave the epoch timer's signal to
+    // this thread.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .on_thread_start(crate::engine::block_tick_signal)
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the child's runtime");
-            std::process::exit(exit_code::HOST_ERROR.into())
-        }
+        Err(e) => host_error("cannot start the child's runtime", &e),
     };
     let _in_runtime = runtime.enter();
-    let prepared = match c.executor.prepare(&c.message, call, c.policy) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(error = %e, "the call could not be made");
-            std::process::exit(exit_code::HOST_ERROR.into())
-        }
+    let store = match c.executor.prepare_store(c.policy) {
+        Ok(s) => s,
+        Err(e) => host_error("the call could not be made", &e),
     };
     if let Err(e) = c.confinement.lock_down(c.policy) {
-        tracing::error!(error = %e, "cannot confine the worker child");
-        std::process::exit(exit_code::HOST_ERROR.into())
+        host_error("cannot confine the worker child", &e)
     }
+    let (handed, span) = match handed {
+        Some(h) => (h, setup_span.clone()),
+        None => {
+            let h = wait_for_call(&c.channel);
+            let span = job_span(&c, &h, pid);
+            (h, span)
+        }
+    };
+    drop(setup_entered);
+    let _entered = span.enter();
+    // One call, then exit: a SIGALRM timer ticks the epoch, cheaper than a
+    // thread.
+    if let Err(e) = c.executor.use_timer_signal_ticks() {
+        host_error("cannot start the epoch timer", &e)
+    }
+    let call = match handed.call {
+        CallKind::Run => Call::Run,
+        CallKind::OnExit { signal } => Call::OnExit { signal },
+    };
+    let prepared = store.for_message(&handed.message, call);
     let report = runtime.block_on(c.executor.run_prepared(c.job, prepared));
     tracing::debug!(outcome = %report.outcome, duration_ms = report.duration.as_secs_f64() * 1e3, "call finished");
     let code = report.outcome.exit_code();
     let bytes = encode_report(&trim_outcome(report.outcome));
     // One packet; the fork server reads it when it reaps this process.
-    if let Err(e) = send(c.report.as_raw_fd(), &bytes, MsgFlags::empty()) {
+    if let Err(e) = send(c.channel.as_raw_fd(), &bytes, MsgFlags::empty()) {
         tracing::error!(error = %e, "cannot report the outcome");
     }
     exit_now(code)
+}
+
+/// Block until the fork server hands this pre-forked child its call. End of
+/// stream means it was retired: leave without a word.
+fn wait_for_call(channel: &OwnedFd) -> Handover {
+    let mut buf = vec![0u8; MAX_HANDOVER_BYTES];
+    loop {
+        match recv(channel.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(0) => exit_now(0),
+            Ok(n) => match decode_handover(&buf[..n]) {
+                Some(h) => return h,
+                None => host_error("bad handover", &"not a call"),
+            },
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => host_error("cannot read the handover", &e),
+        }
+    }
 }

@@ -243,7 +243,7 @@ const ANY_ARGS: &[i64] = &[
 #[rustfmt::skip]
 const FORK_SERVER_ONLY: &[i64] = &[
     libc::SYS_mmap, libc::SYS_mprotect, libc::SYS_clone, libc::SYS_prctl,
-    libc::SYS_wait4, libc::SYS_kill, libc::SYS_setpgid, libc::SYS_getppid,
+    libc::SYS_wait4, libc::SYS_waitid, libc::SYS_kill, libc::SYS_setpgid, libc::SYS_getppid,
     libc::SYS_signalfd4, libc::SYS_memfd_create, libc::SYS_prlimit64,
     libc::SYS_set_tid_address, libc::SYS_umask,
     libc::SYS_seccomp, libc::SYS_landlock_create_ruleset,
@@ -332,6 +332,7 @@ fn child_filter() -> Result<BpfProgram, seccompiler::Error> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = [
         libc::SYS_kill,
         libc::SYS_wait4,
+        libc::SYS_waitid,
         libc::SYS_setpgid,
         libc::SYS_signalfd4,
         libc::SYS_memfd_create,

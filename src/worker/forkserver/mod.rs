@@ -5,10 +5,13 @@
 //!
 //! It reads [`Command`]s from the parent on [`COMMAND_FD`] and reports
 //! [`Event`]s on [`EVENT_FD`] (`Ready`, `Started`, `SpawnFailed`, `Exited`).
-//! Children never write to the parent: each gets a report channel of its
-//! own at its fork, which this process reads when it reaps that child and
-//! forwards inside its `Exited`; a child holds no other child's channel.
-//! Children are confined ([`confine`]) before guest code runs.
+//! Children never write to the parent: each gets a channel of its own at
+//! its fork, on which it reports its outcome; this process reads it when it
+//! reaps that child and forwards it inside its `Exited`; a child holds no
+//! other child's channel. Children are confined ([`confine`]) before guest
+//! code runs. Children set up ahead of their calls wait in a pool
+//! ([`warm`]) and are handed their call on the same channel, so most calls
+//! start without a fork ([`start`]).
 //! One `poll` loop waits on the command socket and a signalfd for SIGCHLD;
 //! there is no polling timer except a compile helper's deadline.
 //!
@@ -23,6 +26,8 @@
 mod child;
 mod compile;
 mod confine;
+mod start;
+mod warm;
 
 use super::protocol::{
     self, COMMAND_FD, Command, EVENT_FD, Event, ExitStatus, ForkServerConfig, ModuleRef, Spawn,
@@ -35,14 +40,15 @@ use confine::Confinement;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, killpg, signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, recv, send, socketpair};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork, getpid, getppid};
+use nix::sys::socket::{MsgFlags, recv, send};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+use nix::unistd::{Pid, getpid, getppid};
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::time::Instant;
+use warm::{WarmKey, WarmPool};
 
 /// Signals that end a worker; the fork server ignores them (the parent
 /// handles them and tells it what to do), children get the default back.
@@ -85,7 +91,7 @@ fn read_report(channel: &OwnedFd) -> Option<crate::outcome::Outcome> {
 /// What a reaped pid was.
 enum Running {
     /// A worker child making a call for the parent's `process`, and the
-    /// fork server's end of its report channel.
+    /// fork server's end of its channel.
     Call(u64, OwnedFd),
     /// A compile helper for this digest.
     Helper(String),
@@ -103,6 +109,8 @@ struct Server {
     running: HashMap<Pid, Running>,
     /// Compiles under way by digest, with the calls waiting for them.
     compiling: HashMap<String, Compiling>,
+    /// Children set up ahead of their calls.
+    warm: WarmPool,
 }
 
 /// The fork server's `main`: `config` is the JSON [`ForkServerConfig`];
@@ -162,6 +170,7 @@ pub(crate) fn main(config: &str) -> i32 {
             return 1;
         }
     };
+    let warm_children = config.warm_children;
     let mut server = Server {
         config,
         executor,
@@ -172,6 +181,7 @@ pub(crate) fn main(config: &str) -> i32 {
         modules: HashMap::new(),
         running: HashMap::new(),
         compiling: HashMap::new(),
+        warm: WarmPool::new(warm_children),
     };
     if let Err(e) = server.confinement.confine_fork_server() {
         tracing::error!(error = %e, "fork server: cannot install its seccomp filter");
@@ -225,6 +235,7 @@ impl Server {
                     }
                 }
             }
+            self.top_up();
         }
     }
 
@@ -242,9 +253,11 @@ impl Server {
     /// Fork the call now if its module is loaded or in the cache; else
     /// start (or join) the compile of its module.
     fn spawn(&mut self, req: Spawn) {
+        let key = WarmKey::of(&req);
+        self.warm.expect(&key, Instant::now());
         if let Some(job) = self.modules.get(&req.module.digest) {
             let job = Rc::clone(job);
-            return self.fork_call(req, &job);
+            return self.start_call(req, &key, &job);
         }
         if let Some(c) = self.compiling.get_mut(&req.module.digest) {
             c.waiting.push(req);
@@ -255,12 +268,15 @@ impl Server {
             Err(why) => return self.fail(req.process, SpawnFailure::Passing, why),
         };
         match self.load(&req.module, &bytes) {
-            Ok(Some(job)) => return self.fork_call(req, &job),
+            Ok(Some(job)) => return self.start_call(req, &key, &job),
             Ok(None) => {}
             Err((failure, why)) => return self.fail(req.process, failure, why),
         }
         let digest = req.module.digest.clone();
-        let close = [self.commands.as_raw_fd(), self.sigfd.as_raw_fd()];
+        let close: Vec<RawFd> = [self.commands.as_raw_fd(), self.sigfd.as_raw_fd()]
+            .into_iter()
+            .chain(self.channels())
+            .collect();
         match compile::start(&self.executor, bytes, &self.config, &close) {
             Ok(mut c) => {
                 tracing::info!(helper_pid = c.helper.as_raw(), %digest, "compile helper started");
@@ -295,69 +311,6 @@ impl Server {
         Ok(Some(job))
     }
 
-    fn fork_call(&mut self, req: Spawn, job: &LoadedJob) {
-        let me = getpid();
-        let (ours, theirs) = match socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        ) {
-            Ok(pair) => pair,
-            Err(e) => {
-                let why = format!("cannot make a report channel: {e}");
-                return self.fail(req.process, SpawnFailure::Passing, why);
-            }
-        };
-        // SAFETY: this process is single-threaded (see module docs).
-        match unsafe { fork() } {
-            Ok(ForkResult::Parent { child }) => {
-                drop(theirs);
-                // Also set the group here, so it exists before anyone signals it.
-                let _ = nix::unistd::setpgid(child, child);
-                self.running.insert(child, Running::Call(req.process, ours));
-                send_event(
-                    &self.events,
-                    &Event::Started {
-                        process: req.process,
-                        pid: child.as_raw(),
-                    },
-                );
-            }
-            Ok(ForkResult::Child) => {
-                let mut close = vec![
-                    self.commands.as_raw_fd(),
-                    self.sigfd.as_raw_fd(),
-                    self.events.as_raw_fd(),
-                    ours.as_raw_fd(),
-                ];
-                close.extend(self.running.values().filter_map(|r| match r {
-                    Running::Call(_, fd) => Some(fd.as_raw_fd()),
-                    Running::Helper(_) => None,
-                }));
-                child::run_child(child::ChildCall {
-                    fork_server: me,
-                    process: req.process,
-                    job,
-                    module: &req.module.label,
-                    tenant: &req.tenant,
-                    executor: &self.executor,
-                    message: req.message,
-                    call: req.call,
-                    policy: &req.policy,
-                    confinement: &self.confinement,
-                    report: theirs,
-                    close,
-                })
-            }
-            Err(e) => self.fail(
-                req.process,
-                SpawnFailure::Passing,
-                format!("fork failed: {e}"),
-            ),
-        }
-    }
-
     fn signal(&self, process: u64, sig: i32) {
         let Ok(sig) = Signal::try_from(sig) else {
             return;
@@ -375,28 +328,47 @@ impl Server {
         }
     }
 
+    /// Report and reap every child that has ended. Each is looked at first
+    /// (`WNOWAIT`) and reaped only after its `Exited` is sent: reaping frees
+    /// the child's seccomp filter and Landlock domain, which takes tens of
+    /// microseconds the parent need not wait for. A zombie is still this
+    /// process's unreaped child, so its pid cannot be reused meanwhile.
     fn reap(&mut self) {
+        let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
         loop {
-            let (pid, status) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            let (pid, status) = match waitid(Id::All, peek) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
                 Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, ExitStatus::Signal(sig as i32)),
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(_) => continue,
+                Ok(_) | Err(_) => return,
             };
-            match self.running.remove(&pid) {
-                Some(Running::Call(process, report)) => {
-                    let outcome = read_report(&report);
-                    send_event(
-                        &self.events,
-                        &Event::Exited {
-                            process,
-                            status,
-                            outcome,
-                        },
-                    )
+            self.ended(pid, status);
+            let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+        }
+    }
+
+    /// `pid` has ended with `status` (not reaped yet): tell whoever waits.
+    fn ended(&mut self, pid: Pid, status: ExitStatus) {
+        match self.running.remove(&pid) {
+            Some(Running::Call(process, report)) => {
+                let outcome = read_report(&report);
+                send_event(
+                    &self.events,
+                    &Event::Exited {
+                        process,
+                        status,
+                        outcome,
+                    },
+                )
+            }
+            Some(Running::Helper(digest)) => self.compiled(&digest, status),
+            None => {
+                if self.warm.reaped(pid, Instant::now()) {
+                    tracing::warn!(
+                        pid = pid.as_raw(),
+                        ?status,
+                        "a pre-forked worker child died waiting; forking on demand for a while"
+                    );
                 }
-                Some(Running::Helper(digest)) => self.compiled(&digest, status),
-                None => {}
             }
         }
     }
@@ -420,7 +392,8 @@ impl Server {
         match job {
             Ok(job) => {
                 for req in waiting {
-                    self.fork_call(req, &job);
+                    let key = WarmKey::of(&req);
+                    self.start_call(req, &key, &job);
                 }
             }
             Err((failure, why)) => {
@@ -433,7 +406,8 @@ impl Server {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.compiling.values().map(|c| c.deadline).min()
+        let compiles = self.compiling.values().map(|c| c.deadline);
+        compiles.chain(self.warm.next_deadline()).min()
     }
 
     /// Kill helpers past their deadline; reaping them fails their calls.
@@ -459,6 +433,9 @@ impl Server {
                 Running::Call(..) => killpg(*pid, Signal::SIGKILL),
                 Running::Helper(_) => nix::sys::signal::kill(*pid, Signal::SIGKILL),
             };
+        }
+        for pid in self.warm.drain() {
+            let _ = killpg(pid, Signal::SIGKILL);
         }
         code
     }

@@ -83,6 +83,10 @@ pub struct ForkServerSettings {
     pub compile_memory: u64,
     /// Log format and filter for the fork server and its children.
     pub log: LogSettings,
+    /// At most this many children kept forked and set up ahead of their
+    /// calls, for the module the fork server expects next (the worker's
+    /// concurrency); 0 forks every call on demand.
+    pub warm_children: usize,
 }
 
 impl ForkServerSettings {
@@ -93,13 +97,14 @@ impl ForkServerSettings {
             compile_timeout: self.compile_timeout,
             compile_memory: self.compile_memory,
             parent: std::process::id() as i32,
+            warm_children: self.warm_children,
         }
     }
 }
 
 #[derive(Default)]
 struct Pending {
-    started: Option<oneshot::Sender<Result<Pid, SpawnError>>>,
+    started: Option<oneshot::Sender<Result<(Pid, bool), SpawnError>>>,
     ended: Option<oneshot::Sender<ProcessEnd>>,
 }
 
@@ -119,6 +124,8 @@ pub(crate) struct Spawned {
     process: u64,
     conn: Arc<Conn>,
     pub(crate) pid: Pid,
+    /// A pre-forked process was handed the call (no fork on its path).
+    pub(crate) warm: bool,
     pub(crate) end: oneshot::Receiver<ProcessEnd>,
 }
 
@@ -277,13 +284,14 @@ impl ForkServers {
             conn.lock_pending().remove(&process);
             return Err(SpawnError::ForkServerGone);
         }
-        let pid = started_rx
+        let (pid, warm) = started_rx
             .await
             .unwrap_or(Err(SpawnError::ForkServerGone))?;
         Ok(Spawned {
             process,
             conn,
             pid,
+            warm,
             end: ended_rx,
         })
     }
@@ -421,9 +429,9 @@ impl Conn {
                     let _ = tx.send(());
                 }
             }
-            Event::Started { process, pid } => {
+            Event::Started { process, pid, warm } => {
                 if let Some(s) = pending.get_mut(&process).and_then(|p| p.started.take()) {
-                    let _ = s.send(Ok(Pid::from_raw(pid)));
+                    let _ = s.send(Ok((Pid::from_raw(pid), warm)));
                 }
             }
             Event::SpawnFailed {

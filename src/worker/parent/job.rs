@@ -133,7 +133,7 @@ async fn run(
         }
     };
     tracing::Span::current().record("pid", spawned.pid.as_raw());
-    tracing::info!("worker child started");
+    tracing::info!(warm = spawned.warm, "worker child started");
     let started = Instant::now();
     let _in_flight = ctx.stats.job_started(&a.module.label, &a.tenant);
     if d.msg.sent_timestamp_ms > 0 {

@@ -65,9 +65,11 @@ impl JobContext {
     ) -> Result<super::forks::Spawned, super::forks::SpawnError> {
         let policy = a.policy.sandbox.clone();
         let message = d.job_message();
-        (self.forks)
+        let spawned = (self.forks)
             .spawn(a.module.clone(), &a.tenant, message, call, policy)
-            .await
+            .await?;
+        self.stats.process_started(spawned.warm);
+        Ok(spawned)
     }
 }
 

@@ -42,6 +42,13 @@ struct Refusal {
     reason: &'static str,
 }
 
+/// Label of the process-starts counter: `warm` (a pre-forked child was
+/// handed the call) or `forked` (forked for it).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Start {
+    how: &'static str,
+}
+
 /// Labels of the jobs-in-flight gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Job {
@@ -74,6 +81,7 @@ pub struct WorkerStats {
     pub(crate) fork_server_restarts: Counter,
     refused: Family<Refusal, Counter>,
     failed: Family<Failure, Counter>,
+    starts: Family<Start, Counter>,
     pub(crate) job_duration: Histogram,
     /// From the message's SentTimestamp to its worker child's start.
     pub(crate) queue_to_start: Histogram,
@@ -105,6 +113,7 @@ impl Default for WorkerStats {
             fork_server_restarts: Counter::default(),
             refused: Family::default(),
             failed: Family::default(),
+            starts: Family::default(),
             job_duration: seconds(),
             queue_to_start: seconds(),
             in_flight: Family::default(),
@@ -154,6 +163,11 @@ impl WorkerStats {
             "over_cap_returned",
             "Shared-queue messages made visible again because their tenant was at its cap",
             self.over_cap.clone(),
+        );
+        r.register(
+            "process_starts",
+            "Worker children started, by how: warm (pre-forked, handed the call) or forked (for the call)",
+            self.starts.clone(),
         );
         r.register(
             "fork_server_restarts",
@@ -263,6 +277,12 @@ impl WorkerStats {
         self.refused.get_or_create(&Refusal { reason }).inc();
     }
 
+    /// Count a worker child's start (see `process_starts`).
+    pub(crate) fn process_started(&self, warm: bool) {
+        let how = if warm { "warm" } else { "forked" };
+        self.starts.get_or_create(&Start { how }).inc();
+    }
+
     pub(crate) fn record_exit_to_settled(&self, d: Duration) {
         self.exit_to_settled.observe(d.as_secs_f64());
     }
@@ -328,6 +348,24 @@ mod tests {
         drop(b);
         assert_eq!(s.in_flight("wc", "acme"), 0);
         assert_eq!(s.in_flight("other", "acme"), 0);
+    }
+
+    #[test]
+    fn process_starts_are_counted_by_how() {
+        let s = WorkerStats::default();
+        assert!(!s.render().contains("wasm_jobs_process_starts_total{"));
+        s.process_started(true);
+        s.process_started(true);
+        s.process_started(false);
+        let text = s.render();
+        assert!(
+            text.contains("wasm_jobs_process_starts_total{how=\"warm\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wasm_jobs_process_starts_total{how=\"forked\"} 1\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,0 +1,242 @@
+//! Pre-forked ("warm") worker children, through the real worker on the
+//! embedded queue: calls are handed to children set up ahead of them, a
+//! warm child only ever takes a call of the tenant, module and policy it was
+//! set up for and gets that call's own message, its timeout counts from the
+//! call, a message too large for a handover is forked on demand, and no
+//! child outlives the worker.
+
+use crate::common::{hostile_path, modes_path};
+use crate::queue_backends::Backend;
+use crate::worker_harness::*;
+use std::time::Duration;
+use wasm_jobs::queue::OutgoingMessage;
+
+/// `worker child started` events, split into (warm, forked).
+fn starts(log: &str) -> (usize, usize) {
+    let warm = count_in(log, "worker child started", &[("warm", "true")]);
+    let forked = count_in(log, "worker child started", &[("warm", "false")]);
+    (warm, forked)
+}
+
+/// Every message's call gets that message: "i" makes the job fail with its
+/// own message id, which becomes the dead-letter reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_children_take_the_calls_each_with_its_own_message() {
+    let b = Backend::embedded();
+    let (q, dlq) = b.create_with_dlq("warm-ids", 3, &config(30)).await;
+    let addr = b.address_of(q.as_ref());
+    let mut ids = Vec::new();
+    // Ten: what one receive of the dead-letter queue returns.
+    for _ in 0..10 {
+        ids.push(q.send(&OutgoingMessage::new("i")).await.unwrap());
+    }
+    let args = ["--concurrency", "2", "--wait", "0", "--drain"];
+    let w = Worker::start(&b, &addr, &modes_path(), &args);
+    let (status, log) = w.wait(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    let (warm, forked) = starts(&log);
+    assert_eq!(warm + forked, 10, "{log}");
+    // Only the first call must fork: after each spawn and each exit the fork
+    // server pre-forks before it reads another command, and the parent's
+    // next spawn comes after it has seen an exit.
+    assert!(warm >= 8, "{warm} warm, {forked} forked: {log}");
+    let mut reasons = dead_letter_reasons(dlq.as_ref()).await;
+    let mut ids: Vec<String> = ids
+        .into_iter()
+        .map(|id| format!("job failed fatally: {id}"))
+        .collect();
+    reasons.sort();
+    ids.sort();
+    assert_eq!(reasons, ids, "each call saw its own message: {log}");
+}
+
+/// With `--warm-children 0` every call forks, as before pre-forking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_children_can_be_turned_off() {
+    let b = Backend::embedded();
+    let (q, addr) = b.create("warm-off", &config(30)).await;
+    for _ in 0..6 {
+        q.send(&OutgoingMessage::new("o")).await.unwrap();
+    }
+    let args = [
+        "--concurrency",
+        "2",
+        "--wait",
+        "0",
+        "--drain",
+        "--warm-children",
+        "0",
+    ];
+    let w = Worker::start(&b, &addr, &modes_path(), &args);
+    let (status, log) = w.wait(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    assert_eq!(starts(&log), (0, 6), "{log}");
+}
+
+/// Two tenants whose policies grant different directories, their messages
+/// interleaved: each call reads its own tenant's file, whether it was
+/// forked or handed to a warm child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_child_serves_only_the_tenant_it_was_set_up_for() {
+    let b = Backend::embedded();
+    let home = b.data_dir().unwrap();
+    let dirs = tempfile::tempdir().unwrap();
+    let mut policy = String::new();
+    for tenant in ["acme", "globex"] {
+        let dir = dirs.path().join(tenant);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("who"), format!("I am {tenant}\n")).unwrap();
+        policy.push_str(&format!(
+            "[tenants.{tenant}]\ndirs = [{{ host = \"{}\", guest = \"/data\", read_only = true }}]\n",
+            dir.display()
+        ));
+    }
+    let policy_file = home.join("policy.toml");
+    std::fs::write(&policy_file, policy).unwrap();
+    let (qa, addr_a) = b.create("warm-acme", &config(30)).await;
+    let (qg, addr_g) = b.create("warm-globex", &config(30)).await;
+    for _ in 0..8 {
+        qa.send(&OutgoingMessage::new("read:/data/who"))
+            .await
+            .unwrap();
+        qg.send(&OutgoingMessage::new("read:/data/who"))
+            .await
+            .unwrap();
+    }
+    let (queue_a, queue_g) = (format!("acme={addr_a}"), format!("globex={addr_g}"));
+    let module = hostile_path();
+    let w = Worker::with_args(
+        &b,
+        &[
+            "--queue",
+            &queue_a,
+            "--queue",
+            &queue_g,
+            "--module",
+            module.to_str().unwrap(),
+            "--policy",
+            policy_file.to_str().unwrap(),
+            "--concurrency",
+            "2",
+            "--wait",
+            "0",
+            "--drain",
+        ],
+    );
+    let (status, log) = w.wait(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    let events = events_of(&log);
+    let lines: Vec<_> = events
+        .iter()
+        .filter_map(|e| Some((get(e, "line")?, get(e, "tenant")?)))
+        .filter(|(line, _)| line.starts_with("I am"))
+        .collect();
+    assert_eq!(lines.len(), 16, "{log}");
+    for (line, tenant) in &lines {
+        assert_eq!(line, &format!("I am {tenant}"), "{log}");
+    }
+    let (warm, _) = starts(&log);
+    assert!(warm > 0, "some calls were handed to warm children: {log}");
+    assert_eq!(counts(qa.as_ref()).await, (0, 0, 0));
+    assert_eq!(counts(qg.as_ref()).await, (0, 0, 0));
+}
+
+/// A warm child waits longer than the job's timeout before its call, and
+/// the call still gets the whole timeout; a spinning call in a warm child
+/// is still stopped by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_childs_timeout_counts_from_its_call() {
+    let b = Backend::embedded();
+    let (q, addr) = b.create("warm-timeout", &config(30)).await;
+    q.send(&OutgoingMessage::new("o")).await.unwrap();
+    let args = [
+        "--timeout",
+        "1",
+        "--wait",
+        "0",
+        "--visibility-timeout",
+        "30",
+    ];
+    let w = Worker::start(&b, &addr, &modes_path(), &args);
+    w.wait_for(
+        "job succeeded; message deleted",
+        &[],
+        Duration::from_secs(20),
+    );
+    // Not a synchronisation: the warm child must sit idle past the timeout.
+    std::thread::sleep(Duration::from_millis(2_500));
+    // "w" busy-loops for 20M iterations: well under a second, but it would
+    // trap at once if the epoch deadline had been counting while it waited.
+    q.send(&OutgoingMessage::new("w")).await.unwrap();
+    q.send(&OutgoingMessage::new("l")).await.unwrap();
+    wait_for_count(&w, "worker child ended", 3, Duration::from_secs(20));
+    let log = w.log();
+    let ends: Vec<String> = events_of(&log)
+        .iter()
+        .filter(|e| message(e) == "worker child ended")
+        .map(|e| field(e, "end"))
+        .collect();
+    assert_eq!(ends[0], "ok", "{log}");
+    assert_eq!(ends.iter().filter(|e| *e == "ok").count(), 2, "{log}");
+    assert_eq!(
+        ends.iter().filter(|e| e.starts_with("timeout: ")).count(),
+        1,
+        "{log}"
+    );
+    let (warm, _) = starts(&log);
+    assert!(warm >= 1, "{log}");
+    w.signal(libc::SIGTERM);
+    w.wait(Duration::from_secs(20));
+}
+
+/// Every process whose command line names `dir` (the fork server's
+/// children carry its command line).
+fn processes_naming(dir: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(dir))
+        })
+        .collect()
+}
+
+/// A body too large for one handover packet is forked on demand, and when
+/// the worker exits no child (warm or not) is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_fork_on_demand_and_no_child_outlives_the_worker() {
+    let b = Backend::embedded();
+    let (q, addr) = b.create("warm-large", &config(30)).await;
+    q.send(&OutgoingMessage::new("o")).await.unwrap();
+    q.send(&OutgoingMessage::new(format!("o{}", "x".repeat(100_000))))
+        .await
+        .unwrap();
+    q.send(&OutgoingMessage::new("o")).await.unwrap();
+    let args = ["--wait", "0", "--drain", "--concurrency", "1"];
+    let w = Worker::start(&b, &addr, &modes_path(), &args);
+    let (status, log) = w.wait(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        count_in(&log, "job succeeded; message deleted", &[]),
+        3,
+        "{log}"
+    );
+    let started: Vec<String> = events_of(&log)
+        .iter()
+        .filter(|e| message(e) == "worker child started")
+        .map(|e| field(e, "warm"))
+        .collect();
+    assert_eq!(started, ["false", "false", "true"], "{log}");
+    let dir = b.data_dir().unwrap();
+    let dir = dir.to_str().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !processes_naming(dir).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {:?}",
+            processes_naming(dir)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
