@@ -192,36 +192,40 @@ async fn redrive_moves_to_the_dlq_after_max_receives(b: Backend) {
     assert!(q.dead_letter_queue().await.unwrap().is_some());
 }
 
+/// Twice on one handle: the second long poll reuses what the first set up.
 async fn long_poll_wakes_on_a_send_from_another_process(b: Backend) {
     let (q, address) = b.create("poll", &config(30)).await;
-    let mut sender = b.cli();
-    sender.args(["send", "--queue", &address, "from another process"]);
-    let started = Instant::now();
-    let send_later = tokio::task::spawn_blocking(move || {
-        std::thread::sleep(Duration::from_millis(700));
-        let out = sender.output().unwrap();
+    for round in 0..2 {
+        let body = format!("from another process, round {round}");
+        let mut sender = b.cli();
+        sender.args(["send", "--queue", &address, &body]);
+        let started = Instant::now();
+        let send_later = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(Duration::from_millis(700));
+            let out = sender.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        });
+        let got = q
+            .receive(ReceiveRequest {
+                max_messages: 1,
+                wait: Duration::from_secs(15),
+                visibility_timeout: None,
+            })
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        send_later.await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].body, body);
         assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            took < Duration::from_secs(8),
+            "long poll returned after {took:?}"
         );
-    });
-    let got = q
-        .receive(ReceiveRequest {
-            max_messages: 1,
-            wait: Duration::from_secs(15),
-            visibility_timeout: None,
-        })
-        .await
-        .unwrap();
-    let took = started.elapsed();
-    send_later.await.unwrap();
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].body, "from another process");
-    assert!(
-        took < Duration::from_secs(8),
-        "long poll returned after {took:?}"
-    );
+    }
 }
 
 async fn long_poll_waits_out_its_time_when_nothing_comes(b: Backend) {

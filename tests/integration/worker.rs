@@ -649,6 +649,32 @@ async fn a_job_past_its_timeout_is_stopped_in_its_child(b: Backend) {
     w.wait(Duration::from_secs(20));
 }
 
+/// With a 3 s long poll, the worker exits about one poll after its last
+/// job, not two (it used to wait out the poll under way after the empty
+/// one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_worker_exits_within_one_long_poll_of_its_last_job() {
+    let b = Backend::embedded();
+    let (q, addr) = b.create("drain-poll", &config(30)).await;
+    for _ in 0..3 {
+        q.send(&OutgoingMessage::new("o")).await.unwrap();
+    }
+    let args = ["--wait", "3", "--drain", "--concurrency", "2"];
+    let w = Worker::start(&b, &addr, &modes_path(), &args);
+    let done = "job succeeded; message deleted";
+    wait_for_count(&w, done, 3, Duration::from_secs(30));
+    let last_job = Instant::now();
+    let (status, log) = w.wait(Duration::from_secs(30));
+    let after = last_job.elapsed();
+    assert!(status.success(), "{log}");
+    assert!(
+        after < Duration::from_millis(4_500),
+        "exited {after:?} after the last job (one poll is 3 s): {log}"
+    );
+    assert_eq!(count_in(&log, done, &[]), 3, "{log}");
+    assert_eq!(counts(q.as_ref()).await, (0, 0, 0));
+}
+
 crate::on_both_backends!(
     a_job_past_its_timeout_is_stopped_in_its_child,
     success_deletes_the_message,

@@ -3,6 +3,7 @@
 //! pool, and wakes long polls when it made messages visible. Runs in the
 //! worker parent and the CLI process.
 
+use super::wake::WakeWatch;
 use super::{StoreInner, sql};
 use crate::queue::{
     BatchEntryResult, OutgoingMessage, Queue, QueueAttributes, QueueConfig, QueueCounts,
@@ -21,6 +22,9 @@ pub struct EmbeddedQueue {
     store: Arc<StoreInner>,
     name: String,
     config: QueueConfig,
+    /// This handle's long-poll watch, made by the first long poll and kept
+    /// (see [`WakeWatch::clear`]); a poll that finds it in use makes its own.
+    watch: tokio::sync::Mutex<Option<WakeWatch>>,
 }
 
 impl EmbeddedQueue {
@@ -29,6 +33,7 @@ impl EmbeddedQueue {
             store,
             name,
             config,
+            watch: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -63,14 +68,26 @@ impl Queue for EmbeddedQueue {
             .visibility_timeout
             .unwrap_or(self.config.visibility_timeout);
         let deadline = Instant::now() + req.wait;
+        let long = !req.wait.is_zero();
+        let mut kept = if long {
+            self.watch.try_lock().ok()
+        } else {
+            None
+        };
+        let mut own: Option<WakeWatch> = None;
         loop {
             // Arm the watch first: a send that lands after the check below
             // still wakes us.
-            let mut watch = if req.wait.is_zero() {
-                None
-            } else {
-                self.store.wake.watch(&self.name).ok()
-            };
+            if long {
+                let slot = match kept.as_deref_mut() {
+                    Some(slot) => slot,
+                    None => &mut own,
+                };
+                match slot {
+                    Some(w) => w.clear(),
+                    None => *slot = self.store.wake.watch(&self.name).ok(),
+                }
+            }
             let (name, config) = (self.name.clone(), self.config.clone());
             let (got, next_visible) = self
                 .store
@@ -104,11 +121,18 @@ impl Queue for EmbeddedQueue {
             let nap = left
                 .min(MAX_POLL_SLEEP)
                 .min(next_visible.unwrap_or(MAX_POLL_SLEEP));
-            match watch.as_mut() {
-                Some(w) => {
-                    w.wait(nap).await;
-                }
-                None => tokio::time::sleep(nap).await,
+            let slot = match kept.as_deref_mut() {
+                Some(slot) => slot,
+                None => &mut own,
+            };
+            let woke = match slot.as_mut() {
+                Some(w) => w.wait(nap).await,
+                None => Err(std::io::Error::other("no watch")),
+            };
+            if woke.is_err() {
+                // Without a working watch, poll at the nap's pace.
+                *slot = None;
+                tokio::time::sleep(nap).await;
             }
         }
     }

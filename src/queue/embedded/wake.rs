@@ -68,23 +68,35 @@ pub(crate) struct WakeWatch {
 }
 
 impl WakeWatch {
-    /// Wait until the wake file changes or `timeout` passes. Returns whether
-    /// a change was seen.
-    pub(crate) async fn wait(&mut self, timeout: Duration) -> bool {
+    /// Forget the changes seen so far, so that [`Self::wait`] returns for
+    /// the next one. A watch is kept for many polls (closing an inotify
+    /// descriptor waits for an RCU grace period: about 20 ms here), so each
+    /// poll clears it before it checks the queue.
+    pub(crate) fn clear(&mut self) {
+        while let Ok(events) = self.fd.get_ref().0.read_events() {
+            if events.is_empty() {
+                break;
+            }
+        }
+    }
+
+    /// Wait until the wake file changes or `timeout` passes: `Ok(true)` for
+    /// a change, `Ok(false)` for the timeout, `Err` if the watch no longer
+    /// works (its runtime is gone, say) and should be dropped.
+    pub(crate) async fn wait(&mut self, timeout: Duration) -> std::io::Result<bool> {
         let wait = async {
             loop {
-                let mut guard = match self.fd.readable().await {
-                    Ok(g) => g,
-                    Err(_) => return false,
-                };
+                let mut guard = self.fd.readable().await?;
                 match guard.get_inner().0.read_events() {
-                    Ok(events) if !events.is_empty() => return true,
+                    Ok(events) if !events.is_empty() => return Ok(true),
                     Ok(_) | Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
-                    Err(_) => return false,
+                    Err(e) => return Err(std::io::Error::from(e)),
                 }
             }
         };
-        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(Ok(false))
     }
 }
 
@@ -97,15 +109,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wake = WakeFiles::new(dir.path()).unwrap();
         let mut watch = wake.watch("q").unwrap();
-        assert!(!watch.wait(Duration::from_millis(50)).await);
+        assert!(!watch.wait(Duration::from_millis(50)).await.unwrap());
         let other = wake.clone();
         let sender = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             other.notify("q");
         });
         let started = std::time::Instant::now();
-        assert!(watch.wait(Duration::from_secs(5)).await);
+        assert!(watch.wait(Duration::from_secs(5)).await.unwrap());
         assert!(started.elapsed() < Duration::from_secs(2));
         sender.join().unwrap();
+        // Kept for the next poll: cleared, it waits for a new change.
+        wake.notify("q");
+        watch.clear();
+        assert!(!watch.wait(Duration::from_millis(50)).await.unwrap());
+        wake.notify("q");
+        assert!(watch.wait(Duration::from_secs(5)).await.unwrap());
     }
 }

@@ -267,7 +267,14 @@ pub async fn run(
         }
         if config.drain && signal.is_none() && jobs.is_empty() && empty.iter().all(|e| *e) {
             if all_empty(&sources).await {
-                stop_receiving(intake, receivers).await;
+                // Drained: abandon the long polls under way instead of
+                // waiting them out, so the worker exits within one long
+                // poll of its last job. Every queue was just empty; a
+                // message sent in this instant to a poll being dropped is
+                // not lost, only invisible until its visibility timeout.
+                let _ = stop_tx.send(true);
+                drop(intake);
+                receivers.shutdown().await;
                 return WorkerExit::Drained;
             }
             empty.fill(false);
