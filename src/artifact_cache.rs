@@ -145,7 +145,7 @@ impl ArtifactCache {
         self.store(&path, &[&compiled, &tag])?;
         // SAFETY: these bytes come from our own compile, just now.
         let component =
-            unsafe { Component::deserialize(engine, &compiled) }.map_err(CacheError::Compile)?;
+            unsafe { deserialize_verified(engine, &compiled) }.map_err(CacheError::Compile)?;
         Ok((ready(component)?, CompileSource::Compiled { took }))
     }
 
@@ -193,7 +193,7 @@ impl ArtifactCache {
         // entry's name, so `load_or_compile` wrote it from our own compile of
         // this component for this engine; it was checked in memory, and these
         // same bytes are deserialized, so nothing changed after the check.
-        match unsafe { Component::deserialize(engine, artifact) } {
+        match unsafe { deserialize_verified(engine, artifact) } {
             Ok(c) => Ok(Some(ready(c)?)),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cached artifact unusable; recompiling");
@@ -300,6 +300,59 @@ impl Hasher for Sha256Hasher {
     }
 }
 
+/// Deserialize verified artifact bytes through a sealed memory file, so
+/// that wasmtime maps the code as it maps a file on disk: forked worker
+/// children then share those pages instead of copying a page-table entry
+/// per page at every fork (bytes deserialized from memory live in
+/// anonymous pages, which fork copies and exit drops: a measurable cost per
+/// job for an 18 MB guest). The file is sealed (no write, grow or shrink,
+/// no more seals) before wasmtime maps it, so the code cannot change after
+/// its check. Where memory files or `/proc` are missing, the bytes are
+/// deserialized from memory as they are.
+///
+/// # Safety
+/// As [`Component::deserialize`]: `artifact` must come from this engine's
+/// own compile (here: tagged with this machine's key, or just compiled).
+unsafe fn deserialize_verified(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
+    use std::os::fd::AsRawFd;
+    match sealed_file(artifact) {
+        Ok(file) => {
+            let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+            // SAFETY: the sealed file holds exactly `artifact`'s bytes, which
+            // the caller vouches for, and can no longer change.
+            match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot map the sealed artifact; loading it from memory")
+                }
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot make a sealed artifact file; loading it from memory")
+        }
+    }
+    // SAFETY: as above.
+    unsafe { Component::deserialize(engine, artifact) }
+}
+
+/// `bytes` in a new memory file, sealed against any change.
+fn sealed_file(bytes: &[u8]) -> std::io::Result<fs::File> {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let fd = memfd_create(
+        c"wasm-jobs-artifact",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    let mut file = fs::File::from(fd);
+    file.write_all(bytes)?;
+    let seals = SealFlag::F_SEAL_WRITE
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_SEAL;
+    fcntl(&file, FcntlArg::F_ADD_SEALS(seals))?;
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +370,37 @@ mod tests {
         assert_eq!(a, cache.artifact_path(&plain, b"one"));
         assert_ne!(a, cache.artifact_path(&plain, b"two"));
         assert_ne!(a, cache.artifact_path(&fuel, b"one"));
+    }
+
+    #[test]
+    fn a_sealed_artifact_file_cannot_change() {
+        use std::io::{Seek, SeekFrom};
+        let mut file = sealed_file(b"compiled code").unwrap();
+        assert!(file.write_all(b"x").is_err(), "writing is sealed");
+        assert!(file.set_len(4).is_err(), "shrinking is sealed");
+        assert!(file.set_len(64).is_err(), "growing is sealed");
+        let mut back = String::new();
+        file.seek(SeekFrom::Start(0)).unwrap();
+        file.read_to_string(&mut back).unwrap();
+        assert_eq!(back, "compiled code");
+    }
+
+    #[test]
+    fn cached_code_is_mapped_from_a_sealed_file_not_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::new(dir.path());
+        let engine = build_engine(EngineSettings::default()).unwrap();
+        let wasm = crate::bundled::demo_job_component().unwrap();
+        let maps = || std::fs::read_to_string("/proc/self/maps").unwrap();
+        let before = maps().matches("memfd:wasm-jobs-artifact").count();
+        let (_compiled, _) = cache.load_or_compile(&engine, &wasm).unwrap();
+        let cached = cache
+            .load_cached(&engine, &wasm)
+            .unwrap()
+            .expect("cached now");
+        let after = maps().matches("memfd:wasm-jobs-artifact").count();
+        assert!(after >= before + 2, "{before} -> {after} mappings");
+        drop(cached);
     }
 
     #[test]
