@@ -47,8 +47,10 @@ use seccompiler::{
 };
 use std::collections::BTreeMap;
 
-/// Most descriptors a child may hold (the guest's open files, sockets and
-/// preopens, plus the runtime's own).
+/// Descriptors a child may open beyond those it inherits (the guest's open
+/// files, sockets and preopens, plus the runtime's own). It inherits one
+/// per module the fork server has loaded: wasmtime keeps each artifact's
+/// file open for its copy-on-write memory images.
 const MAX_OPEN_FILES: u64 = 256;
 /// Largest file a child may write (into a read-write preopen).
 const MAX_FILE_SIZE: u64 = 1 << 30;
@@ -175,11 +177,29 @@ pub(crate) fn limit_process(max_memory: u64) -> Result<(), ConfineError> {
         return Err(nix::Error::last().into());
     }
     setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
-    setrlimit(Resource::RLIMIT_NOFILE, MAX_OPEN_FILES, MAX_OPEN_FILES)?;
+    let files = open_files_limit(highest_open_fd().map_err(ConfineError::Status)?);
+    setrlimit(Resource::RLIMIT_NOFILE, files, files)?;
     setrlimit(Resource::RLIMIT_FSIZE, MAX_FILE_SIZE, MAX_FILE_SIZE)?;
     let data = data_size_limit(current_data_size()?, max_memory);
     setrlimit(Resource::RLIMIT_DATA, data, data)?;
     Ok(())
+}
+
+/// `RLIMIT_NOFILE` for a process whose highest open descriptor is `highest`
+/// (a limit is on descriptor numbers, so it must clear the inherited ones).
+fn open_files_limit(highest: u64) -> u64 {
+    highest + 1 + MAX_OPEN_FILES
+}
+
+/// The highest descriptor number open in this process.
+fn highest_open_fd() -> Result<u64, std::io::Error> {
+    let mut highest = 0;
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        if let Some(fd) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
+            highest = highest.max(fd);
+        }
+    }
+    Ok(highest)
 }
 
 /// The backstop for a process that already has `current` bytes of data.
@@ -556,6 +576,25 @@ mod tests {
     }
 
     const DEFAULT_MEMORY_FOR_TEST: u64 = crate::sandbox::DEFAULT_MAX_MEMORY;
+
+    #[test]
+    fn the_open_files_limit_clears_inherited_descriptors() {
+        assert_eq!(open_files_limit(2), 3 + MAX_OPEN_FILES);
+        // 300 inherited descriptors (as from 300 loaded modules): the child
+        // can still make MAX_OPEN_FILES of its own, and not unboundedly many.
+        let held: Vec<std::fs::File> = (0..300)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
+        let status = in_confined_child(&SandboxPolicy::default(), || {
+            // SAFETY: dup of stderr; the copies are left for _exit to close.
+            let made = (0..5_000)
+                .take_while(|_| unsafe { libc::dup(2) } >= 0)
+                .count();
+            i32::from(!(MAX_OPEN_FILES as usize..5_000).contains(&made))
+        });
+        drop(held);
+        assert!(matches!(status, WaitStatus::Exited(_, 0)), "{status:?}");
+    }
 
     #[test]
     fn the_backstop_sits_above_what_the_process_has() {

@@ -352,14 +352,25 @@ async fn launch(l: &ForkServerSettings) -> std::io::Result<(Arc<Conn>, tokio::pr
         .process_group(0);
     let (c, e) = (cmd_server.as_raw_fd(), ev_server.as_raw_fd());
     // SAFETY: runs between fork and exec in the new process, and calls only
-    // fcntl and dup2, which are async-signal-safe. The temporaries are
-    // close-on-exec; the copies at 3 and 4 are not, so exec passes them on.
+    // fcntl, dup2 and close_range, which are async-signal-safe system calls.
+    // The temporaries are close-on-exec; the copies at 3 and 4 are not, so
+    // exec passes them on. Every other descriptor the worker inherited
+    // without close-on-exec (a service manager's or a build tool's) is
+    // closed, so neither the fork server nor its children hold it.
     unsafe {
         cmd.pre_exec(move || {
             let c2 = libc::fcntl(c, libc::F_DUPFD_CLOEXEC, 10);
             let e2 = libc::fcntl(e, libc::F_DUPFD_CLOEXEC, 10);
             if c2 < 0 || e2 < 0 || libc::dup2(c2, COMMAND_FD) < 0 || libc::dup2(e2, EVENT_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            let first = (EVENT_FD + 1) as libc::c_uint;
+            if libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0) != 0 {
+                let e = std::io::Error::last_os_error();
+                // Kernels before 5.9 lack close_range: go on without it.
+                if e.raw_os_error() != Some(libc::ENOSYS) {
+                    return Err(e);
+                }
             }
             Ok(())
         });
