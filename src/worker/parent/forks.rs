@@ -354,9 +354,11 @@ async fn launch(l: &ForkServerSettings) -> std::io::Result<(Arc<Conn>, tokio::pr
     // SAFETY: runs between fork and exec in the new process, and calls only
     // fcntl, dup2 and close_range, which are async-signal-safe system calls.
     // The temporaries are close-on-exec; the copies at 3 and 4 are not, so
-    // exec passes them on. Every other descriptor the worker inherited
-    // without close-on-exec (a service manager's or a build tool's) is
-    // closed, so neither the fork server nor its children hold it.
+    // exec passes them on. Every other descriptor is made close-on-exec
+    // (not closed: the standard library's exec-error pipe must live until
+    // the exec), so one the worker inherited without it (a service
+    // manager's or a build tool's) reaches neither the fork server nor its
+    // children.
     unsafe {
         cmd.pre_exec(move || {
             let c2 = libc::fcntl(c, libc::F_DUPFD_CLOEXEC, 10);
@@ -365,10 +367,11 @@ async fn launch(l: &ForkServerSettings) -> std::io::Result<(Arc<Conn>, tokio::pr
                 return Err(std::io::Error::last_os_error());
             }
             let first = (EVENT_FD + 1) as libc::c_uint;
-            if libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0) != 0 {
+            let all = libc::c_uint::MAX;
+            if libc::syscall(libc::SYS_close_range, first, all, libc::CLOSE_RANGE_CLOEXEC) != 0 {
                 let e = std::io::Error::last_os_error();
-                // Kernels before 5.9 lack close_range: go on without it.
-                if e.raw_os_error() != Some(libc::ENOSYS) {
+                // Kernels before 5.11 lack it: go on without.
+                if !matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) {
                     return Err(e);
                 }
             }
