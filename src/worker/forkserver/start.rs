@@ -67,6 +67,11 @@ impl Server {
             // Not reaped yet, so the pid is still this child's.
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         }
+        // The usual case on this loop's every turn: nothing to fork, so no
+        // key (module, tenant, policy) to copy.
+        if plan.fork == 0 {
+            return;
+        }
         let Some(key) = self.warm.expected(now).cloned() else {
             return;
         };
