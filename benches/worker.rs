@@ -1,12 +1,15 @@
-//! Worker benchmark (not a test): the trivial job through the whole worker on
-//! the embedded queue at concurrency 1, 2 and 8 and through a moto server,
-//! exit-to-delete latency (percentiles interpolated within the worker's
-//! `wasm_jobs_exit_to_settled_seconds` buckets), the parent's RSS with 64
-//! jobs in flight and the heartbeat calls with 100 jobs in flight, each
-//! beside a physical reference
-//! measured in the same run: a bare fork()+waitpid() of a no-op child, a raw
-//! SQLite insert+delete, a raw HTTP round trip to moto. Throughput figures
-//! are medians of three runs.
+//! Worker benchmark (not a test): the whole worker, in-process, on the
+//! embedded queue and through a moto server. The trivial job at several
+//! concurrencies, with warm children and without, with long polls of 0, 1
+//! and 20 s; the Python and JavaScript example guests (when built); queue
+//! calls per job (the worker's own `wasm_jobs_queue_calls_total`) and what
+//! the delete window costs; receive-to-start and exit-to-delete latencies
+//! (percentiles interpolated within the worker's histogram buckets); the
+//! parent's RSS with 64 jobs in flight and the heartbeat calls with 100.
+//! Each figure stands beside a physical reference measured in the same
+//! run: a bare fork()+waitpid() of a no-op child, a raw SQLite
+//! insert+delete, a raw HTTP round trip to moto. Embedded-queue throughput
+//! figures are medians of three runs.
 //!
 //! Run: `cargo bench --bench worker` (or `scripts/bench` for the report).
 
@@ -15,65 +18,25 @@
 
 #[path = "support/moto.rs"]
 mod moto;
+#[path = "support/runs.rs"]
+mod runs;
 
 use moto::start_moto;
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, fork};
+use runs::{Bench, Knobs, median, percentile_ms};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasm_jobs::engine::EngineSettings;
 use wasm_jobs::queue::embedded::EmbeddedStore;
 use wasm_jobs::queue::sqs::SqsQueue;
-use wasm_jobs::queue::{OutgoingMessage, Queue, QueueConfig};
-use wasm_jobs::sandbox::SandboxPolicy;
-use wasm_jobs::worker::{
-    self, BoundQueue, ForkServerSettings, ForkServers, WorkerConfig, WorkerExit, WorkerStats,
-};
+use wasm_jobs::queue::{Queue, QueueConfig};
+use wasm_jobs::worker::{ForkServerSettings, ForkServers, WorkerStats};
 
 const MESSAGES: usize = 2_000;
 const REPEATS: usize = 3;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-/// The cumulative buckets (upper bound in seconds, count) of the histogram
-/// `name` in Prometheus text.
-fn buckets(metrics: &str, name: &str) -> Vec<(f64, u64)> {
-    let prefix = format!("{name}_bucket{{le=\"");
-    metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix(&prefix)?.split_once("\"} "))
-        .map(|(le, n)| (le.parse().unwrap(), n.parse().unwrap()))
-        .collect()
-}
-
-/// The `p` quantile of a histogram, interpolated linearly within its bucket
-/// (as Prometheus's `histogram_quantile`).
-fn percentile(buckets: &[(f64, u64)], p: f64) -> Duration {
-    let total = buckets.last().map_or(0, |b| b.1) as f64;
-    let rank = p * total;
-    let mut lower = (0.0, 0.0);
-    for &(bound, count) in buckets {
-        let count = count as f64;
-        if count >= rank {
-            if bound.is_infinite() {
-                return Duration::from_secs_f64(lower.0);
-            }
-            let within = if count > lower.1 {
-                (rank - lower.1) / (count - lower.1)
-            } else {
-                0.0
-            };
-            return Duration::from_secs_f64(lower.0 + (bound - lower.0) * within);
-        }
-        lower = (bound, count);
-    }
-    Duration::ZERO
-}
 
 /// fork() + waitpid() of a child that exits at once, in µs. Before any thread.
 fn bare_fork_us() -> f64 {
@@ -131,112 +94,6 @@ fn raw_moto_ms(port: u16) -> f64 {
     median(samples)
 }
 
-struct Bench {
-    forks: Arc<ForkServers>,
-    module: PathBuf,
-}
-
-fn config(module: &Path, concurrency: usize, drain: bool) -> WorkerConfig {
-    WorkerConfig {
-        module: Some(module.to_owned()),
-        registry: wasm_jobs::registry::Registry::new(module.with_extension("registry")),
-        concurrency,
-        visibility_timeout: Duration::from_secs(30),
-        heartbeat: Duration::from_secs(1),
-        exit_timeout: Duration::from_secs(30),
-        wait: Some(Duration::ZERO),
-        policies: wasm_jobs::policy::Policies::open(SandboxPolicy {
-            timeout: Duration::from_secs(120),
-            ..SandboxPolicy::default()
-        }),
-        drain,
-    }
-}
-
-async fn fill(q: &dyn Queue, body: &str, n: usize) -> anyhow::Result<()> {
-    for chunk in (0..n).collect::<Vec<_>>().chunks(10) {
-        let batch: Vec<OutgoingMessage> =
-            chunk.iter().map(|_| OutgoingMessage::new(body)).collect();
-        for r in q.send_batch(&batch).await? {
-            r.result?;
-        }
-    }
-    Ok(())
-}
-
-impl Bench {
-    /// Drain `n` trivial jobs; returns jobs/s and the exit-to-delete
-    /// latency histogram's buckets.
-    async fn throughput(
-        &self,
-        q: Arc<dyn Queue>,
-        n: usize,
-        concurrency: usize,
-    ) -> anyhow::Result<(f64, Vec<(f64, u64)>)> {
-        fill(q.as_ref(), "o", n).await?;
-        let stats = Arc::new(WorkerStats::default());
-        let (_tx, signals) = tokio::sync::mpsc::channel(1);
-        let started = Instant::now();
-        let exit = worker::run(
-            config(&self.module, concurrency, true),
-            vec![BoundQueue {
-                queue: q,
-                tenant: Some("default".into()),
-            }],
-            Arc::clone(&self.forks),
-            Arc::clone(&stats),
-            signals,
-        )
-        .await;
-        let elapsed = started.elapsed();
-        anyhow::ensure!(exit == WorkerExit::Drained, "{exit:?}");
-        anyhow::ensure!(
-            stats.succeeded_count() == n as u64,
-            "{} of {n} succeeded",
-            stats.succeeded_count()
-        );
-        let lat = buckets(&stats.render(), "wasm_jobs_exit_to_settled_seconds");
-        Ok((n as f64 / elapsed.as_secs_f64(), lat))
-    }
-
-    /// Hold `n` looping jobs in flight; call `measure` once they all run,
-    /// then stop the worker with SIGTERM's exit handling.
-    async fn in_flight<T>(
-        &self,
-        q: Arc<dyn Queue>,
-        n: usize,
-        measure: impl AsyncFnOnce(&WorkerStats) -> T,
-    ) -> anyhow::Result<T> {
-        fill(q.as_ref(), "l", n).await?;
-        let stats = Arc::new(WorkerStats::default());
-        let (tx, signals) = tokio::sync::mpsc::channel(1);
-        let run = tokio::spawn(worker::run(
-            config(&self.module, n, false),
-            vec![BoundQueue {
-                queue: q,
-                tenant: Some("default".into()),
-            }],
-            Arc::clone(&self.forks),
-            Arc::clone(&stats),
-            signals,
-        ));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let label = self.module.display().to_string();
-        while stats.in_flight(&label, "default") < n as i64 {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "only {} in flight",
-                stats.in_flight(&label, "default")
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let value = measure(&stats).await;
-        tx.send(libc::SIGTERM).await?;
-        run.await?;
-        Ok(value)
-    }
-}
-
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -258,11 +115,24 @@ fn main() -> anyhow::Result<()> {
         &module,
         wasm_jobs::componentize::job_component_from_core(&wat)?,
     )?;
+    // First, while this process is small and has no thread: the fork
+    // reference.
+    let fork_us = bare_fork_us();
     let cache = dir.path().join("compiled");
     wasm_jobs::executor::Executor::new(EngineSettings::default(), &cache)?.load_file(&module)?;
-
-    // Before any thread: the fork reference.
-    let fork_us = bare_fork_us();
+    // The example guests that are built (the fork server compiles them on
+    // their first run, which is not timed).
+    let guests: Vec<(&str, std::path::PathBuf)> = ["python", "js"]
+        .into_iter()
+        .map(|lang| {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("guest-examples")
+                .join(lang)
+                .join("build/job.wasm");
+            (lang, path)
+        })
+        .filter(|(_, path)| path.exists())
+        .collect();
     let sqlite_us = raw_sqlite_us(dir.path())?;
     let moto = start_moto();
 
@@ -281,7 +151,7 @@ fn main() -> anyhow::Result<()> {
                 format: wasm_jobs::logging::LogFormat::Json,
                 filter: "error".into(),
             },
-            warm_children: 8,
+            warm_children: 10,
         };
         let cold_settings = ForkServerSettings {
             warm_children: 0,
@@ -294,7 +164,7 @@ fn main() -> anyhow::Result<()> {
             // SAFETY: setpriority on our own child process.
             unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, 19) };
         }
-        let bench = Bench { forks, module: module.clone() };
+        let bench = Bench { forks: Arc::clone(&forks), module: module.clone() };
         // The same worker forking every call on demand (no warm children).
         let cold = Bench { forks: cold_forks, module: module.clone() };
         let store = EmbeddedStore::open(dir.path())?;
@@ -307,35 +177,69 @@ fn main() -> anyhow::Result<()> {
         };
         let mut rows = Vec::new();
         let fork_per_s = 1e6 / fork_us;
+        let fork_ref = format!("bare fork+waitpid {fork_per_s:.0}/s");
         for c in [1, 2, 8] {
             let mut rates = Vec::new();
             let mut cold_rates = Vec::new();
             let mut lats = Vec::new();
             for _ in 0..REPEATS {
-                let (rate, lat) = bench.throughput(queue("tp")?, MESSAGES, c).await?;
-                rates.push(rate);
-                lats = lat;
+                let run = bench.run(queue("tp")?, "o", MESSAGES, Knobs::c(c), false).await?;
+                rates.push(run.jobs_per_s);
+                lats = run.exit_to_delete;
                 if c == 2 {
                     // Alternated with the warm runs, so both see the same machine.
-                    let (rate, _) = cold.throughput(queue("cold")?, MESSAGES, c).await?;
-                    cold_rates.push(rate);
+                    let run = cold.run(queue("cold")?, "o", MESSAGES, Knobs::c(c), false).await?;
+                    cold_rates.push(run.jobs_per_s);
                 }
             }
             let rate = median(rates);
-            rows.push(format!("| trivial job, embedded queue, concurrency {c} (median of {REPEATS} × {MESSAGES}) | {rate:.0} jobs/s | bare fork+waitpid {fork_per_s:.0}/s | {:.2} of fork rate | ≥ 1,000 jobs/s at c=2 |", rate / fork_per_s));
+            rows.push(format!("| trivial job, embedded queue, concurrency {c} (median of {REPEATS} × {MESSAGES}) | {rate:.0} jobs/s | {fork_ref} | {:.2} of fork rate | c=2: ≥ 0.5 of fork rate |", rate / fork_per_s));
             if c == 2 {
                 let cold_rate = median(cold_rates);
                 rows.push(format!("| the same, concurrency 2, warm children off (`--warm-children 0`), runs alternated with the row above | {cold_rate:.0} jobs/s | the row above: {rate:.0} jobs/s | warm / off = {:.2} | |", rate / cold_rate));
                 rows.push(format!(
-                    "| exit-to-delete latency, concurrency 2: p50 / p99 (interpolated within the histogram's buckets) | {:.2} / {:.2} ms | SQLite insert+delete {sqlite_us:.0} µs | p99 = {:.1}× | p99 < 5 ms |",
-                    percentile(&lats, 0.5).as_secs_f64() * 1e3,
-                    percentile(&lats, 0.99).as_secs_f64() * 1e3,
-                    percentile(&lats, 0.99).as_secs_f64() * 1e6 / sqlite_us
+                    "| exit-to-delete latency, concurrency 2 (default delete window: 0 on the embedded queue): p50 / p99 | {:.2} / {:.2} ms | SQLite insert+delete {sqlite_us:.0} µs | p99 = {:.1}× | p99 < 5 ms |",
+                    percentile_ms(&lats, 0.5),
+                    percentile_ms(&lats, 0.99),
+                    percentile_ms(&lats, 0.99) * 1e3 / sqlite_us
                 ));
+            }
+        }
+        for w in [1, 20] {
+            let mut rates = Vec::new();
+            for _ in 0..REPEATS {
+                rates.push(bench.run(queue("wait")?, "o", MESSAGES, Knobs::c(2).wait(w), false).await?.jobs_per_s);
+            }
+            let rate = median(rates);
+            rows.push(format!("| the same, concurrency 2, `--wait {w}` (long polls; median of {REPEATS} × {MESSAGES}) | {rate:.0} jobs/s | {fork_ref} | {:.2} of fork rate | as fast as `--wait 0` |", rate / fork_per_s));
+        }
+        // An idle worker long-polling: each message sent once the one
+        // before has succeeded, so nothing waits for a slot.
+        let latency = async |b: &Bench, q| -> anyhow::Result<(f64, f64)> {
+            let run = b.run(q, "o", 300, Knobs::c(2).wait(20), true).await?;
+            Ok((percentile_ms(&run.receive_to_start, 0.5), percentile_ms(&run.receive_to_start, 0.99)))
+        };
+        let (warm50, warm99) = latency(&bench, queue("latency")?).await?;
+        let (cold50, cold99) = latency(&cold, queue("latency-cold")?).await?;
+        rows.push(format!("| receive-to-start latency, idle worker, one message at a time (300), warm child: p50 / p99 | {warm50:.2} / {warm99:.2} ms | forked on demand: {cold50:.2} / {cold99:.2} ms; bare fork+waitpid {:.2} ms | warm p50 = {:.2} of a bare fork | p50 < 0.3 ms, p99 < 2 ms |", fork_us / 1e3, warm50 * 1e3 / fork_us));
+        for (lang, path) in &guests {
+            let guest = Bench { forks: Arc::clone(&forks), module: path.clone() };
+            let body = r#"{"op":"count","text":"one two three"}"#;
+            guest.run(queue("compile")?, body, 1, Knobs::c(1), false).await?;
+            let runs: &[(usize, u64)] = if *lang == "python" { &[(1, 0), (2, 0), (2, 1), (4, 0)] } else { &[(1, 0), (2, 0), (4, 0)] };
+            for &(c, w) in runs {
+                let mut rates = Vec::new();
+                for _ in 0..REPEATS {
+                    rates.push(guest.run(queue(lang)?, body, 400, Knobs::c(c).wait(w), false).await?.jobs_per_s);
+                }
+                let rate = median(rates);
+                let target = if *lang == "python" && c == 2 { "≥ 800 jobs/s" } else { "" };
+                rows.push(format!("| {lang} example guest, embedded queue, concurrency {c}, `--wait {w}` (median of {REPEATS} × 400) | {rate:.0} jobs/s | {fork_ref} | {:.2} of fork rate | {target} |", rate / fork_per_s));
             }
         }
         if let Some((_, port)) = &moto {
             let raw = raw_moto_ms(*port);
+            let rtt = format!("raw HTTP round trip to moto {raw:.2} ms");
             let conf = aws_sdk_sqs::Config::builder()
                 .behavior_version_latest()
                 .region(aws_sdk_sqs::config::Region::new("us-east-1"))
@@ -343,9 +247,29 @@ fn main() -> anyhow::Result<()> {
                 .endpoint_url(format!("http://127.0.0.1:{port}"))
                 .build();
             let client = aws_sdk_sqs::Client::from_conf(conf);
-            let url = SqsQueue::create(&client, "bench", &QueueConfig::default()).await?;
-            let (rate, _) = bench.throughput(Arc::new(SqsQueue::new(client, url)), 200, 2).await?;
-            rows.push(format!("| trivial job through moto, concurrency 2, 200 messages | {rate:.0} jobs/s | raw HTTP round trip to moto {raw:.2} ms | {:.1} round trips per job | |", 1e3 / rate / raw));
+            let mut next = 0;
+            let mut sqs = async |b: &Bench, body: &str, knobs: Knobs| -> anyhow::Result<runs::Run> {
+                next += 1;
+                let url = SqsQueue::create(&client, &format!("bench-{next}"), &QueueConfig::default()).await?;
+                b.run(Arc::new(SqsQueue::new(client.clone(), url)), body, 200, knobs, false).await
+            };
+            for c in [1, 4, 10] {
+                let run = sqs(&bench, "o", Knobs::c(c)).await?;
+                rows.push(format!("| trivial job through moto, concurrency {c}, 200 messages | {:.0} jobs/s, {:.2} queue calls per job | {rtt} | {:.2} round trips per job | c=4: ≤ 0.3 calls per job |", run.jobs_per_s, run.calls_per_job, 1e3 / run.jobs_per_s / raw));
+            }
+            for w in [1, 20] {
+                let run = sqs(&bench, "o", Knobs::c(4).wait(w)).await?;
+                rows.push(format!("| the same, concurrency 4, `--wait {w}` | {:.0} jobs/s, {:.2} queue calls per job | {rtt} | {:.2} round trips per job | as fast as `--wait 0` |", run.jobs_per_s, run.calls_per_job, 1e3 / run.jobs_per_s / raw));
+            }
+            for window in [0, 20, 100] {
+                let run = sqs(&bench, "o", Knobs::c(4).window_ms(window)).await?;
+                rows.push(format!("| delete window {window} ms (default on SQS: 20), trivial job through moto, concurrency 4: jobs/s, calls per job; exit-to-delete p50 / p99 | {:.0} jobs/s, {:.2} calls per job; {:.1} / {:.1} ms | {rtt} | p99 = {:.1} round trips | what the window costs |", run.jobs_per_s, run.calls_per_job, percentile_ms(&run.exit_to_delete, 0.5), percentile_ms(&run.exit_to_delete, 0.99), percentile_ms(&run.exit_to_delete, 0.99) / raw));
+            }
+            if let Some((_, path)) = guests.iter().find(|(lang, _)| *lang == "python") {
+                let guest = Bench { forks: Arc::clone(&forks), module: path.clone() };
+                let run = sqs(&guest, r#"{"op":"count","text":"one two three"}"#, Knobs::c(4)).await?;
+                rows.push(format!("| python example guest through moto, concurrency 4, 200 messages | {:.0} jobs/s, {:.2} queue calls per job | {rtt} | {:.2} round trips per job | ≥ 200 jobs/s |", run.jobs_per_s, run.calls_per_job, 1e3 / run.jobs_per_s / raw));
+            }
         } else {
             rows.push("| trivial job through moto | skipped: moto not installed | | | |".into());
         }

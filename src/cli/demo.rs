@@ -76,6 +76,8 @@ pub(super) fn run(args: DemoArgs, log: &crate::logging::LogSettings) -> anyhow::
         max_memory: DEFAULT_MAX_MEMORY,
         drain: true,
         warm_children: None,
+        prefetch: super::worker_cmd::DEFAULT_PREFETCH,
+        delete_window: None,
         metrics_addr: None,
         compile_timeout: Duration::from_secs(300),
         compile_memory: 4 << 30,

@@ -18,6 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// `--prefetch`'s default: one receive batch.
+pub(super) const DEFAULT_PREFETCH: usize = 10;
+
 #[derive(Debug, clap::Args)]
 pub(super) struct WorkerArgs {
     /// A queue this worker serves, bound to a tenant: `TENANT=QUEUE`, or a
@@ -67,6 +70,17 @@ pub(super) struct WorkerArgs {
     /// Exit 0 once the queue is empty and every job has ended.
     #[arg(long)]
     pub(super) drain: bool,
+    /// Messages received beyond the free slots, to wait (heartbeated, and
+    /// released at once on an exit signal) for one: a busy worker then
+    /// receives a batch of up to 10 per call instead of one message per
+    /// freed slot. 0 receives only for free slots.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_PREFETCH)]
+    pub(super) prefetch: usize,
+    /// How long a finished job's delete may wait for others to share a
+    /// DeleteMessageBatch call (seconds, at most 1; 0 batches only deletes
+    /// already waiting). Default: 0 on the embedded queue, 0.02 on SQS.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_window)]
+    pub(super) delete_window: Option<Duration>,
     /// At most this many children kept forked and set up (runtime, store,
     /// sandbox) for the module last used, one per free slot and at least
     /// one, so a call starts without a fork; 0 forks each call on demand.
@@ -88,16 +102,25 @@ pub(super) struct WorkerArgs {
     pub(super) location: Location,
 }
 
-fn parse_wait(s: &str) -> Result<Duration, String> {
+/// Seconds from 0 to `max`; `what` names the limit in the error.
+fn seconds_up_to(s: &str, max: Duration, what: &str) -> Result<Duration, String> {
     let d = if s.trim() == "0" {
         Duration::ZERO
     } else {
         parse_seconds(s)?
     };
-    if d > Duration::from_secs(20) {
-        return Err("long polls last at most 20 seconds".into());
+    if d > max {
+        return Err(format!("{what} at most {} s", max.as_secs()));
     }
     Ok(d)
+}
+
+fn parse_window(s: &str) -> Result<Duration, String> {
+    seconds_up_to(s, Duration::from_secs(1), "the delete window is")
+}
+
+fn parse_wait(s: &str) -> Result<Duration, String> {
+    seconds_up_to(s, Duration::from_secs(20), "long polls last")
 }
 
 /// What the process does once the worker is done.
@@ -206,6 +229,8 @@ where
         wait: args.wait,
         policies,
         drain: args.drain,
+        prefetch: args.prefetch,
+        delete_window: args.delete_window,
     };
     if let Err(why) = worker::check_config(&config) {
         eprintln!("error: {why}");
@@ -310,7 +335,20 @@ pub(super) fn reraise(sig: i32) -> ! {
 
 #[cfg(test)]
 mod tests {
-    use super::binding;
+    use super::{binding, parse_window};
+    use std::time::Duration;
+
+    #[test]
+    fn the_delete_window_is_zero_to_one_second() {
+        assert_eq!(parse_window("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_window("0.02"), Ok(Duration::from_millis(20)));
+        assert!(
+            parse_window("1.5")
+                .unwrap_err()
+                .contains("at most 1 second")
+        );
+        assert!(parse_window("-1").is_err());
+    }
 
     #[test]
     fn a_queue_is_bound_to_its_named_tenant_or_the_default() {

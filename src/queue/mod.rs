@@ -269,6 +269,12 @@ impl QueueError {
 pub trait Queue: Send + Sync {
     /// A human-readable name for logs (queue name or URL).
     fn name(&self) -> &str;
+    /// Whether a call is a local transaction (the embedded queue) rather
+    /// than a network round trip; the worker batches deletes by default
+    /// only for remote queues.
+    fn is_local(&self) -> bool {
+        false
+    }
     /// ReceiveMessage: up to `req.max_messages` visible messages, made
     /// invisible for the visibility timeout; waits up to `req.wait` for one.
     async fn receive(&self, req: ReceiveRequest) -> Result<Vec<ReceivedMessage>, QueueError>;

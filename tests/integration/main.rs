@@ -8,6 +8,7 @@
 
 mod architecture;
 mod artifacts;
+mod batching;
 mod common;
 mod confinement;
 mod exec_cli;

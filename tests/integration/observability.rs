@@ -88,12 +88,16 @@ fn try_request(addr: &str, request: &str, timeout: Duration) -> std::io::Result<
     ))
 }
 
-fn try_get(addr: &str, path: &str, timeout: Duration) -> std::io::Result<(String, String)> {
+pub(crate) fn try_get(
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<(String, String)> {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     try_request(addr, &request, timeout)
 }
 
-fn http_get(addr: &str, path: &str) -> (String, String) {
+pub(crate) fn http_get(addr: &str, path: &str) -> (String, String) {
     try_get(addr, path, Duration::from_secs(10)).unwrap()
 }
 
@@ -115,7 +119,7 @@ fn wait_for_status(w: &Worker, addr: &str, path: &str, status: &str, timeout: Du
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -124,7 +128,7 @@ fn free_port() -> u16 {
 }
 
 /// A series' value, if the text has it.
-fn metric_opt(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn metric_opt(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| {
             l.strip_prefix(series)

@@ -61,6 +61,9 @@ impl Queue for EmbeddedQueue {
     fn name(&self) -> &str {
         &self.name
     }
+    fn is_local(&self) -> bool {
+        true
+    }
 
     async fn receive(&self, req: ReceiveRequest) -> Result<Vec<ReceivedMessage>, QueueError> {
         validate::receive(&req)?;

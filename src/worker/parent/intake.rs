@@ -1,9 +1,11 @@
 //! Receiving, in the worker parent: one receiver task per queue the worker
-//! serves. Each asks its queue for messages only while [`Slots::reserve`]
-//! says its tenant has room and a worker slot is unclaimed, so a capped
-//! tenant's queue is left alone (its messages stay in the queue, receive
-//! count untouched) while other tenants' jobs run. Nothing is held during a
-//! long poll, so an idle queue never keeps a slot from a busy one.
+//! serves. Each asks its queue for messages only when [`Slots::reserve`]
+//! says so: its tenant has room, and a batch fits in the free slots and the
+//! prefetch (or a slot would sit idle), so a capped tenant's queue is left
+//! alone (its messages stay in the queue, receive count untouched) while
+//! other tenants' jobs run, and a backlog is received 10 at a time. Nothing
+//! is held during a long poll, so an idle queue never keeps a slot from a
+//! busy one.
 //!
 //! What a receive returns goes to the run loop with one [`Ticket`] per
 //! message; a batch that arrives after an exit signal is released at once.

@@ -12,7 +12,7 @@ use super::forks::{ProcessEnd, SpawnError, Spawned};
 use super::settle::{
     self, Delivery, JobContext, JobResult, apply, record_failure, report_queue_error,
 };
-use super::slots::Ticket;
+use super::slots::{Slot, Ticket};
 use crate::worker::protocol::CallKind;
 use nix::sys::signal::Signal;
 use std::sync::Arc;
@@ -79,14 +79,16 @@ pub(crate) async fn handle(ctx: Arc<JobContext>, d: Delivery, mut ticket: Ticket
             _ = async { exit_signal.wait_for(Option::is_some).await.map(|_| ()) } => {
                 drop(lease);
                 let visibility = fate::requeue_visibility(d.source.long_poll);
-                report_queue_error(&ctx, &d.msg.message_id, d.source.queue.change_visibility(&d.msg.receipt_handle, visibility).await);
-                ctx.stats.released.inc();
+                let r = d.source.queue.change_visibility(&d.msg.receipt_handle, visibility).await;
+                if r.is_ok() {
+                    ctx.stats.released.inc();
+                    tracing::info!(visibility_s = visibility.as_secs(), "prefetched message released on the exit signal");
+                }
+                report_queue_error(&ctx, &d.msg.message_id, r);
                 return JobResult::default();
             }
         };
-        let result = run(&ctx, &d, &a, lease).await;
-        drop(slot);
-        result
+        run(&ctx, &d, &a, lease, slot).await
     }
     .instrument(span)
     .await
@@ -110,12 +112,16 @@ async fn over_cap(ctx: &JobContext, d: &Delivery) -> JobResult {
     JobResult::default()
 }
 
-/// Spawn the job, watch it, and settle the message.
+/// Spawn the job, watch it, and settle the message. The worker slot is
+/// given back when the process has ended, before the message is settled
+/// (a batched delete may wait a few milliseconds), unless exit handling
+/// still has `on-exit` to run.
 async fn run(
     ctx: &JobContext,
     d: &Delivery,
     a: &Admitted,
     lease: super::heartbeat::Lease,
+    slot: Slot,
 ) -> JobResult {
     let spawned = ctx.spawn(d, a, CallKind::Run).await;
     let spawned = match spawned {
@@ -135,6 +141,9 @@ async fn run(
     tracing::Span::current().record("pid", spawned.pid.as_raw());
     tracing::info!(warm = spawned.warm, "worker child started");
     let started = Instant::now();
+    ctx.stats
+        .receive_to_start
+        .observe(started.duration_since(d.received).as_secs_f64());
     let _in_flight = ctx.stats.job_started(&a.module.label, &a.tenant);
     if d.msg.sent_timestamp_ms > 0 {
         let now = SystemTime::now()
@@ -176,6 +185,7 @@ async fn run(
     match fate::decide(&end) {
         Fate::ExitHandling { signal } => exit::handle(ctx, d, a, None, signal).await,
         other => {
+            drop(slot);
             apply(ctx, d, other).await;
             ctx.stats.record_exit_to_settled(ended_at.elapsed());
             JobResult::default()

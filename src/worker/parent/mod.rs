@@ -8,11 +8,15 @@
 //! - [`job`]: each message's one-way life: admitted once ([`admit`]) →
 //!   worker slot → spawned → ended → [`fate`] → applied ([`settle`]);
 //!   [`exit`] for the exit-signal sequence.
-//! - [`heartbeat`]: leases and batched visibility extensions, per queue.
+//! - [`heartbeat`]: leases and batched visibility extensions, per queue;
+//!   [`deletes`]: batched deletes, per queue; [`counted`]: every queue call
+//!   counted by kind.
 //! - [`stats`] and [`metrics`]: counters, and the endpoint that serves them
 //!   with the health checks.
 
 pub(crate) mod admit;
+mod counted;
+mod deletes;
 mod exit;
 pub(crate) mod fate;
 pub(crate) mod forks;
@@ -62,6 +66,13 @@ pub struct WorkerConfig {
     pub policies: Policies,
     /// Exit 0 once every queue is empty and every job has ended.
     pub drain: bool,
+    /// Messages received beyond the free slots, to wait (heartbeated) for
+    /// one: receives then ask for a batch instead of one message per
+    /// freed slot.
+    pub prefetch: usize,
+    /// How long a finished job's delete may wait to share a batch; `None`:
+    /// zero on the embedded queue, 20 ms on SQS.
+    pub delete_window: Option<Duration>,
 }
 
 /// A queue the worker serves and whose messages it carries.
@@ -130,7 +141,7 @@ async fn sources(
 ) -> Result<Vec<Arc<Source>>, String> {
     let mut out = Vec::new();
     for b in queues {
-        let q = b.queue;
+        let q = counted::Counted::wrap(b.queue, stats);
         let attrs = q
             .attributes()
             .await
@@ -146,10 +157,16 @@ async fn sources(
             QueueTenant::Bound(t) => t.as_str(),
             QueueTenant::Shared => "(shared: signed messages)",
         };
+        let window = config.delete_window.unwrap_or(if q.is_local() {
+            Duration::ZERO
+        } else {
+            deletes::REMOTE_WINDOW
+        });
         tracing::info!(
             queue = q.name(),
             tenant = tenant_label,
             long_poll_s = long_poll.as_secs(),
+            delete_window_ms = window.as_millis() as u64,
             retries_allowed = attrs.allows_retries(),
             dead_letter_queue = dead_letter_queue.is_some(),
             "serving queue"
@@ -160,7 +177,9 @@ async fn sources(
             config.visibility_timeout,
             Arc::clone(stats),
         );
+        let deletes = deletes::Deletes::start(Arc::clone(&q), window);
         out.push(Arc::new(Source {
+            deletes,
             queue: q,
             dead_letter_queue,
             tenant,
@@ -212,7 +231,11 @@ pub async fn run(
         queues = sources.len(),
         "worker started"
     );
-    let slots = Slots::new(config.concurrency, config.policies.slot_settings());
+    let slots = Slots::new(
+        config.concurrency,
+        config.prefetch,
+        config.policies.slot_settings(),
+    );
     let (exit_tx, exit_rx) = watch::channel(None);
     let ctx = Arc::new(JobContext {
         forks: Arc::clone(&forks),

@@ -4,6 +4,7 @@
 //! [`super::job`] and [`super::exit`], which do not use each other's insides.
 
 use super::admit::{self, QueueTenant, Sanitized};
+use super::deletes::Deletes;
 use super::fate::{self, Fate, WorkerEnd};
 use super::forks::ForkServers;
 use super::heartbeat::Heartbeats;
@@ -25,6 +26,7 @@ pub(crate) struct Source {
     pub(crate) retries_allowed: bool,
     pub(crate) long_poll: Duration,
     pub(crate) heartbeats: Heartbeats,
+    pub(crate) deletes: Deletes,
 }
 
 /// What every job task shares.
@@ -122,7 +124,7 @@ pub(super) async fn apply(ctx: &JobContext, d: &Delivery, fate: Fate) {
     let (id, queue, receipt) = (&d.msg.message_id, &d.source.queue, &d.msg.receipt_handle);
     let result = match fate {
         Fate::Delete => {
-            let r = queue.delete(receipt).await;
+            let r = d.source.deletes.delete(receipt).await;
             if r.is_ok() {
                 ctx.stats.succeeded.inc();
                 tracing::info!(message_id = %id, "job succeeded; message deleted");
@@ -209,7 +211,7 @@ pub(super) async fn dead_letter(
         dedup_id: msg.group_id.as_ref().map(|_| msg.message_id.clone()),
     };
     dlq.send(&copy).await?;
-    d.source.queue.delete(&msg.receipt_handle).await?;
+    d.source.deletes.delete(&msg.receipt_handle).await?;
     ctx.stats.dead_lettered.inc();
     tracing::warn!(message_id = %msg.message_id, %why, "message dead-lettered");
     Ok(())

@@ -1,14 +1,17 @@
 //! Job slots, in the worker parent: the worker's `--concurrency` shared
-//! fairly among tenants, and each tenant's `max_concurrency`.
+//! fairly among tenants, each tenant's `max_concurrency`, and the
+//! `--prefetch` of messages received ahead of a free slot.
 //!
 //! The order is always tenant slot first, then a worker slot, so a message
 //! never holds a worker slot while it waits for its tenant's. A queue bound
 //! to a tenant is asked for messages only while that tenant has room and a
-//! worker slot is free ([`Slots::reserve`]); what it returns is then given
-//! worker slots ([`Slots::acquire`]). When slots are contended (several
-//! queues' messages arrived for the last free slot), a freed slot goes to
-//! the waiting tenant with the fewest running jobs per unit of `weight`,
-//! first come first served among equals ([`pick`]: pure, tested).
+//! worker slot or the prefetch is free ([`Slots::reserve`]); with a
+//! prefetch, a receive waits until a whole batch may be asked for
+//! ([`receive_size`]: pure, tested). What it returns is then given worker
+//! slots ([`Slots::acquire`]). When slots are contended (messages wait for
+//! them), a freed slot goes to the waiting tenant with the fewest running
+//! jobs per unit of `weight`, first come first served among equals
+//! ([`pick`]: pure, tested).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,6 +48,8 @@ struct Waiter {
 struct State {
     /// Worker slots nobody holds.
     free: usize,
+    /// Messages that may be received beyond the free worker slots.
+    prefetch: usize,
     /// Messages received that have not asked for a worker slot yet.
     in_transit: usize,
     tenants: HashMap<String, Tenant>,
@@ -54,10 +59,34 @@ struct State {
 }
 
 impl State {
-    /// Worker slots not promised to a message already received.
+    /// Received messages not running yet: on their way to a worker slot or
+    /// waiting for one.
+    fn local(&self) -> usize {
+        self.in_transit + self.waiters.len()
+    }
+
+    /// Messages that may still be received: the free worker slots and the
+    /// prefetch, less what was received and is not running yet.
     fn unclaimed(&self) -> usize {
-        self.free
-            .saturating_sub(self.in_transit + self.waiters.len())
+        (self.free + self.prefetch).saturating_sub(self.local())
+    }
+
+    /// How many messages a receive for `tenant` may ask for now, if it
+    /// should be made now ([`receive_size`]).
+    fn receive_size(&self, tenant: Option<&str>) -> Option<usize> {
+        let room = tenant.map_or(usize::MAX, |t| self.room(t));
+        let tenant_waiting = tenant.map(|t| {
+            self.tenants
+                .get(t)
+                .map_or(0, |t| t.held.saturating_sub(t.running))
+        });
+        receive_size(Want {
+            unclaimed: self.unclaimed(),
+            room,
+            prefetch: self.prefetch,
+            idle_slots: self.free.saturating_sub(self.local()),
+            tenant_waiting,
+        })
     }
 
     fn room(&self, tenant: &str) -> usize {
@@ -108,6 +137,36 @@ pub(crate) struct Slot {
     tenant: String,
 }
 
+/// What [`receive_size`] decides from.
+#[derive(Debug, Clone, Copy)]
+struct Want {
+    /// Messages the worker may still take ([`State::unclaimed`]).
+    unclaimed: usize,
+    /// The tenant's room under its cap (`usize::MAX`: no cap, or a shared
+    /// queue whose tenants are known only once received).
+    room: usize,
+    /// `--prefetch`.
+    prefetch: usize,
+    /// Worker slots no received message will take.
+    idle_slots: usize,
+    /// A bound queue's tenant: its received messages not running yet.
+    tenant_waiting: Option<usize>,
+}
+
+/// Whether to receive now, and how many: at most the unclaimed messages,
+/// the tenant's room and a batch. With a prefetch, a receive waits until
+/// it can ask for a full batch (`min(prefetch, 10)`, or the tenant's room
+/// if smaller), so a backlog costs one receive per batch instead of one per
+/// freed slot; it goes at once when a worker slot would otherwise sit idle,
+/// or when its tenant has nothing waiting (so every busy tenant has
+/// messages among the waiters that [`pick`] shares slots between).
+fn receive_size(w: Want) -> Option<usize> {
+    let n = w.unclaimed.min(w.room).min(MAX_BATCH);
+    let batch = w.prefetch.min(MAX_BATCH).min(w.room);
+    let go = n >= batch || w.idle_slots > 0 || w.tenant_waiting == Some(0);
+    (n > 0 && go).then_some(n)
+}
+
 /// Who gets a freed worker slot among `waiters` (tenant, arrival order):
 /// the one whose tenant has the fewest running jobs per unit of weight,
 /// the earliest among equals. Returns an index into `waiters`.
@@ -129,10 +188,12 @@ fn pick<'a>(
 }
 
 impl Slots {
-    /// `concurrency` worker slots; `tenants` gives each known tenant's cap
-    /// and weight (others: no cap, weight 1).
+    /// `concurrency` worker slots and `prefetch` messages received beyond
+    /// them; `tenants` gives each known tenant's cap and weight (others: no
+    /// cap, weight 1).
     pub(crate) fn new(
         concurrency: usize,
+        prefetch: usize,
         tenants: impl IntoIterator<Item = (String, Option<usize>, u32)>,
     ) -> Self {
         let tenants = tenants
@@ -149,6 +210,7 @@ impl Slots {
         Slots {
             state: Arc::new(Mutex::new(State {
                 free: concurrency,
+                prefetch,
                 in_transit: 0,
                 tenants,
                 waiters: Vec::new(),
@@ -166,10 +228,9 @@ impl Slots {
         self.changed.notify_waiters();
     }
 
-    /// Wait until a receive may be made for `tenant` (`None`: a shared
+    /// Wait until a receive should be made for `tenant` (`None`: a shared
     /// queue, whose tenants are known only once received) and reserve its
-    /// size: at least 1, at most the unclaimed worker slots, the tenant's
-    /// room and a batch. A bound tenant's slots are held from here on.
+    /// size ([`receive_size`]). A bound tenant's slots are held from here on.
     pub(crate) async fn reserve(&self, tenant: Option<&str>) -> Reservation {
         loop {
             let notified = self.changed.notified();
@@ -177,9 +238,7 @@ impl Slots {
             notified.as_mut().enable();
             {
                 let mut s = self.lock();
-                let room = tenant.map_or(usize::MAX, |t| s.room(t));
-                let n = s.unclaimed().min(room).min(MAX_BATCH);
-                if n > 0 {
+                if let Some(n) = s.receive_size(tenant) {
                     if let Some(t) = tenant {
                         s.tenant(t).held += n;
                     }
@@ -377,111 +436,4 @@ impl Drop for Slot {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    fn weights<'a>(table: &'a [(&'a str, usize, u32)]) -> impl Fn(&str) -> (usize, u32) + 'a {
-        move |t| {
-            table
-                .iter()
-                .find(|(n, _, _)| *n == t)
-                .map_or((0, 1), |(_, r, w)| (*r, *w))
-        }
-    }
-
-    #[test]
-    fn a_freed_slot_goes_to_the_tenant_with_least_running_per_weight() {
-        let table = [("a", 3, 1), ("b", 1, 1), ("c", 4, 4)];
-        let waiters = [("a", 1), ("b", 2), ("c", 3)];
-        // c: 4/4 = 1 = b's 1/1, but b came first.
-        assert_eq!(pick(waiters.iter().copied(), weights(&table)), Some(1));
-        let table = [("a", 3, 1), ("b", 2, 1), ("c", 4, 4)];
-        assert_eq!(pick(waiters.iter().copied(), weights(&table)), Some(2));
-        // Equal shares: first come, first served.
-        let waiters = [("a", 9), ("a", 4)];
-        assert_eq!(pick(waiters.iter().copied(), weights(&table)), Some(1));
-        assert_eq!(pick(std::iter::empty(), weights(&table)), None);
-    }
-
-    #[tokio::test]
-    async fn a_capped_tenant_reserves_only_its_room_and_gets_it_back() {
-        let slots = Slots::new(4, [("a".to_owned(), Some(1), 1)]);
-        let r = slots.reserve(Some("a")).await;
-        assert_eq!(r.count(), 1);
-        // A second receive for `a` waits until the first reservation goes.
-        let again = tokio::time::timeout(Duration::from_millis(50), slots.reserve(Some("a")));
-        assert!(again.await.is_err());
-        drop(r);
-        let mut r = slots.reserve(Some("a")).await;
-        let ticket = r.arrived(1).pop().unwrap();
-        drop(r);
-        // An uncapped tenant may receive a batch of up to the unclaimed slots:
-        // one of the four is promised to the message that just arrived.
-        assert_eq!(slots.reserve(Some("b")).await.count(), 3);
-        let mut shared = slots.reserve(None).await.arrived(1).pop().unwrap();
-        assert!(!shared.claim_tenant("a"), "a is at its cap");
-        assert!(shared.claim_tenant("b"));
-        let running = slots.acquire(ticket).await;
-        drop(running);
-        assert!(slots.reserve(None).await.count() >= 3);
-    }
-
-    #[tokio::test]
-    async fn contended_slots_go_by_weight_and_nobody_receives_while_one_is_promised() {
-        let slots = Slots::new(2, [("a".to_owned(), None, 1), ("b".to_owned(), None, 1)]);
-        let ticket = |tenant: &str| {
-            let mut t = Ticket {
-                slots: slots.clone(),
-                tenant: None,
-                in_transit: false,
-            };
-            assert!(t.claim_tenant(tenant));
-            t
-        };
-        let _running_a = slots.acquire(ticket("a")).await;
-        let running_b = slots.acquire(ticket("b")).await;
-        let waiting = |t: Ticket| {
-            let s = slots.clone();
-            tokio::spawn(async move { s.acquire(t).await })
-        };
-        // Two messages wait: another `a` first, then another `b`.
-        let a2 = waiting(ticket("a"));
-        tokio::task::yield_now().await;
-        let b2 = waiting(ticket("b"));
-        tokio::task::yield_now().await;
-        assert!(!a2.is_finished() && !b2.is_finished());
-        // `a` still has a job running when `b`'s slot comes free: `b2` gets
-        // it although `a2` waited longer.
-        drop(running_b);
-        let b2 = b2.await.unwrap();
-        tokio::task::yield_now().await;
-        assert!(!a2.is_finished());
-        // While `a2` waits, a freed slot is promised to it: no receive starts.
-        let reserve = tokio::time::timeout(Duration::from_millis(50), slots.reserve(None));
-        assert!(reserve.await.is_err());
-        drop(b2);
-        let _a2 = a2.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_waiter_that_gives_up_leaves_no_slot_behind() {
-        let slots = Slots::new(1, []);
-        let mut r = slots.reserve(None).await;
-        let mut t = r.arrived(1);
-        drop(r);
-        let running = slots.acquire(t.pop().unwrap()).await;
-        let mut extra = Ticket {
-            slots: slots.clone(),
-            tenant: None,
-            in_transit: false,
-        };
-        assert!(extra.claim_tenant("x"));
-        let gave_up = tokio::time::timeout(Duration::from_millis(20), slots.acquire(extra));
-        assert!(gave_up.await.is_err());
-        drop(running);
-        // Exactly one slot again: one receive of one message.
-        assert_eq!(slots.reserve(None).await.count(), 1);
-        assert_eq!(slots.lock().tenants["x"].held, 0);
-    }
-}
+mod tests;

@@ -22,9 +22,10 @@ const SECONDS_BUCKETS: [f64; 18] = [
     60.0, 300.0, 900.0,
 ];
 
-/// Bucket bounds (seconds) for exit-to-settled latencies: a queue call or
-/// two, 100 µs to 10 s.
-const SETTLE_BUCKETS: [f64; 16] = [
+/// Bucket bounds (seconds) for the worker's own latencies (a receive to a
+/// start, an exit to its settling: a handover or a fork, a queue call or
+/// two), 100 µs to 10 s.
+const FAST_BUCKETS: [f64; 16] = [
     0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
     10.0,
 ];
@@ -49,6 +50,13 @@ struct Start {
     how: &'static str,
 }
 
+/// Label of the queue-calls counter: the SQS action (`ReceiveMessage`,
+/// `DeleteMessageBatch`, ...), whichever backend answered it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueCall {
+    call: &'static str,
+}
+
 /// Labels of the jobs-in-flight gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Job {
@@ -67,7 +75,7 @@ pub struct WorkerStats {
     pub(crate) dead_lettered: Counter,
     /// Returned to the queue by exit handling.
     pub(crate) requeued: Counter,
-    /// Received after an exit signal and released at once.
+    /// Released at once on an exit signal (prefetched, or received after it).
     pub(crate) released: Counter,
     pub(crate) stale_receipts: Counter,
     pub(crate) queue_errors: Counter,
@@ -82,9 +90,12 @@ pub struct WorkerStats {
     refused: Family<Refusal, Counter>,
     failed: Family<Failure, Counter>,
     starts: Family<Start, Counter>,
+    queue_calls: Family<QueueCall, Counter>,
     pub(crate) job_duration: Histogram,
     /// From the message's SentTimestamp to its worker child's start.
     pub(crate) queue_to_start: Histogram,
+    /// From the message's receive to its worker child's start.
+    pub(crate) receive_to_start: Histogram,
     in_flight: Family<Job, Gauge>,
     /// From learning that a worker child exited to its message's fate being
     /// applied.
@@ -114,10 +125,12 @@ impl Default for WorkerStats {
             refused: Family::default(),
             failed: Family::default(),
             starts: Family::default(),
+            queue_calls: Family::default(),
             job_duration: seconds(),
             queue_to_start: seconds(),
+            receive_to_start: Histogram::new(FAST_BUCKETS),
             in_flight: Family::default(),
-            exit_to_settled: Histogram::new(SETTLE_BUCKETS),
+            exit_to_settled: Histogram::new(FAST_BUCKETS),
             queues: Mutex::new(BTreeMap::new()),
         };
         s.registered()
@@ -170,6 +183,11 @@ impl WorkerStats {
             self.starts.clone(),
         );
         r.register(
+            "queue_calls",
+            "Calls made to the queues (and their dead-letter queues), by SQS action; a batch counts once",
+            self.queue_calls.clone(),
+        );
+        r.register(
             "fork_server_restarts",
             "Fork servers started to replace one that died",
             self.fork_server_restarts.clone(),
@@ -186,7 +204,7 @@ impl WorkerStats {
         );
         r.register(
             "released_on_signal",
-            "Messages received after an exit signal and released at once",
+            "Messages released at once on an exit signal: prefetched and not started, or received after it",
             self.released.clone(),
         );
         r.register(
@@ -223,6 +241,11 @@ impl WorkerStats {
             "queue_to_start_seconds",
             "From the message's SentTimestamp to its worker child's start",
             self.queue_to_start.clone(),
+        );
+        r.register(
+            "receive_to_start_seconds",
+            "From receiving a message to its worker child's start: admission, waiting for a worker slot (prefetched messages), the handover to a warm child or a fork",
+            self.receive_to_start.clone(),
         );
         r.register(
             "jobs_in_flight",
@@ -281,6 +304,11 @@ impl WorkerStats {
     pub(crate) fn process_started(&self, warm: bool) {
         let how = if warm { "warm" } else { "forked" };
         self.starts.get_or_create(&Start { how }).inc();
+    }
+
+    /// Count one call to a queue (see `queue_calls`).
+    pub(crate) fn queue_called(&self, call: &'static str) {
+        self.queue_calls.get_or_create(&QueueCall { call }).inc();
     }
 
     pub(crate) fn record_exit_to_settled(&self, d: Duration) {
