@@ -54,6 +54,17 @@ fn classify_code(code: &str, message: &str) -> QueueError {
         format!("{code}: {message}")
     };
     match code {
+        // An error answer without a code is not one SQS gives: a proxy's or
+        // a failing server's error page (seen from moto under concurrent
+        // calls). Worth retrying.
+        "" => QueueError::Transient(format!(
+            "the queue answered with an error without a code{}",
+            if message.is_empty() {
+                String::new()
+            } else {
+                format!(": {message}")
+            }
+        )),
         "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist" => {
             QueueError::NoSuchQueue(message.to_owned())
         }
@@ -127,6 +138,7 @@ mod tests {
     fn error_codes_are_classified() {
         assert!(classify_code("ThrottlingException", "slow down").is_transient());
         assert!(classify_code("InternalError", "").is_transient());
+        assert!(classify_code("", "").is_transient());
         assert!(matches!(
             classify_code("AWS.SimpleQueueService.NonExistentQueue", "q"),
             QueueError::NoSuchQueue(_)
