@@ -213,7 +213,16 @@ async fn large_messages_fork_on_demand_and_no_child_outlives_the_worker() {
         .await
         .unwrap();
     q.send(&OutgoingMessage::new("o")).await.unwrap();
-    let args = ["--wait", "0", "--drain", "--concurrency", "1"];
+    // No prefetch: one message at a time, so they start in the order sent.
+    let args = [
+        "--wait",
+        "0",
+        "--drain",
+        "--concurrency",
+        "1",
+        "--prefetch",
+        "0",
+    ];
     let w = Worker::start(&b, &addr, &modes_path(), &args);
     let (status, log) = w.wait(Duration::from_secs(60));
     assert!(status.success(), "{log}");

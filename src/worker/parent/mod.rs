@@ -184,6 +184,7 @@ async fn sources(
             dead_letter_queue,
             tenant,
             retries_allowed: attrs.allows_retries(),
+            fifo: attrs.fifo,
             long_poll,
             heartbeats,
         }));

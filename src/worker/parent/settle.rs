@@ -24,6 +24,8 @@ pub(crate) struct Source {
     pub(crate) dead_letter_queue: Option<Arc<dyn Queue>>,
     pub(crate) tenant: QueueTenant,
     pub(crate) retries_allowed: bool,
+    /// A FIFO queue: never prefetched, so its messages start in order.
+    pub(crate) fifo: bool,
     pub(crate) long_poll: Duration,
     pub(crate) heartbeats: Heartbeats,
     pub(crate) deletes: Deletes,

@@ -67,13 +67,14 @@ impl State {
 
     /// Messages that may still be received: the free worker slots and the
     /// prefetch, less what was received and is not running yet.
-    fn unclaimed(&self) -> usize {
-        (self.free + self.prefetch).saturating_sub(self.local())
+    fn unclaimed(&self, prefetch: usize) -> usize {
+        (self.free + prefetch).saturating_sub(self.local())
     }
 
     /// How many messages a receive for `tenant` may ask for now, if it
     /// should be made now ([`receive_size`]).
-    fn receive_size(&self, tenant: Option<&str>) -> Option<usize> {
+    fn receive_size(&self, tenant: Option<&str>, prefetch: bool) -> Option<usize> {
+        let prefetch = if prefetch { self.prefetch } else { 0 };
         let room = tenant.map_or(usize::MAX, |t| self.room(t));
         let tenant_waiting = tenant.map(|t| {
             self.tenants
@@ -81,9 +82,9 @@ impl State {
                 .map_or(0, |t| t.held.saturating_sub(t.running))
         });
         receive_size(Want {
-            unclaimed: self.unclaimed(),
+            unclaimed: self.unclaimed(prefetch),
             room,
-            prefetch: self.prefetch,
+            prefetch,
             idle_slots: self.free.saturating_sub(self.local()),
             tenant_waiting,
         })
@@ -230,15 +231,17 @@ impl Slots {
 
     /// Wait until a receive should be made for `tenant` (`None`: a shared
     /// queue, whose tenants are known only once received) and reserve its
-    /// size ([`receive_size`]). A bound tenant's slots are held from here on.
-    pub(crate) async fn reserve(&self, tenant: Option<&str>) -> Reservation {
+    /// size ([`receive_size`]); `prefetch: false` (a FIFO queue, whose
+    /// messages must start in order) receives only for free slots. A bound
+    /// tenant's slots are held from here on.
+    pub(crate) async fn reserve(&self, tenant: Option<&str>, prefetch: bool) -> Reservation {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
                 let mut s = self.lock();
-                if let Some(n) = s.receive_size(tenant) {
+                if let Some(n) = s.receive_size(tenant, prefetch) {
                     if let Some(t) = tenant {
                         s.tenant(t).held += n;
                     }
