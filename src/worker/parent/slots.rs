@@ -130,6 +130,9 @@ pub(crate) struct Ticket {
     slots: Slots,
     tenant: Option<String>,
     in_transit: bool,
+    /// Its place in arrival order, kept while it waits for a worker slot,
+    /// so the messages of one receive start in the order received.
+    seq: u64,
 }
 
 /// A running job's tenant and worker slot, given back on drop.
@@ -273,8 +276,7 @@ impl Slots {
                 None
             } else {
                 let (grant, rx) = oneshot::channel();
-                s.seq += 1;
-                let seq = s.seq;
+                let seq = ticket.seq;
                 let waiter = Waiter {
                     tenant: tenant.clone(),
                     seq,
@@ -342,12 +344,18 @@ impl Reservation {
     pub(crate) fn arrived(&mut self, n: usize) -> Vec<Ticket> {
         let n = n.min(self.count);
         self.count -= n;
-        self.slots.lock().in_transit += n;
-        (0..n)
-            .map(|_| Ticket {
+        let first = {
+            let mut s = self.slots.lock();
+            s.in_transit += n;
+            s.seq += n as u64;
+            s.seq - n as u64 + 1
+        };
+        (first..first + n as u64)
+            .map(|seq| Ticket {
                 slots: self.slots.clone(),
                 tenant: self.tenant.clone(),
                 in_transit: true,
+                seq,
             })
             .collect()
     }

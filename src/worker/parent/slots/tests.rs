@@ -110,11 +110,14 @@ async fn a_capped_tenant_reserves_only_its_room_and_gets_it_back() {
 #[tokio::test]
 async fn contended_slots_go_by_weight_and_nobody_receives_while_one_is_promised() {
     let slots = Slots::new(2, 0, [("a".to_owned(), None, 1), ("b".to_owned(), None, 1)]);
+    let arrivals = std::cell::Cell::new(0);
     let ticket = |tenant: &str| {
+        arrivals.set(arrivals.get() + 1);
         let mut t = Ticket {
             slots: slots.clone(),
             tenant: None,
             in_transit: false,
+            seq: arrivals.get(),
         };
         assert!(t.claim_tenant(tenant));
         t
@@ -155,6 +158,7 @@ async fn a_waiter_that_gives_up_leaves_no_slot_behind() {
         slots: slots.clone(),
         tenant: None,
         in_transit: false,
+        seq: 99,
     };
     assert!(extra.claim_tenant("x"));
     let gave_up = tokio::time::timeout(Duration::from_millis(20), slots.acquire(extra));
@@ -163,4 +167,28 @@ async fn a_waiter_that_gives_up_leaves_no_slot_behind() {
     // Exactly one slot again: one receive of one message.
     assert_eq!(slots.reserve(None, true).await.count(), 1);
     assert_eq!(slots.lock().tenants["x"].held, 0);
+}
+
+#[tokio::test]
+async fn messages_of_one_receive_get_slots_in_the_order_received() {
+    let slots = Slots::new(1, 10, []);
+    let mut r = slots.reserve(Some("t"), true).await;
+    let mut tickets = r.arrived(4);
+    drop(r);
+    let first = slots.acquire(tickets.remove(0)).await;
+    // The other three ask for the slot in reverse order ...
+    let mut waiting = Vec::new();
+    for (place, t) in tickets.into_iter().enumerate().rev() {
+        let s = slots.clone();
+        waiting.push((place, tokio::spawn(async move { s.acquire(t).await })));
+        tokio::task::yield_now().await;
+    }
+    // ... and get it in the order they arrived: a later one holding it
+    // would keep the earlier one waiting past the timeout.
+    drop(first);
+    waiting.sort_by_key(|(place, _)| *place);
+    for (place, task) in waiting {
+        let slot = tokio::time::timeout(Duration::from_secs(5), task).await;
+        drop(slot.unwrap_or_else(|_| panic!("message {place} waited behind a later one")));
+    }
 }
