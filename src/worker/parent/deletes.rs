@@ -40,6 +40,7 @@ struct Pending {
 /// deletes handed to it were sent.
 pub(crate) struct Deletes {
     tx: mpsc::UnboundedSender<Pending>,
+    window: Duration,
 }
 
 impl Deletes {
@@ -47,7 +48,12 @@ impl Deletes {
     pub(crate) fn start(queue: Arc<dyn Queue>, window: Duration) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(batch_loop(rx, queue, window));
-        Deletes { tx }
+        Deletes { tx, window }
+    }
+
+    /// Whether a delete may wait for others to share its batch.
+    pub(crate) fn may_wait(&self) -> bool {
+        !self.window.is_zero()
     }
 
     /// Delete the message received with `receipt`, in the next batch.
@@ -77,6 +83,17 @@ async fn batch_loop(
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + window;
         while batch.len() < limits::MAX_BATCH {
+            if window.is_zero() {
+                // Only what is already waiting; a zero sleep would still
+                // wait for the timer's next millisecond tick.
+                match rx.try_recv() {
+                    Ok(p) => {
+                        batch.push(p);
+                        continue;
+                    }
+                    Err(_) => break,
+                }
+            }
             tokio::select! {
                 // What is already waiting joins before the window is checked.
                 biased;

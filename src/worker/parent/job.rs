@@ -113,9 +113,9 @@ async fn over_cap(ctx: &JobContext, d: &Delivery) -> JobResult {
 }
 
 /// Spawn the job, watch it, and settle the message. The worker slot is
-/// given back when the process has ended, before the message is settled
-/// (a batched delete may wait a few milliseconds), unless exit handling
-/// still has `on-exit` to run.
+/// given back once the message is settled, or as soon as the process has
+/// ended when its delete may wait for a batch; exit handling keeps it
+/// while `on-exit` runs.
 async fn run(
     ctx: &JobContext,
     d: &Delivery,
@@ -185,8 +185,12 @@ async fn run(
     match fate::decide(&end) {
         Fate::ExitHandling { signal } => exit::handle(ctx, d, a, None, signal).await,
         other => {
-            drop(slot);
+            // A delete that may wait for a batch gives the slot back first;
+            // one that goes at once is done before the next job competes
+            // with it for the CPU (measured: half the p99 exit-to-delete).
+            let slot = (!d.source.deletes.may_wait()).then_some(slot);
             apply(ctx, d, other).await;
+            drop(slot);
             ctx.stats.record_exit_to_settled(ended_at.elapsed());
             JobResult::default()
         }
