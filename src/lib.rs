@@ -4,9 +4,9 @@
 //! Module map (the README's "Code map" has the files):
 //! - [`cli`]: the `wasm-jobs` command line, one module per subcommand.
 //! - [`worker`]: the worker's three processes — the tokio parent (queues,
-//!   tenants, slots, leases, fates), the fork server (engine, compile
-//!   helpers, one confined child per call, pre-forked ahead of it) and the
-//!   wire protocol between them.
+//!   batched receives and deletes, tenants, slots, leases, fates), the fork
+//!   server (engine, compile helpers, one confined child per call,
+//!   pre-forked ahead of it) and the wire protocol between them.
 //! - [`queue`]: the queue interface with SQS semantics; the embedded
 //!   (SQLite) and SQS backends.
 //! - [`registry`]: content-addressed modules per tenant.
