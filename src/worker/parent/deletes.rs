@@ -83,20 +83,17 @@ async fn batch_loop(
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + window;
         while batch.len() < limits::MAX_BATCH {
+            // What is already waiting joins at once.
+            if let Ok(p) = rx.try_recv() {
+                batch.push(p);
+                continue;
+            }
+            // A zero window sends now: even a zero sleep would wait for the
+            // timer's next millisecond tick.
             if window.is_zero() {
-                // Only what is already waiting; a zero sleep would still
-                // wait for the timer's next millisecond tick.
-                match rx.try_recv() {
-                    Ok(p) => {
-                        batch.push(p);
-                        continue;
-                    }
-                    Err(_) => break,
-                }
+                break;
             }
             tokio::select! {
-                // What is already waiting joins before the window is checked.
-                biased;
                 next = rx.recv() => match next {
                     Some(p) => batch.push(p),
                     None => break,

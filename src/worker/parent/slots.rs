@@ -55,6 +55,7 @@ struct State {
     tenants: HashMap<String, Tenant>,
     /// Messages waiting for a worker slot (only while none is free).
     waiters: Vec<Waiter>,
+    /// The arrival number last given to a received message.
     seq: u64,
 }
 
