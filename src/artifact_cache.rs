@@ -300,12 +300,13 @@ impl Hasher for Sha256Hasher {
     }
 }
 
-/// Deserialize verified artifact bytes through a sealed memory file, so
-/// that wasmtime maps the code as it maps a file on disk: forked worker
-/// children then share those pages instead of copying a page-table entry
-/// per page at every fork (bytes deserialized from memory live in
-/// anonymous pages, which fork copies and exit drops: a measurable cost per
-/// job for an 18 MB guest). The file is sealed (no write, grow or shrink,
+/// Deserialize verified artifact bytes into huge pages where the kernel
+/// gives them ([`deserialize_in_huge_pages`]), else through a sealed memory
+/// file, so that wasmtime maps the code as it maps a file on disk: forked
+/// worker children then share those pages instead of copying a page-table
+/// entry per small page at every fork (bytes deserialized from memory live
+/// in anonymous pages, which fork copies and exit drops: a measurable cost
+/// per job for an 18 MB guest). The file is sealed (no write, grow or shrink,
 /// no more seals) before wasmtime maps it, so the code cannot change after
 /// its check. Where memory files or `/proc` are missing, the bytes are
 /// deserialized from memory as they are.
@@ -314,6 +315,10 @@ impl Hasher for Sha256Hasher {
 /// As [`Component::deserialize`]: `artifact` must come from this engine's
 /// own compile (here: tagged with this machine's key, or just compiled).
 unsafe fn deserialize_verified(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
+    // SAFETY: as the caller vouches.
+    if let Some(c) = unsafe { deserialize_in_huge_pages(engine, artifact) } {
+        return Ok(c);
+    }
     use std::os::fd::AsRawFd;
     match sealed_file(artifact) {
         Ok(file) => {
@@ -333,6 +338,32 @@ unsafe fn deserialize_verified(engine: &Engine, artifact: &[u8]) -> wasmtime::Re
     }
     // SAFETY: as above.
     unsafe { Component::deserialize(engine, artifact) }
+}
+
+/// Deserialize from memory into anonymous memory and collapse the code
+/// into huge pages ([`crate::hugepages`]): fork then copies a few entries
+/// per 2 MiB and children fault nothing in. `None` where huge pages are
+/// not to be had (the caller maps a sealed file instead, whose pages
+/// children fault in but fork need not copy).
+///
+/// # Safety
+/// As [`deserialize_verified`].
+unsafe fn deserialize_in_huge_pages(engine: &Engine, artifact: &[u8]) -> Option<Component> {
+    // SAFETY: as the caller vouches.
+    let component = unsafe { Component::deserialize(engine, artifact) }.ok()?;
+    let image = component.image_range();
+    // SAFETY: wasmtime's own anonymous mapping of this component's code,
+    // alive as long as `component`.
+    match unsafe { crate::hugepages::collapse(image.start as usize..image.end as usize) } {
+        Ok(bytes) => {
+            tracing::debug!(bytes, "compiled code in huge pages");
+            Some(component)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "compiled code stays in small pages");
+            None
+        }
+    }
 }
 
 /// `bytes` in a new memory file, sealed against any change.

@@ -150,6 +150,14 @@ impl Drop for EpochTicker {
     }
 }
 
+/// Stop or restart this process's SIGALRM ticks, started by
+/// [`EpochTicker::start_with_timer_signal`]: a template process stops them
+/// once it has instantiated its job, and each call process copied from it
+/// (timers are not inherited across a fork) starts them again.
+pub(crate) fn pause_tick_timer(paused: bool) -> std::io::Result<()> {
+    set_tick_timer(if paused { Duration::ZERO } else { EPOCH_TICK })
+}
+
 /// Block SIGALRM in the calling thread, so timer ticks go to the thread
 /// running the guest (use in runtime thread-start hooks).
 pub(crate) fn block_tick_signal() {

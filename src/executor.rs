@@ -338,7 +338,11 @@ impl Executor {
         let stderr = OutputCapture::new(StreamName::Stderr, policy.max_output);
         let mut builder = WasiCtxBuilder::new();
         policy.apply_to(&mut builder)?;
-        builder.stdout(stdout.clone()).stderr(stderr.clone());
+        builder
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .secure_random(system_random())
+            .insecure_random(system_random());
         let mut store = Store::new(
             &self.engine,
             HostState {
@@ -375,37 +379,59 @@ impl Executor {
         let started = Instant::now();
         let guest = async {
             let job: Job = job.pre.instantiate_async(&mut store).await?;
-            match call {
-                Call::Run => job.call_run(&mut store, &message).await.map(|r| match r {
-                    Ok(()) => Outcome::Ok,
-                    Err(Failure::Retry(info)) => Outcome::Retry {
-                        reason: info.reason,
-                        delay_seconds: info.delay_seconds,
-                    },
-                    Err(Failure::Fatal(reason)) => Outcome::Fatal { reason },
-                }),
-                Call::OnExit { signal } => job
-                    .call_on_exit(&mut store, &message, signal)
-                    .await
-                    .map(|r| match r {
-                        Ok(()) => Outcome::Ok,
-                        Err(reason) => Outcome::OnExitFailed { reason },
-                    }),
-            }
+            make_call(&job, &mut store, &message, call).await
         };
-        // The epoch deadline stops a guest spinning in wasm; this timer stops
-        // one blocked in a host call (a WASI sleep or poll), which epochs
-        // cannot reach. Three ticks of slack let the epoch path report first.
-        let outcome = match tokio::time::timeout(timeout + EPOCH_TICK * 3, guest).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(err)) => classify_error(&err, timeout),
-            Err(_elapsed) => Outcome::Timeout { limit: timeout },
-        };
+        let outcome = bounded(guest, timeout).await;
         CallReport {
             outcome,
             stdout: stdout.finish(),
             stderr: stderr.finish(),
             duration: started.elapsed(),
+        }
+    }
+
+    /// Instantiate `job` in the prepared store, before any message: what a
+    /// template process keeps and copies into each of its call processes
+    /// (`worker::forkserver::template`). The policy's timeout bounds the
+    /// instantiation too. A guest that fails to instantiate gets the report
+    /// a call would have had.
+    pub(crate) async fn instantiate(
+        &self,
+        job: &LoadedJob,
+        prepared: PreparedStore,
+    ) -> Result<Instantiated, CallReport> {
+        let PreparedStore {
+            mut store,
+            timeout,
+            stdout,
+            stderr,
+        } = prepared;
+        let started = Instant::now();
+        store.set_epoch_deadline(deadline_ticks(timeout));
+        let instantiating = async {
+            job.pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| classify_error(&e, timeout))
+        };
+        let result = match tokio::time::timeout(timeout + EPOCH_TICK * 3, instantiating).await {
+            Ok(r) => r,
+            Err(_elapsed) => Err(Outcome::Timeout { limit: timeout }),
+        };
+        match result {
+            Ok(job) => Ok(Instantiated {
+                store,
+                job,
+                timeout,
+                stdout,
+                stderr,
+            }),
+            Err(outcome) => Err(CallReport {
+                outcome,
+                stdout: stdout.finish(),
+                stderr: stderr.finish(),
+                duration: started.elapsed(),
+            }),
         }
     }
 
@@ -425,6 +451,136 @@ impl Executor {
             let _ = self.ticker.set(ticker);
         }
         Ok(())
+    }
+}
+
+/// Call the export `call` names on an instance.
+async fn make_call(
+    job: &Job,
+    store: &mut Store<HostState>,
+    message: &contract::bindings::wasm_jobs::job::types::Message,
+    call: Call,
+) -> wasmtime::Result<Outcome> {
+    match call {
+        Call::Run => job.call_run(&mut *store, message).await.map(|r| match r {
+            Ok(()) => Outcome::Ok,
+            Err(Failure::Retry(info)) => Outcome::Retry {
+                reason: info.reason,
+                delay_seconds: info.delay_seconds,
+            },
+            Err(Failure::Fatal(reason)) => Outcome::Fatal { reason },
+        }),
+        Call::OnExit { signal } => job
+            .call_on_exit(&mut *store, message, signal)
+            .await
+            .map(|r| match r {
+                Ok(()) => Outcome::Ok,
+                Err(reason) => Outcome::OnExitFailed { reason },
+            }),
+    }
+}
+
+/// Run a guest call to its outcome within `timeout`. The epoch deadline
+/// stops a guest spinning in wasm; this timer stops one blocked in a host
+/// call (a WASI sleep or poll), which epochs cannot reach. Three ticks of
+/// slack let the epoch path report first.
+async fn bounded(
+    guest: impl std::future::Future<Output = wasmtime::Result<Outcome>>,
+    timeout: Duration,
+) -> Outcome {
+    match tokio::time::timeout(timeout + EPOCH_TICK * 3, guest).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(err)) => classify_error(&err, timeout),
+        Err(_elapsed) => Outcome::Timeout { limit: timeout },
+    }
+}
+
+/// The guest's random numbers (`wasi:random`, secure and insecure alike):
+/// a ChaCha generator seeded from the kernel on first use in each process.
+/// wasmtime-wasi's default is seeded when the store is made, so a forked
+/// copy of the store would share its state with every other copy: jobs
+/// copied from one template process would draw the same "random" bytes.
+/// Here a copy calls [`reseed_guest_random`] once it exists, and every
+/// generator reseeds at its next use.
+struct GuestRandom {
+    generation: u64,
+    rng: Option<rand_wasi::rngs::StdRng>,
+}
+
+/// Bumped by [`reseed_guest_random`]; a generator that saw another value
+/// reseeds.
+static RANDOM_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Make every guest generator in this process reseed from the kernel at its
+/// next use: call first thing in a process forked with stores in it.
+pub(crate) fn reseed_guest_random() {
+    RANDOM_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn system_random() -> GuestRandom {
+    GuestRandom {
+        generation: 0,
+        rng: None,
+    }
+}
+
+impl GuestRandom {
+    fn rng(&mut self) -> &mut rand_wasi::rngs::StdRng {
+        use rand_wasi::SeedableRng;
+        let now = RANDOM_GENERATION.load(std::sync::atomic::Ordering::Relaxed);
+        if self.rng.is_none() || self.generation != now {
+            self.generation = now;
+            self.rng = Some(rand_wasi::rngs::StdRng::from_rng(
+                &mut rand_wasi::rand_core::UnwrapErr(rand_wasi::rngs::SysRng),
+            ));
+        }
+        self.rng.as_mut().expect("seeded above")
+    }
+}
+
+impl rand_wasi::TryRng for GuestRandom {
+    type Error = std::convert::Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(rand_wasi::Rng::next_u32(self.rng()))
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        Ok(rand_wasi::Rng::next_u64(self.rng()))
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), Self::Error> {
+        rand_wasi::Rng::fill_bytes(self.rng(), dest);
+        Ok(())
+    }
+}
+
+/// A job instantiated before its message ([`Executor::instantiate`]).
+pub(crate) struct Instantiated {
+    store: Store<HostState>,
+    job: Job,
+    timeout: Duration,
+    stdout: OutputCapture,
+    stderr: OutputCapture,
+}
+
+impl Instantiated {
+    /// Make the call of `call` with `msg` on this instance. The timeout
+    /// counts from here.
+    pub(crate) async fn call(mut self, msg: &JobMessage, call: Call) -> CallReport {
+        self.stdout.set_message_id(&msg.id);
+        self.stderr.set_message_id(&msg.id);
+        self.store.set_epoch_deadline(deadline_ticks(self.timeout));
+        let started = Instant::now();
+        let message = msg.to_wit();
+        let outcome = bounded(
+            make_call(&self.job, &mut self.store, &message, call),
+            self.timeout,
+        )
+        .await;
+        CallReport {
+            outcome,
+            stdout: self.stdout.finish(),
+            stderr: self.stderr.finish(),
+            duration: started.elapsed(),
+        }
     }
 }
 

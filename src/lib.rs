@@ -6,7 +6,8 @@
 //! - [`worker`]: the worker's three processes — the tokio parent (queues,
 //!   batched receives and deletes, tenants, slots, leases, fates), the fork
 //!   server (engine, compile helpers, one confined child per call,
-//!   pre-forked ahead of it) and the wire protocol between them.
+//!   pre-forked ahead of it, copied from a template process that
+//!   instantiated the job once) and the wire protocol between them.
 //! - [`queue`]: the queue interface with SQS semantics; the embedded
 //!   (SQLite) and SQS backends.
 //! - [`registry`]: content-addressed modules per tenant.
@@ -16,9 +17,10 @@
 //! - [`executor`]: load (validate, compile, cache) and call a job in a sandbox.
 //! - [`sandbox`]: the limits and grants of one call and how they are enforced.
 //! - [`outcome`]: how a call ended, and the exit code for it.
-//! - [`engine`], [`artifact_cache`], [`capture`], `linking`: the executor's
-//!   parts (engine settings and epoch ticks, compiled-artifact cache, guest
-//!   output capture, the WASI linker).
+//! - [`engine`], [`artifact_cache`], [`capture`], `linking`, `hugepages`:
+//!   the executor's parts (engine settings and epoch ticks, compiled-artifact
+//!   cache, guest output capture, the WASI linker, machine code in huge
+//!   pages so forked children start with it mapped).
 //! - [`componentize`], `bundled`: core module to job component; the demo's
 //!   bundled job.
 //! - [`logging`], `paths`, `units`: log set-up, the data directory, byte
@@ -32,6 +34,7 @@ pub mod componentize;
 pub mod contract;
 pub mod engine;
 pub mod executor;
+pub(crate) mod hugepages;
 pub(crate) mod linking;
 pub mod logging;
 pub mod outcome;

@@ -3,7 +3,9 @@
 //! warm child only ever takes a call of the tenant, module and policy it was
 //! set up for and gets that call's own message, its timeout counts from the
 //! call, a message too large for a handover is forked on demand, and no
-//! child outlives the worker.
+//! child outlives the worker. Children for the expected key are copies of a
+//! template process that instantiated the job once; each copy draws its
+//! own random numbers.
 
 use crate::common::{hostile_path, modes_path};
 use crate::queue_backends::Backend;
@@ -248,4 +250,37 @@ async fn large_messages_fork_on_demand_and_no_child_outlives_the_worker() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Calls run in copies of a template process that instantiated the job
+/// once, and no copy's random numbers are another's: the guest's generator
+/// reseeds in each copy (a generator copied from the template would give
+/// every job the same bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_copies_draw_their_own_random_numbers() {
+    let b = Backend::embedded();
+    let (q, addr) = b.create("template-random", &config(30)).await;
+    for _ in 0..12 {
+        q.send(&OutgoingMessage::new("random")).await.unwrap();
+    }
+    let args = ["--concurrency", "2", "--wait", "0", "--drain"];
+    let w = Worker::start(&b, &addr, &hostile_path(), &args);
+    let (status, log) = w.wait(Duration::from_secs(120));
+    assert!(status.success(), "{log}");
+    assert!(count_in(&log, "template process ready", &[]) >= 1, "{log}");
+    let copies = events_of(&log)
+        .iter()
+        .filter(|e| message(e) == "worker child started")
+        .filter_map(|e| get(e, "pid"))
+        .collect::<Vec<_>>();
+    assert_eq!(copies.len(), 12, "{log}");
+    let mut draws: Vec<String> = events_of(&log)
+        .iter()
+        .filter_map(|e| get(e, "line"))
+        .filter(|l| l.starts_with("random: "))
+        .collect();
+    assert_eq!(draws.len(), 12, "{log}");
+    draws.sort();
+    draws.dedup();
+    assert_eq!(draws.len(), 12, "every job drew its own bytes: {log}");
 }

@@ -17,7 +17,7 @@
 
 use super::confine::{Confinement, limit_process};
 use super::{EXIT_SIGNALS, die_with_parent};
-use crate::executor::{Call, Executor, LoadedJob};
+use crate::executor::{Call, CallReport, Executor, LoadedJob};
 use crate::outcome::exit_code;
 use crate::sandbox::SandboxPolicy;
 use crate::worker::protocol::{
@@ -47,7 +47,7 @@ pub(super) struct ChildSetup<'a> {
 
 /// Leave at once: no atexit handlers, no destructors. The child shares
 /// copies of the fork server's state, none of which needs tearing down.
-fn exit_now(code: u8) -> ! {
+pub(super) fn exit_now(code: u8) -> ! {
     use std::io::Write;
     let _ = std::io::stderr().flush();
     // SAFETY: _exit ends the process immediately; nothing runs after it.
@@ -56,27 +56,28 @@ fn exit_now(code: u8) -> ! {
 
 /// Log `what` and leave with a host error: the message (if one was handed
 /// over) is left for another try.
-fn host_error(what: &str, error: &dyn std::fmt::Display) -> ! {
+pub(super) fn host_error(what: &str, error: &dyn std::fmt::Display) -> ! {
     tracing::error!(error = %error, "{what}");
     exit_now(exit_code::HOST_ERROR)
 }
 
 /// The span every log line of a call carries (see `logging`).
-fn job_span(c: &ChildSetup<'_>, h: &Handover, pid: i32) -> tracing::Span {
+pub(super) fn job_span(module: &str, tenant: &str, h: &Handover, pid: i32) -> tracing::Span {
     tracing::info_span!(
         "job",
         message_id = %h.message.id,
-        module = %c.module,
-        tenant = %c.tenant,
+        module = %module,
+        tenant = %tenant,
         attempt = h.message.receive_count,
         pid,
         process = h.process,
     )
 }
 
-/// Run as a worker child: `handed` is the call if it is already known,
-/// `None` for a pre-forked child that waits for it.
-pub(super) fn run_child(c: ChildSetup<'_>, handed: Option<Handover>) -> ! {
+/// What every process forked from the fork server does first: lead a new
+/// process group, die with the fork server, drop the fork server's
+/// descriptors, restore default signal handling.
+pub(super) fn leave_fork_server(c: &ChildSetup<'_>) {
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
     die_with_parent(c.fork_server);
     for fd in &c.close {
@@ -89,25 +90,35 @@ pub(super) fn run_child(c: ChildSetup<'_>, handed: Option<Handover>) -> ! {
         let _ = unsafe { signal(sig, SigHandler::SigDfl) };
     }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-    let pid = getpid().as_raw();
-    let setup_span = match &handed {
-        Some(h) => job_span(&c, h, pid),
-        None => tracing::info_span!("warm", module = %c.module, tenant = %c.tenant, pid),
-    };
-    let setup_entered = setup_span.enter();
-    if let Err(e) = limit_process(c.policy.max_memory) {
-        host_error("cannot limit the worker child", &e)
-    }
-    // The runtime's blocking threads leave the epoch timer's signal to
-    // this thread.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+}
+
+/// A fresh single-threaded runtime whose blocking threads leave the epoch
+/// timer's signal to this thread.
+pub(super) fn child_runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .on_thread_start(crate::engine::block_tick_signal)
         .build()
     {
         Ok(rt) => rt,
         Err(e) => host_error("cannot start the child's runtime", &e),
+    }
+}
+
+/// Run as a worker child: `handed` is the call if it is already known,
+/// `None` for a pre-forked child that waits for it.
+pub(super) fn run_child(c: ChildSetup<'_>, handed: Option<Handover>) -> ! {
+    leave_fork_server(&c);
+    let pid = getpid().as_raw();
+    let setup_span = match &handed {
+        Some(h) => job_span(c.module, c.tenant, h, pid),
+        None => tracing::info_span!("warm", module = %c.module, tenant = %c.tenant, pid),
     };
+    let setup_entered = setup_span.enter();
+    if let Err(e) = limit_process(c.policy.max_memory) {
+        host_error("cannot limit the worker child", &e)
+    }
+    let runtime = child_runtime();
     let _in_runtime = runtime.enter();
     let store = match c.executor.prepare_store(c.policy) {
         Ok(s) => s,
@@ -120,7 +131,7 @@ pub(super) fn run_child(c: ChildSetup<'_>, handed: Option<Handover>) -> ! {
         Some(h) => (h, setup_span.clone()),
         None => {
             let h = wait_for_call(&c.channel);
-            let span = job_span(&c, &h, pid);
+            let span = job_span(c.module, c.tenant, &h, pid);
             (h, span)
         }
     };
@@ -131,17 +142,26 @@ pub(super) fn run_child(c: ChildSetup<'_>, handed: Option<Handover>) -> ! {
     if let Err(e) = c.executor.use_timer_signal_ticks() {
         host_error("cannot start the epoch timer", &e)
     }
-    let call = match handed.call {
+    let prepared = store.for_message(&handed.message, call_of(&handed));
+    let report = runtime.block_on(c.executor.run_prepared(c.job, prepared));
+    report_and_exit(&c.channel, report)
+}
+
+/// The executor's name for the call a handover asks for.
+pub(super) fn call_of(h: &Handover) -> Call {
+    match h.call {
         CallKind::Run => Call::Run,
         CallKind::OnExit { signal } => Call::OnExit { signal },
-    };
-    let prepared = store.for_message(&handed.message, call);
-    let report = runtime.block_on(c.executor.run_prepared(c.job, prepared));
+    }
+}
+
+/// Write the call's outcome on `channel` and exit with its code.
+pub(super) fn report_and_exit(channel: &OwnedFd, report: CallReport) -> ! {
     tracing::debug!(outcome = %report.outcome, duration_ms = report.duration.as_secs_f64() * 1e3, "call finished");
     let code = report.outcome.exit_code();
     let bytes = encode_report(&trim_outcome(report.outcome));
     // One packet; the fork server reads it when it reaps this process.
-    if let Err(e) = send(c.channel.as_raw_fd(), &bytes, MsgFlags::empty()) {
+    if let Err(e) = send(channel.as_raw_fd(), &bytes, MsgFlags::empty()) {
         tracing::error!(error = %e, "cannot report the outcome");
     }
     exit_now(code)
@@ -149,7 +169,7 @@ pub(super) fn run_child(c: ChildSetup<'_>, handed: Option<Handover>) -> ! {
 
 /// Block until the fork server hands this pre-forked child its call. End of
 /// stream means it was retired: leave without a word.
-fn wait_for_call(channel: &OwnedFd) -> Handover {
+pub(super) fn wait_for_call(channel: &OwnedFd) -> Handover {
     let mut buf = vec![0u8; MAX_HANDOVER_BYTES];
     loop {
         match recv(channel.as_raw_fd(), &mut buf, MsgFlags::empty()) {

@@ -82,6 +82,7 @@ pub(crate) enum ConfineError {
 pub(crate) struct Confinement {
     /// What each child adds to the fork server's filters.
     child: BpfProgram,
+    template: BpfProgram,
 }
 
 impl Confinement {
@@ -96,6 +97,7 @@ impl Confinement {
         }
         Ok(Confinement {
             child: child_filter()?,
+            template: template_filter()?,
         })
     }
 
@@ -114,6 +116,22 @@ impl Confinement {
     /// The tokio runtime's blocking threads start later and inherit both.
     pub(crate) fn lock_down(&self, policy: &SandboxPolicy) -> Result<(), ConfineError> {
         landlock_tenant(policy)?;
+        seccompiler::apply_filter_all_threads(&self.child)?;
+        Ok(())
+    }
+
+    /// As [`Self::lock_down`] for a template process, whose filter still
+    /// lets it make copies of itself.
+    pub(crate) fn lock_down_template(&self, policy: &SandboxPolicy) -> Result<(), ConfineError> {
+        landlock_tenant(policy)?;
+        seccompiler::apply_filter_all_threads(&self.template)?;
+        Ok(())
+    }
+
+    /// A template's copy, once it has its process group and death signal:
+    /// the child's filter on top of the template's (filters only add up),
+    /// so the copy is confined exactly as a forked child.
+    pub(crate) fn lock_down_copy(&self) -> Result<(), ConfineError> {
         seccompiler::apply_filter_all_threads(&self.child)?;
         Ok(())
     }
@@ -337,10 +355,27 @@ fn allow_list() -> Result<BpfProgram, seccompiler::Error> {
     Ok(filter.try_into()?)
 }
 
+/// The `clone` flags of a template process's copies ([`super::template`]):
+/// a plain fork whose parent is the template's parent, the fork server.
+pub(crate) const COPY_CLONE_FLAGS: u64 = (libc::CLONE_PARENT | libc::SIGCHLD) as u64;
+
 /// What a child gives up of the fork server's allow-list: new processes,
 /// new executable memory, signals to other processes, waiting, process
 /// groups, limits, memory files and every `prctl` but naming a thread.
 fn child_filter() -> Result<BpfProgram, seccompiler::Error> {
+    deny_filter(false)
+}
+
+/// The child's filter less what a template process needs to make its
+/// copies: `clone` with exactly [`COPY_CLONE_FLAGS`], and, for each copy,
+/// `setpgid`, `prctl(PR_SET_PDEATHSIG)` and the `prctl(PR_SET_NO_NEW_PRIVS)`
+/// that installing a filter makes. Each copy adds the child's filter
+/// on top at once, which takes all three away again.
+fn template_filter() -> Result<BpfProgram, seccompiler::Error> {
+    deny_filter(true)
+}
+
+fn deny_filter(template: bool) -> Result<BpfProgram, seccompiler::Error> {
     let exec = || {
         cond(
             2,
@@ -353,7 +388,6 @@ fn child_filter() -> Result<BpfProgram, seccompiler::Error> {
         libc::SYS_kill,
         libc::SYS_wait4,
         libc::SYS_waitid,
-        libc::SYS_setpgid,
         libc::SYS_signalfd4,
         libc::SYS_memfd_create,
         libc::SYS_prlimit64,
@@ -361,17 +395,23 @@ fn child_filter() -> Result<BpfProgram, seccompiler::Error> {
     .into_iter()
     .map(|nr| (nr, Vec::new()))
     .collect();
+    if !template {
+        rules.insert(libc::SYS_setpgid, Vec::new());
+    }
     rules.insert(libc::SYS_mmap, vec![rule(vec![exec()?])?]);
     rules.insert(libc::SYS_mprotect, vec![rule(vec![exec()?])?]);
-    // Threads only: a new process could escape the parent's accounting.
-    rules.insert(
-        libc::SYS_clone,
-        vec![rule(vec![cond(0, Op::MaskedEq(thread), 0)?])?],
-    );
-    rules.insert(
-        libc::SYS_prctl,
-        vec![rule(vec![cond(0, Op::Ne, libc::PR_SET_NAME as u64)?])?],
-    );
+    // Threads only (and a template's copies): a new process could escape
+    // the parent's accounting.
+    let mut clone = vec![cond(0, Op::MaskedEq(thread), 0)?];
+    let mut prctl = vec![cond(0, Op::Ne, libc::PR_SET_NAME as u64)?];
+    if template {
+        clone.push(cond(0, Op::Ne, COPY_CLONE_FLAGS)?);
+        prctl.push(cond(0, Op::Ne, libc::PR_SET_PDEATHSIG as u64)?);
+        // Installing the copy's filter sets no_new_privs (already set).
+        prctl.push(cond(0, Op::Ne, libc::PR_SET_NO_NEW_PRIVS as u64)?);
+    }
+    rules.insert(libc::SYS_clone, vec![rule(clone)?]);
+    rules.insert(libc::SYS_prctl, vec![rule(prctl)?]);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
@@ -393,213 +433,4 @@ fn clone3_enosys() -> Result<BpfProgram, seccompiler::Error> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sandbox::Preopen;
-    use nix::sys::signal::Signal;
-    use nix::sys::wait::{WaitStatus, waitpid};
-    use nix::unistd::{ForkResult, fork};
-
-    /// Run `f` in a forked, confined child; how did the child end?
-    fn in_confined_child(policy: &SandboxPolicy, f: impl FnOnce() -> i32) -> WaitStatus {
-        let c = Confinement::new().unwrap();
-        // SAFETY: the test harness is multi-threaded; the child allocates
-        // (glibc's fork resets its allocator locks in the child) and takes
-        // no other lock a vanished thread could hold before it _exits.
-        match unsafe { fork() }.unwrap() {
-            ForkResult::Child => {
-                // As in a worker: the fork server's filters, then the child's.
-                let code = match c
-                    .confine_fork_server()
-                    .and_then(|()| limit_process(policy.max_memory))
-                    .and_then(|()| c.lock_down(policy))
-                {
-                    Ok(()) => f(),
-                    Err(_) => 99,
-                };
-                // SAFETY: _exit ends the child without running the test
-                // harness's destructors.
-                unsafe { libc::_exit(code) }
-            }
-            ForkResult::Parent { child } => waitpid(child, None).unwrap(),
-        }
-    }
-
-    /// A name and a raw system call the allow-list refuses.
-    type Forbidden = (&'static str, fn() -> i64);
-
-    #[test]
-    fn forbidden_syscalls_kill_the_child() {
-        let forbidden: [Forbidden; 4] = [
-            // SAFETY (all): raw syscalls whose arguments point at nothing.
-            ("ptrace", || unsafe {
-                libc::syscall(libc::SYS_ptrace, 0, 0, 0, 0)
-            }),
-            ("kill", || unsafe { libc::syscall(libc::SYS_kill, 1, 0) }),
-            ("fork", || unsafe {
-                libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0)
-            }),
-            ("listen", || unsafe {
-                libc::syscall(libc::SYS_listen, 0, 1)
-            }),
-        ];
-        for (name, call) in forbidden {
-            let status = in_confined_child(&SandboxPolicy::default(), || {
-                call();
-                0
-            });
-            assert!(
-                matches!(status, WaitStatus::Signaled(_, Signal::SIGSYS, _)),
-                "{name}: {status:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_fork_server_itself_can_still_fork_reap_and_map_code() {
-        let c = Confinement::new().unwrap();
-        // SAFETY: as in `in_confined_child`.
-        match unsafe { fork() }.unwrap() {
-            ForkResult::Child => {
-                let ok = c.confine_fork_server().is_ok()
-                    // SAFETY: an anonymous executable mapping, never run.
-                    && unsafe {
-                        libc::mmap(
-                            std::ptr::null_mut(),
-                            4096,
-                            libc::PROT_READ | libc::PROT_EXEC,
-                            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                            -1,
-                            0,
-                        )
-                    } != libc::MAP_FAILED
-                    // SAFETY: the grandchild only calls _exit.
-                    && match unsafe { fork() } {
-                        Ok(ForkResult::Child) => unsafe { libc::_exit(7) },
-                        Ok(ForkResult::Parent { child }) => {
-                            waitpid(child, None) == Ok(WaitStatus::Exited(child, 7))
-                        }
-                        Err(_) => false,
-                    };
-                // SAFETY: _exit ends the child without running destructors.
-                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
-            }
-            ForkResult::Parent { child } => {
-                assert_eq!(waitpid(child, None).unwrap(), WaitStatus::Exited(child, 0));
-            }
-        }
-    }
-
-    #[test]
-    fn new_executable_memory_is_refused() {
-        let status = in_confined_child(&SandboxPolicy::default(), || {
-            // SAFETY: an anonymous mapping request; nothing is dereferenced.
-            unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    4096,
-                    libc::PROT_READ | libc::PROT_EXEC,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                );
-            }
-            0
-        });
-        assert!(
-            matches!(status, WaitStatus::Signaled(_, Signal::SIGSYS, _)),
-            "{status:?}"
-        );
-    }
-
-    #[test]
-    fn a_clone3_falls_back_and_threads_still_start() {
-        let status = in_confined_child(&SandboxPolicy::default(), || {
-            // SAFETY: clone3 with a null argument; the filter answers first.
-            let r = unsafe { libc::syscall(libc::SYS_clone3, 0, 0) };
-            let enosys = r == -1 && nix::Error::last() == nix::Error::ENOSYS;
-            let thread = std::thread::spawn(|| 7).join().ok() == Some(7);
-            if enosys && thread { 0 } else { 1 }
-        });
-        assert_eq!(status, WaitStatus::Exited(status.pid().unwrap(), 0));
-    }
-
-    #[test]
-    fn files_outside_the_granted_directories_cannot_be_opened() {
-        if landlock_support().is_none() {
-            eprintln!("no Landlock on this kernel; skipped");
-            return;
-        }
-        let granted = tempfile::tempdir().unwrap();
-        let other = tempfile::tempdir().unwrap();
-        std::fs::write(granted.path().join("in"), "x").unwrap();
-        std::fs::write(other.path().join("out"), "x").unwrap();
-        let policy = SandboxPolicy {
-            preopens: vec![Preopen {
-                host_path: granted.path().into(),
-                guest_path: "/data".into(),
-                read_only: true,
-            }],
-            ..SandboxPolicy::default()
-        };
-        let (inside, outside) = (granted.path().join("in"), other.path().join("out"));
-        let status = in_confined_child(&policy, move || {
-            let read_in = std::fs::read(&inside).is_ok();
-            let read_out = std::fs::read(&outside).is_ok();
-            let write_in = std::fs::write(&inside, "y").is_ok();
-            match (read_in, read_out, write_in) {
-                (true, false, false) => 0,
-                _ => 1,
-            }
-        });
-        assert_eq!(status, WaitStatus::Exited(status.pid().unwrap(), 0));
-    }
-
-    #[test]
-    fn the_data_backstop_stops_what_the_limiter_would_not() {
-        let status = in_confined_child(&SandboxPolicy::default(), || {
-            let size = (DEFAULT_MEMORY_FOR_TEST + 2 * DATA_HEADROOM) as usize;
-            // SAFETY: an anonymous writable mapping; nothing is dereferenced.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    size,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            if p == libc::MAP_FAILED { 0 } else { 1 }
-        });
-        assert_eq!(status, WaitStatus::Exited(status.pid().unwrap(), 0));
-    }
-
-    const DEFAULT_MEMORY_FOR_TEST: u64 = crate::sandbox::DEFAULT_MAX_MEMORY;
-
-    #[test]
-    fn the_open_files_limit_clears_inherited_descriptors() {
-        assert_eq!(open_files_limit(2), 3 + MAX_OPEN_FILES);
-        // 300 inherited descriptors (as from 300 loaded modules): the child
-        // can still make MAX_OPEN_FILES of its own, and not unboundedly many.
-        let held: Vec<std::fs::File> = (0..300)
-            .map(|_| std::fs::File::open("/dev/null").unwrap())
-            .collect();
-        let status = in_confined_child(&SandboxPolicy::default(), || {
-            // SAFETY: dup of stderr; the copies are left for _exit to close.
-            let made = (0..5_000)
-                .take_while(|_| unsafe { libc::dup(2) } >= 0)
-                .count();
-            i32::from(!(MAX_OPEN_FILES as usize..5_000).contains(&made))
-        });
-        drop(held);
-        assert!(matches!(status, WaitStatus::Exited(_, 0)), "{status:?}");
-    }
-
-    #[test]
-    fn the_backstop_sits_above_what_the_process_has() {
-        assert_eq!(data_size_limit(10, 20), 30 + DATA_HEADROOM);
-        assert_eq!(data_size_limit(u64::MAX, 1), u64::MAX);
-        assert!(current_data_size().unwrap() > 0);
-    }
-}
+mod tests;

@@ -27,6 +27,7 @@ mod child;
 mod compile;
 mod confine;
 mod start;
+mod template;
 mod warm;
 
 use super::protocol::{
@@ -59,6 +60,19 @@ pub(crate) const EXIT_SIGNALS: [Signal; 5] = [
     Signal::SIGABRT,
     Signal::SIGTERM,
 ];
+
+/// A new channel to a child: (the fork server's end, the child's end).
+/// Sequenced packets: each handover and each report is one whole message.
+fn new_channel() -> Result<(OwnedFd, OwnedFd), String> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| format!("cannot make a channel: {e}"))
+}
 
 /// Die with `parent`: PDEATHSIG, and a check for the race where it already died.
 fn die_with_parent(parent: Pid) {
@@ -111,6 +125,10 @@ struct Server {
     compiling: HashMap<String, Compiling>,
     /// Children set up ahead of their calls.
     warm: WarmPool,
+    /// The template process for the expected key ([`template`]).
+    template: Option<template::Template>,
+    /// The last key whose template died before it was ready, and when.
+    template_failed: Option<(WarmKey, Instant)>,
 }
 
 /// The fork server's `main`: `config` is the JSON [`ForkServerConfig`];
@@ -124,6 +142,10 @@ pub(crate) fn main(config: &str) -> i32 {
         }
     };
     die_with_parent(Pid::from_raw(config.parent));
+    match crate::hugepages::move_text_to_huge_pages() {
+        Ok(bytes) => tracing::debug!(bytes, "fork server: text moved to huge pages"),
+        Err(e) => tracing::info!(error = %e, "fork server: text stays in small pages"),
+    }
     // SAFETY: the parent put these two sockets at these numbers for us
     // (dup2 in its pre_exec) and nothing else in this process owns them.
     let (commands, events) = unsafe {
@@ -182,6 +204,8 @@ pub(crate) fn main(config: &str) -> i32 {
         running: HashMap::new(),
         compiling: HashMap::new(),
         warm: WarmPool::new(warm_children),
+        template: None,
+        template_failed: None,
     };
     if let Err(e) = server.confinement.confine_fork_server() {
         tracing::error!(error = %e, "fork server: cannot install its seccomp filter");
@@ -361,6 +385,19 @@ impl Server {
                 )
             }
             Some(Running::Helper(digest)) => self.compiled(&digest, status),
+            None if self.template.as_ref().is_some_and(|t| t.pid == pid) => {
+                if let Some(mut t) = self.template.take()
+                    && !t.is_ready()
+                {
+                    tracing::warn!(
+                        pid = pid.as_raw(),
+                        ?status,
+                        module = %t.key.module.label,
+                        "a template process ended before its job was instantiated; forking on demand for a while"
+                    );
+                    self.template_failed = Some((t.key, Instant::now()));
+                }
+            }
             None => {
                 if self.warm.reaped(pid, Instant::now()) {
                     tracing::warn!(
@@ -407,7 +444,11 @@ impl Server {
 
     fn next_deadline(&self) -> Option<Instant> {
         let compiles = self.compiling.values().map(|c| c.deadline);
-        compiles.chain(self.warm.next_deadline()).min()
+        let template = self.template.as_ref().map(|t| t.since + warm::MAX_AGE);
+        compiles
+            .chain(self.warm.next_deadline())
+            .chain(template)
+            .min()
     }
 
     /// Kill helpers past their deadline; reaping them fails their calls.
@@ -436,6 +477,9 @@ impl Server {
         }
         for pid in self.warm.drain() {
             let _ = killpg(pid, Signal::SIGKILL);
+        }
+        if let Some(t) = self.template.take() {
+            let _ = killpg(t.pid, Signal::SIGKILL);
         }
         code
     }

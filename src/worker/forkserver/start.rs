@@ -1,15 +1,18 @@
 //! How the fork server starts a call (in the fork server process): hand it
-//! to a warm child set up for its module, tenant and policy, else fork a
+//! to a warm child set up for its module, tenant and policy, else start a
 //! child for it; and keep the pool of warm children topped up as
-//! [`super::warm`] decides. A forked child closes every descriptor of the
+//! [`super::warm`] decides. Children for the expected key are copies of its
+//! template process when that is ready ([`super::template`]), else forked
+//! here. A forked child closes every descriptor of the
 //! fork server's but its own channel before it runs ([`super::child`]).
 
 use super::protocol::{self, Event, Handover, Spawn, SpawnFailure};
-use super::warm::{Warm, WarmKey};
+use super::template::{self, Template};
+use super::warm::{MAX_AGE, Warm, WarmKey};
 use super::{Running, Server, child, send_event};
 use crate::executor::LoadedJob;
 use nix::sys::signal::Signal;
-use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, send, socketpair};
+use nix::sys::socket::{MsgFlags, send};
 use nix::unistd::{ForkResult, Pid, fork, getpid};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
@@ -62,6 +65,7 @@ impl Server {
             .filter(|r| matches!(r, Running::Call(..)))
             .count();
         let now = Instant::now();
+        self.keep_template(now);
         let plan = self.warm.plan(busy, now);
         for pid in plan.retire {
             // Not reaped yet, so the pid is still this child's.
@@ -94,21 +98,69 @@ impl Server {
         }
     }
 
-    /// Fork a worker child for `key`: for `handed`, or to wait for its call.
+    /// Keep a template process for the key the pool expects: retire one
+    /// kept for another key or past [`MAX_AGE`], start one when none is
+    /// there (unless the last for this key died before it was ready, less
+    /// than [`MAX_AGE`] ago).
+    fn keep_template(&mut self, now: Instant) {
+        let expected = self.warm.expected(now).cloned();
+        if let Some(t) = &self.template
+            && (Some(&t.key) != expected.as_ref() || now >= t.since + MAX_AGE)
+        {
+            // Not reaped yet, so the pid is still the template's.
+            let _ = nix::sys::signal::kill(t.pid, Signal::SIGKILL);
+            self.template = None;
+        }
+        let Some(key) = expected else { return };
+        let failed = self
+            .template_failed
+            .as_ref()
+            .is_some_and(|(k, when)| *k == key && now < *when + MAX_AGE);
+        if self.template.is_some() || failed {
+            return;
+        }
+        let Some(job) = self.modules.get(&key.module.digest).map(Rc::clone) else {
+            return;
+        };
+        match self.fork_process(&key, &job, Role::Template) {
+            Ok((pid, channel)) => self.template = Some(Template::new(pid, key, channel, now)),
+            Err(why) => tracing::warn!(%why, "cannot start a template process"),
+        }
+    }
+
+    /// A worker child for `key`, for `handed` or to wait for its call: a
+    /// copy of the template kept for `key` if it is ready, else forked here.
     fn fork_child(
-        &self,
+        &mut self,
         key: &WarmKey,
         job: &LoadedJob,
         handed: Option<Handover>,
     ) -> Result<(Pid, OwnedFd), String> {
+        if let Some(t) = self.template.as_mut()
+            && t.key == *key
+            && t.is_ready()
+        {
+            match t.copy(handed.as_ref()) {
+                Ok(copy) => return Ok(copy),
+                Err(why) => {
+                    tracing::warn!(%why, pid = t.pid.as_raw(), "a template failed; retiring it");
+                    let _ = nix::sys::signal::kill(t.pid, Signal::SIGKILL);
+                    self.template = None;
+                }
+            }
+        }
+        self.fork_process(key, job, Role::Call(handed))
+    }
+
+    /// Fork a process for `key` in `role`.
+    fn fork_process(
+        &self,
+        key: &WarmKey,
+        job: &LoadedJob,
+        role: Role,
+    ) -> Result<(Pid, OwnedFd), String> {
         let me = getpid();
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| format!("cannot make a channel: {e}"))?;
+        let (ours, theirs) = super::new_channel()?;
         // SAFETY: this process is single-threaded (see module docs).
         match unsafe { fork() } {
             Ok(ForkResult::Parent { child }) => {
@@ -125,20 +177,21 @@ impl Server {
                     ours.as_raw_fd(),
                 ];
                 close.extend(self.channels());
-                child::run_child(
-                    child::ChildSetup {
-                        fork_server: me,
-                        job,
-                        module: &key.module.label,
-                        tenant: &key.tenant,
-                        executor: &self.executor,
-                        policy: &key.policy,
-                        confinement: &self.confinement,
-                        channel: theirs,
-                        close,
-                    },
-                    handed,
-                )
+                let setup = child::ChildSetup {
+                    fork_server: me,
+                    job,
+                    module: &key.module.label,
+                    tenant: &key.tenant,
+                    executor: &self.executor,
+                    policy: &key.policy,
+                    confinement: &self.confinement,
+                    channel: theirs,
+                    close,
+                };
+                match role {
+                    Role::Call(handed) => child::run_child(setup, handed),
+                    Role::Template => template::run_template(setup),
+                }
             }
             Err(e) => Err(format!("fork failed: {e}")),
         }
@@ -150,6 +203,15 @@ impl Server {
             Running::Call(_, fd) => Some(fd.as_raw_fd()),
             Running::Helper(_) => None,
         });
-        running.chain(self.warm.channels())
+        let template = self.template.as_ref().map(Template::channel);
+        running.chain(self.warm.channels()).chain(template)
     }
+}
+
+/// What a process forked by the fork server becomes.
+enum Role {
+    /// A worker child: for this call, or to wait for one.
+    Call(Option<Handover>),
+    /// A template process ([`super::template`]).
+    Template,
 }

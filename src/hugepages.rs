@@ -1,0 +1,320 @@
+//! Machine code in anonymous 2 MiB pages, so forked processes start with
+//! it mapped. Used by the fork server (its own text, at start) and by the
+//! artifact cache (a job's compiled code, when loaded).
+//!
+//! Fork copies no page-table entries for a file mapping without private
+//! pages (the kernel refills them on demand), so every worker child used to
+//! page-fault the code it ran back in from the page cache: the host's
+//! runtime set-up, wasmtime's instantiation, confinement and reporting
+//! (about two hundred faults and most of a trivial child's CPU time), and
+//! the guest's own compiled code. Anonymous memory is different: fork
+//! copies its entries, and for 2 MiB pages one entry maps what 512
+//! small-page faults would, so the copy is cheap too.
+//!
+//! - [`move_text_to_huge_pages`]: at the fork server's start, before it
+//!   loads anything or forks, the 2 MiB-aligned interior of its text is
+//!   copied into fresh anonymous memory marked for huge pages, made
+//!   read-and-execute, and moved over the original range with one `mremap`
+//!   (the bytes are identical, so the code running that call returns into
+//!   the same instructions). Nothing is ever writable and executable at
+//!   once. The cost is the text's size in memory not shared with the page
+//!   cache (children share it copy-on-write and never write it); profilers
+//!   see that range as anonymous memory.
+//! - [`collapse`]: a compiled component deserialized from memory already
+//!   lives in anonymous memory; its aligned interior is collapsed into huge
+//!   pages in place (`MADV_COLLAPSE`).
+//!
+//! Any failure leaves the memory as it was: this is a speed-up, never a
+//! condition for serving.
+
+use std::ops::Range;
+
+const HUGE: usize = 2 << 20;
+
+/// Errors while moving the text; the text stays as it was.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HugePagesError {
+    #[error("cannot read /proc/self/maps: {0}")]
+    Maps(std::io::Error),
+    #[error("this code is in no executable mapping of /proc/self/maps")]
+    NoText,
+    #[error("{0} bytes hold no aligned 2 MiB page")]
+    TooSmall(usize),
+    #[error("{0} failed: {1}")]
+    Call(&'static str, std::io::Error),
+}
+
+/// The program's read-only mappings (text, read-only data), with whether
+/// each is executable: every mapping of the file that holds this function
+/// with no write permission.
+fn program_mappings() -> Result<Vec<(Range<usize>, bool)>, HugePagesError> {
+    let here = program_mappings as *const () as usize;
+    let maps = std::fs::read_to_string("/proc/self/maps").map_err(HugePagesError::Maps)?;
+    let parsed: Vec<(Range<usize>, &str, &str)> = maps
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            let perms = fields.next()?;
+            let path = fields.nth(3).unwrap_or("");
+            let range =
+                usize::from_str_radix(start, 16).ok()?..usize::from_str_radix(end, 16).ok()?;
+            Some((range, perms, path))
+        })
+        .collect();
+    let program = parsed
+        .iter()
+        .find(|(range, perms, _)| perms.starts_with("r-x") && range.contains(&here))
+        .map(|(_, _, path)| *path)
+        .filter(|path| !path.is_empty())
+        .ok_or(HugePagesError::NoText)?;
+    Ok(parsed
+        .into_iter()
+        .filter(|(_, perms, path)| *path == program && perms.starts_with("r-"))
+        .map(|(range, perms, _)| (range, perms.starts_with("r-x")))
+        .collect())
+}
+
+fn check(what: &'static str, rc: libc::c_int) -> Result<(), HugePagesError> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(HugePagesError::Call(what, std::io::Error::last_os_error()))
+    }
+}
+
+/// Move the aligned interior of this program's read-only mappings (text
+/// and read-only data) into anonymous huge pages; returns how many bytes
+/// moved. Call while single-threaded, before any fork.
+pub(crate) fn move_text_to_huge_pages() -> Result<usize, HugePagesError> {
+    let mut moved = 0;
+    for (range, exec) in program_mappings()? {
+        if let Ok(bytes) = move_to_huge_pages(range, exec) {
+            moved += bytes;
+        }
+    }
+    Ok(moved)
+}
+
+/// Move the aligned interior of one read-only mapping (executable if
+/// `exec`), as the module doc says.
+fn move_to_huge_pages(text: Range<usize>, exec: bool) -> Result<usize, HugePagesError> {
+    let start = text.start.next_multiple_of(HUGE);
+    let end = text.end / HUGE * HUGE;
+    if end <= start {
+        return Err(HugePagesError::TooSmall(text.end - text.start));
+    }
+    let len = end - start;
+    // SAFETY: a fresh private anonymous mapping that nothing else refers to;
+    // the extra 2 MiB lets an aligned start be cut out of it.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len + HUGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return Err(HugePagesError::Call(
+            "mmap",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let raw = raw as usize;
+    let copy = raw.next_multiple_of(HUGE);
+    // SAFETY: the head and tail cut here lie inside the mapping just made
+    // and outside [copy, copy + len), which is all that is used below.
+    unsafe {
+        if copy > raw {
+            libc::munmap(raw as *mut _, copy - raw);
+        }
+        let tail = copy + len;
+        if raw + len + HUGE > tail {
+            libc::munmap(tail as *mut _, raw + len + HUGE - tail);
+        }
+    }
+    let moved = (|| {
+        // SAFETY: [copy, copy + len) is our writable mapping; [start, end)
+        // is readable program text of the same length; they do not overlap.
+        unsafe {
+            check(
+                "madvise(MADV_HUGEPAGE)",
+                libc::madvise(copy as *mut _, len, libc::MADV_HUGEPAGE),
+            )?;
+            std::ptr::copy_nonoverlapping(start as *const u8, copy as *mut u8, len);
+            check(
+                "mprotect",
+                libc::mprotect(
+                    copy as *mut _,
+                    len,
+                    if exec {
+                        libc::PROT_READ | libc::PROT_EXEC
+                    } else {
+                        libc::PROT_READ
+                    },
+                ),
+            )?;
+            // One call replaces the text with identical bytes: the code
+            // running it, possibly inside the range, returns into the same
+            // instructions now held in the new pages.
+            let to = libc::mremap(
+                copy as *mut _,
+                len,
+                len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                start as *mut libc::c_void,
+            );
+            if to == libc::MAP_FAILED {
+                return Err(HugePagesError::Call(
+                    "mremap",
+                    std::io::Error::last_os_error(),
+                ));
+            }
+        }
+        Ok(len)
+    })();
+    if moved.is_err() {
+        // SAFETY: the copy was not moved over the text, so it is still our
+        // own mapping and nothing refers to it.
+        unsafe { libc::munmap(copy as *mut _, len) };
+    }
+    moved
+}
+
+/// `MADV_COLLAPSE` (Linux 6.1), which the libc crate does not name yet.
+const MADV_COLLAPSE: libc::c_int = 25;
+
+/// Back the 2 MiB-aligned interior of `range`, anonymous memory this
+/// process mapped, with huge pages now; returns how many bytes are.
+///
+/// # Safety
+/// `range` must lie inside one anonymous private mapping of this process
+/// (`MADV_COLLAPSE` keeps contents and protection, so any such mapping
+/// stays as valid as it was).
+pub(crate) unsafe fn collapse(range: Range<usize>) -> Result<usize, HugePagesError> {
+    let start = range.start.next_multiple_of(HUGE);
+    let end = range.end / HUGE * HUGE;
+    if end <= start {
+        return Err(HugePagesError::TooSmall(range.end - range.start));
+    }
+    // SAFETY: advice on memory the caller vouches for; neither call
+    // changes its contents.
+    unsafe {
+        check(
+            "madvise(MADV_HUGEPAGE)",
+            libc::madvise(start as *mut _, end - start, libc::MADV_HUGEPAGE),
+        )?;
+        check(
+            "madvise(MADV_COLLAPSE)",
+            libc::madvise(start as *mut _, end - start, MADV_COLLAPSE),
+        )?;
+    }
+    Ok(end - start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether this kernel hands out anonymous huge pages on request.
+    fn huge_pages_on_request() -> bool {
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .is_ok_and(|s| !s.contains("[never]"))
+    }
+
+    /// `AnonHugePages` of the mapping holding `addr`, in KiB.
+    fn anon_huge_kib(addr: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ')
+                && let Some((a, b)) = range.split_once('-')
+                && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            {
+                inside = (a..b).contains(&addr);
+                continue;
+            }
+            if inside && let Some(kib) = line.strip_prefix("AnonHugePages:") {
+                return kib.trim().trim_end_matches(" kB").trim().parse().unwrap();
+            }
+        }
+        0
+    }
+
+    #[test]
+    fn collapse_backs_anonymous_memory_with_huge_pages_and_keeps_it() {
+        if !huge_pages_on_request() {
+            eprintln!("skipped: this kernel gives no huge pages");
+            return;
+        }
+        let len = 8 << 20;
+        // SAFETY: a fresh private anonymous mapping, unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        // SAFETY: `p` is `len` writable bytes.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, len) };
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        let range = p as usize..p as usize + len;
+        // SAFETY: the range is the mapping just made.
+        let collapsed = unsafe { collapse(range.clone()) }.unwrap();
+        assert!(collapsed >= HUGE, "{collapsed}");
+        let aligned = range.start.next_multiple_of(HUGE);
+        assert!(
+            anon_huge_kib(aligned) >= 2048,
+            "no huge page after collapse"
+        );
+        assert!(bytes.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+        // SAFETY: unmapping the mapping made above; `bytes` is not used again.
+        unsafe { libc::munmap(p, len) };
+    }
+
+    #[test]
+    fn the_program_moves_into_huge_pages_and_runs_on() {
+        if !huge_pages_on_request() {
+            eprintln!("skipped: this kernel gives no huge pages");
+            return;
+        }
+        // In a child: the move rewrites this process's own mappings.
+        // SAFETY: the child only calls the move, formats, reads a file and
+        // _exits; glibc's fork leaves its allocator usable in the child.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let code = match move_text_to_huge_pages() {
+                    Ok(moved) if moved >= HUGE => {
+                        let here = program_mappings as *const () as usize;
+                        let text = format!("{:?}", program_mappings().unwrap());
+                        let huge = program_mappings()
+                            .unwrap()
+                            .iter()
+                            .any(|(r, exec)| *exec && r.contains(&here))
+                            && anon_huge_kib(here.next_multiple_of(HUGE)) > 0;
+                        if huge && !text.is_empty() { 0 } else { 2 }
+                    }
+                    Ok(_) => 3,
+                    Err(_) => 4,
+                };
+                // SAFETY: _exit ends the child without the harness's
+                // destructors.
+                unsafe { libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! Template processes: a job instantiated once, before any message, and
+//! copied by `fork` for each call. Both sides live here: the fork server's
+//! handle on its template ([`Template`], used from [`super::start`]) and the
+//! template process itself ([`run_template`]) with its copies.
+//!
+//! # Why
+//! Instantiating a large guest is most of a call's cost: an 18 MB Python
+//! component spends milliseconds building its instance (function tables,
+//! globals, the first touches of its memory image) before `run` starts, in
+//! every fresh child. A template does that once; each call then runs in a
+//! copy-on-write copy of an instance nobody has called yet, which is what a
+//! fresh instance is. A copy shares nothing with another copy: it has its
+//! own memory, output buffers, runtime and timer, and its guest's random
+//! numbers come from a generator reseeded from the kernel in the copy
+//! (`executor::reseed_guest_random`), never from state copied out of the
+//! template.
+//! What instantiation itself did (the guest's start functions, output they
+//! wrote) happened once and is seen, identically, by every copy.
+//!
+//! # How
+//! The fork server forks a template for the key (module, tenant, policy)
+//! it expects next ([`super::warm`]). The template confines itself like a
+//! child (limits, Landlock, seccomp: [`super::confine`]), except that its
+//! filter lets it `clone` with exactly `CLONE_PARENT | SIGCHLD`;
+//! instantiates the job under the policy's timeout; says it is ready; then
+//! serves copy requests on its channel. A request carries the copy's own
+//! channel (`SCM_RIGHTS`) and, for a call already known, its [`Handover`];
+//! the template clones, and its answer is the copy's pid. `CLONE_PARENT`
+//! makes the copy the fork server's child, not the template's, so the fork
+//! server reaps, signals and reads it exactly as a child it forked itself
+//! (`Running::Call`). The copy takes a process group, dies with the fork
+//! server, adds the child's seccomp filter on top of the template's (which
+//! takes `clone`, `setpgid` and `prctl` away again), starts a runtime of its
+//! own, and makes the call.
+//!
+//! A template whose instantiation fails dies before it is ready; its key's
+//! calls fork on demand for [`super::warm::MAX_AGE`], so the failure reaches
+//! a message with its outcome as before. Templates are retired with the warm
+//! children's rules: another key expected, older than `MAX_AGE` (its store
+//! resolved the policy's names when made), or no spawn for `MAX_AGE`.
+
+use super::child::{
+    ChildSetup, call_of, child_runtime, exit_now, host_error, job_span, leave_fork_server,
+    report_and_exit, wait_for_call,
+};
+use super::confine::{COPY_CLONE_FLAGS, limit_process};
+use super::die_with_parent;
+use super::warm::WarmKey;
+use crate::executor::Instantiated;
+use crate::worker::protocol::{Handover, MAX_HANDOVER_BYTES, decode_handover, encode_handover};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, recv, recvmsg, send, sendmsg,
+};
+use nix::unistd::{Pid, getpid, setpgid};
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+/// The template's one-byte word that its job is instantiated.
+const READY: u8 = b'R';
+
+/// How long the fork server waits for a template's answer to a copy
+/// request (a `clone` and a write: well under a millisecond when healthy).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The fork server's handle on a template process.
+#[derive(Debug)]
+pub(super) struct Template {
+    pub(super) pid: Pid,
+    pub(super) key: WarmKey,
+    channel: OwnedFd,
+    ready: bool,
+    pub(super) since: Instant,
+}
+
+impl Template {
+    pub(super) fn new(pid: Pid, key: WarmKey, channel: OwnedFd, since: Instant) -> Self {
+        Template {
+            pid,
+            key,
+            channel,
+            ready: false,
+            since,
+        }
+    }
+
+    pub(super) fn channel(&self) -> RawFd {
+        self.channel.as_raw_fd()
+    }
+
+    /// Whether the template has instantiated its job (its word is read
+    /// without waiting).
+    pub(super) fn is_ready(&mut self) -> bool {
+        if !self.ready {
+            let mut word = [0u8; 1];
+            let got = recv(self.channel.as_raw_fd(), &mut word, MsgFlags::MSG_DONTWAIT);
+            self.ready = matches!(got, Ok(1)) && word[0] == READY;
+            if self.ready {
+                tracing::info!(
+                    pid = self.pid.as_raw(),
+                    module = %self.key.module.label,
+                    tenant = %self.key.tenant,
+                    "template process ready"
+                );
+            }
+        }
+        self.ready
+    }
+
+    /// A copy of the instantiated job, for `handed` or to wait for its call:
+    /// its pid and the fork server's end of its channel.
+    pub(super) fn copy(&self, handed: Option<&Handover>) -> Result<(Pid, OwnedFd), String> {
+        let payload = match handed {
+            Some(h) => encode_handover(h).ok_or("the handover does not fit a packet")?,
+            None => Vec::new(),
+        };
+        let (ours, theirs) = super::new_channel()?;
+        let fds = [theirs.as_raw_fd()];
+        sendmsg::<()>(
+            self.channel.as_raw_fd(),
+            &[IoSlice::new(&payload)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )
+        .map_err(|e| format!("cannot ask the template for a copy: {e}"))?;
+        drop(theirs);
+        let mut fds = [PollFd::new(
+            std::os::fd::AsFd::as_fd(&self.channel),
+            PollFlags::POLLIN,
+        )];
+        let wait =
+            PollTimeout::try_from(ANSWER_TIMEOUT.as_millis() as i32).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, wait) {
+            Ok(n) if n > 0 => {}
+            Ok(_) => return Err("the template did not answer".into()),
+            Err(e) => return Err(format!("waiting for the template: {e}")),
+        }
+        let mut answer = [0u8; 4];
+        match recv(
+            self.channel.as_raw_fd(),
+            &mut answer,
+            MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(4) => {}
+            Ok(_) => return Err("the template is gone".into()),
+            Err(e) => return Err(format!("reading the template's answer: {e}")),
+        }
+        match i32::from_le_bytes(answer) {
+            pid if pid > 0 => {
+                let pid = Pid::from_raw(pid);
+                // Also set the group here, so it exists before anyone
+                // signals it (the copy sets it too).
+                let _ = setpgid(pid, pid);
+                Ok((pid, ours))
+            }
+            errno => Err(format!(
+                "the template could not copy itself: {}",
+                nix::errno::Errno::from_raw(-errno)
+            )),
+        }
+    }
+}
+
+/// Run as a template process for `c`'s key; never returns.
+pub(super) fn run_template(c: ChildSetup<'_>) -> ! {
+    leave_fork_server(&c);
+    let span = tracing::info_span!("template", module = %c.module, tenant = %c.tenant, pid = getpid().as_raw());
+    let entered = span.enter();
+    if let Err(e) = limit_process(c.policy.max_memory) {
+        host_error("cannot limit the template", &e)
+    }
+    let store = match c.executor.prepare_store(c.policy) {
+        Ok(s) => s,
+        Err(e) => host_error("cannot prepare the template's store", &e),
+    };
+    // Opened before Landlock, read after the instantiation.
+    let maps = std::fs::File::open("/proc/self/maps").ok();
+    if let Err(e) = c.confinement.lock_down_template(c.policy) {
+        host_error("cannot confine the template", &e)
+    }
+    if let Err(e) = c.executor.use_timer_signal_ticks() {
+        host_error("cannot start the epoch timer", &e)
+    }
+    // Dropping the runtime joins any blocking thread it started, so this
+    // process is single-threaded again before its first copy.
+    let instantiated = {
+        let runtime = child_runtime();
+        runtime.block_on(c.executor.instantiate(c.job, store))
+    };
+    let _ = crate::engine::pause_tick_timer(true);
+    let instance = match instantiated {
+        Ok(i) => i,
+        Err(report) => {
+            // Calls for this key fork on demand and meet this there.
+            tracing::debug!(outcome = %report.outcome, "the job does not instantiate; no template");
+            exit_now(0)
+        }
+    };
+    if let Some(maps) = maps {
+        map_memory_images(&maps);
+    }
+    if send(c.channel.as_raw_fd(), &[READY], MsgFlags::empty()).is_err() {
+        exit_now(0)
+    }
+    drop(entered);
+    let mut instance = Some(instance);
+    loop {
+        let (handed, channel) = next_request(&c.channel);
+        // SAFETY: a raw clone (not the C library's fork) because only the
+        // raw call takes CLONE_PARENT; the copy continues on a copy of this
+        // stack, as with fork. This process is single-threaded here (its
+        // runtime is gone), so no lock is held by a thread the copy lacks.
+        // The C library's cached thread id in the copy is this process's,
+        // which matters only to its robust-mutex and recursive-lock owner
+        // bookkeeping, both consistent within the copy while this process
+        // (whose id it is) lives, and the copy dies with the fork server.
+        let pid = unsafe { libc::syscall(libc::SYS_clone, COPY_CLONE_FLAGS, 0, 0, 0, 0) };
+        match pid {
+            0 => {
+                let instance = instance.take().expect("the copy's instance");
+                run_copy(&c, instance, channel, handed)
+            }
+            -1 => {
+                let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                answer(&c.channel, -errno);
+            }
+            pid => answer(&c.channel, pid as i32),
+        }
+    }
+}
+
+/// Map every page of the instance's memory images (its linear memories'
+/// initial contents) in this process, so that fork copies their entries to
+/// each copy instead of each copy faulting them in one by one as its call
+/// reads them. Only reading: a page a call writes is still copied for that
+/// call alone. `maps` is this process's `/proc/self/maps`, opened before
+/// Landlock shut the file system.
+fn map_memory_images(maps: &std::fs::File) {
+    use std::os::unix::fs::FileExt;
+    let mut text = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        match maps.read_at(&mut chunk, text.len() as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => text.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&text);
+    // wasmtime maps an image from the artifact's own (sealed memory) file
+    // where it can, else from a memory file of its own: either way a
+    // private writable mapping of a memory file.
+    let image = |l: &&str| l.contains(" rw-p ") && l.contains("/memfd:wasm-");
+    for line in text.lines().filter(image) {
+        let Some((start, end)) = line
+            .split_whitespace()
+            .next()
+            .and_then(|r| r.split_once('-'))
+        else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        // SAFETY: populating (read faults only) a range this process has
+        // mapped; no content changes.
+        unsafe { libc::madvise(start as *mut _, end - start, libc::MADV_POPULATE_READ) };
+    }
+}
+
+fn answer(channel: &OwnedFd, word: i32) {
+    if send(channel.as_raw_fd(), &word.to_le_bytes(), MsgFlags::empty()).is_err() {
+        exit_now(0)
+    }
+}
+
+/// The next copy request: the call if known, and the copy's channel. End
+/// of stream (the fork server retiring this template) exits quietly.
+fn next_request(channel: &OwnedFd) -> (Option<Handover>, OwnedFd) {
+    let mut buf = vec![0u8; MAX_HANDOVER_BYTES];
+    loop {
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = match recvmsg::<()>(
+            channel.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(m) => m,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => host_error("cannot read a copy request", &e),
+        };
+        let n = msg.bytes;
+        let mut fd = None;
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for cmsg in cmsgs {
+                if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                    for raw in fds {
+                        // SAFETY: the kernel just gave this process these
+                        // descriptors; nothing else owns them.
+                        let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                        if fd.is_none() {
+                            fd = Some(owned);
+                        }
+                    }
+                }
+            }
+        }
+        let Some(fd) = fd else {
+            if n == 0 {
+                exit_now(0)
+            }
+            host_error("bad copy request", &"no channel")
+        };
+        if n == 0 {
+            return (None, fd);
+        }
+        match decode_handover(&buf[..n]) {
+            Some(h) => return (Some(h), fd),
+            None => host_error("bad copy request", &"not a call"),
+        }
+    }
+}
+
+/// Run as a template's copy: become a child like any other, then make the
+/// call on the instance copied from the template.
+fn run_copy(
+    c: &ChildSetup<'_>,
+    instance: Instantiated,
+    channel: OwnedFd,
+    handed: Option<Handover>,
+) -> ! {
+    // SAFETY: the template's channel is the template's; this process never
+    // runs the template's loop again.
+    unsafe { libc::close(c.channel.as_raw_fd()) };
+    crate::executor::reseed_guest_random();
+    let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    die_with_parent(c.fork_server);
+    if let Err(e) = c.confinement.lock_down_copy() {
+        host_error("cannot confine the worker child", &e)
+    }
+    let pid = getpid().as_raw();
+    let runtime = child_runtime();
+    let _in_runtime = runtime.enter();
+    let handed = match handed {
+        Some(h) => h,
+        None => wait_for_call(&channel),
+    };
+    let span = job_span(c.module, c.tenant, &handed, pid);
+    let _entered = span.enter();
+    if let Err(e) = crate::engine::pause_tick_timer(false) {
+        host_error("cannot start the epoch timer", &e)
+    }
+    let report = runtime.block_on(instance.call(&handed.message, call_of(&handed)));
+    report_and_exit(&channel, report)
+}
