@@ -18,6 +18,8 @@
 
 #[path = "support/moto.rs"]
 mod moto;
+#[path = "support/process_rss.rs"]
+mod process_rss;
 #[path = "support/runs.rs"]
 mod runs;
 
@@ -92,16 +94,6 @@ fn raw_moto_ms(port: u16) -> f64 {
         })
         .collect();
     median(samples)
-}
-
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
 }
 
 fn main() -> anyhow::Result<()> {
@@ -273,9 +265,9 @@ fn main() -> anyhow::Result<()> {
         } else {
             rows.push("| trivial job through moto | skipped: moto not installed | | | |".into());
         }
-        let before = rss_mib();
-        let rss = bench.in_flight(queue("rss")?, 64, async |_| rss_mib()).await?;
-        rows.push(format!("| parent RSS with 64 jobs in flight | {rss:.1} MiB | the same process idle: {before:.1} MiB | {:.2}× | < 64 MiB |", rss / before));
+        let exe = Path::new(env!("CARGO_BIN_EXE_wasm-jobs"));
+        let (idle, rss) = process_rss::worker_parent_rss(exe, &module, 64)?;
+        rows.push(format!("| parent RSS with 64 jobs in flight (the `wasm-jobs worker` process, embedded queue) | {rss:.1} MiB | the same process idle: {idle:.1} MiB | {:.2}× | < 64 MiB |", rss / idle));
         let (calls, seconds) = bench
             .in_flight(queue("heartbeats")?, 100, async |stats: &WorkerStats| {
                 let start = stats.heartbeat_calls();

@@ -284,3 +284,51 @@ async fn template_copies_draw_their_own_random_numbers() {
     draws.dedup();
     assert_eq!(draws.len(), 12, "every job drew its own bytes: {log}");
 }
+
+/// A job that traps while it is instantiated gets no template: the
+/// template dies before it is ready, and its calls fork on demand and end
+/// with the trap, as without templates (the message is left for
+/// redelivery with the trap as the reason).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_traps_at_instantiation_gets_no_template_and_its_calls_the_trap() {
+    let wat = std::fs::read_to_string(crate::common::repo_root().join("tests/fixtures/modes.wat"))
+        .unwrap();
+    let end = wat.rfind(')').unwrap();
+    let wat = format!(
+        "{}  (func $boom unreachable)\n  (start $boom)\n)\n",
+        &wat[..end]
+    );
+    let wasm = wasm_jobs::componentize::job_component_from_core(wat.as_bytes()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("traps-at-start.wasm");
+    std::fs::write(&module, wasm).unwrap();
+    let b = Backend::embedded();
+    let (q, addr) = b.create("template-trap", &config(30)).await;
+    for _ in 0..3 {
+        q.send(&OutgoingMessage::new("o")).await.unwrap();
+    }
+    let args = ["--concurrency", "1", "--wait", "0", "--drain"];
+    let w = Worker::start(&b, &addr, &module, &args);
+    w.wait_for(
+        "a template process ended before its job was instantiated; forking on demand for a while",
+        &[],
+        Duration::from_secs(60),
+    );
+    wait_for_count(
+        &w,
+        "job did not succeed; leaving the message for redelivery",
+        3,
+        Duration::from_secs(60),
+    );
+    let log = w.log();
+    assert_eq!(count_in(&log, "template process ready", &[]), 0, "{log}");
+    let traps = events_of(&log)
+        .into_iter()
+        .filter(|e| message(e) == "job did not succeed; leaving the message for redelivery")
+        .filter(|e| get(e, "why").is_some_and(|w| w.contains("unreachable")))
+        .count();
+    assert!(traps >= 3, "each call met the trap: {log}");
+    // The messages wait out their visibility; stop the worker.
+    w.signal(libc::SIGTERM);
+    w.wait(Duration::from_secs(60));
+}

@@ -129,6 +129,8 @@ struct Server {
     template: Option<template::Template>,
     /// The last key whose template died before it was ready, and when.
     template_failed: Option<(WarmKey, Instant)>,
+    /// Calls waiting for the template's next copy, oldest first.
+    awaiting_copy: std::collections::VecDeque<protocol::Handover>,
 }
 
 /// The fork server's `main`: `config` is the JSON [`ForkServerConfig`];
@@ -206,6 +208,7 @@ pub(crate) fn main(config: &str) -> i32 {
         warm: WarmPool::new(warm_children),
         template: None,
         template_failed: None,
+        awaiting_copy: std::collections::VecDeque::new(),
     };
     if let Err(e) = server.confinement.confine_fork_server() {
         tracing::error!(error = %e, "fork server: cannot install its seccomp filter");
@@ -227,11 +230,14 @@ impl Server {
                     PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
                         .unwrap_or(PollTimeout::MAX)
                 });
-            let (cmd_ready, chld_ready) = {
-                let mut fds = [
+            let (cmd_ready, chld_ready, template_ready) = {
+                let mut fds = vec![
                     PollFd::new(self.commands.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
                 ];
+                if let Some(t) = &self.template {
+                    fds.push(PollFd::new(t.channel(), PollFlags::POLLIN));
+                }
                 match poll(&mut fds, timeout) {
                     Ok(_) => {}
                     Err(nix::errno::Errno::EINTR) => continue,
@@ -241,8 +247,15 @@ impl Server {
                     }
                 }
                 let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-                (ready(&fds[0]), ready(&fds[1]))
+                (
+                    ready(&fds[0]),
+                    ready(&fds[1]),
+                    fds.get(2).is_some_and(ready),
+                )
             };
+            if template_ready {
+                self.template_said();
+            }
             if chld_ready {
                 while let Ok(Some(_)) = self.sigfd.read_signal() {}
                 self.reap();
@@ -386,8 +399,10 @@ impl Server {
             }
             Some(Running::Helper(digest)) => self.compiled(&digest, status),
             None if self.template.as_ref().is_some_and(|t| t.pid == pid) => {
-                if let Some(mut t) = self.template.take()
-                    && !t.is_ready()
+                // What it said last (a copy's answer) still counts.
+                self.template_said();
+                if let Some(t) = &self.template
+                    && !t.ready
                 {
                     tracing::warn!(
                         pid = pid.as_raw(),
@@ -395,8 +410,9 @@ impl Server {
                         module = %t.key.module.label,
                         "a template process ended before its job was instantiated; forking on demand for a while"
                     );
-                    self.template_failed = Some((t.key, Instant::now()));
+                    self.template_failed = Some((t.key.clone(), Instant::now()));
                 }
+                self.retire_template("it ended");
             }
             None => {
                 if self.warm.reaped(pid, Instant::now()) {
@@ -444,7 +460,10 @@ impl Server {
 
     fn next_deadline(&self) -> Option<Instant> {
         let compiles = self.compiling.values().map(|c| c.deadline);
-        let template = self.template.as_ref().map(|t| t.since + warm::MAX_AGE);
+        let template = self
+            .template
+            .as_ref()
+            .map(|t| t.deadline().unwrap_or(t.since + warm::MAX_AGE));
         compiles
             .chain(self.warm.next_deadline())
             .chain(template)

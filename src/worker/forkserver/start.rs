@@ -7,7 +7,7 @@
 //! fork server's but its own channel before it runs ([`super::child`]).
 
 use super::protocol::{self, Event, Handover, Spawn, SpawnFailure};
-use super::template::{self, Template};
+use super::template::{self, Said, Template};
 use super::warm::{MAX_AGE, Warm, WarmKey};
 use super::{Running, Server, child, send_event};
 use crate::executor::LoadedJob;
@@ -19,27 +19,40 @@ use std::rc::Rc;
 use std::time::Instant;
 
 impl Server {
-    /// Hand the call to a warm child set up for it, else fork one for it.
+    /// Hand the call to a warm child set up for it; else, when the
+    /// template for its key is ready, to the next copy it makes; else fork
+    /// one for it.
     pub(super) fn start_call(&mut self, req: Spawn, key: &WarmKey, job: &LoadedJob) {
         let handover = Handover {
             process: req.process,
             message: req.message,
             call: req.call,
         };
-        if let Some(packet) = protocol::encode_handover(&handover)
-            && let Some(w) = self.warm.take(key)
-        {
-            match send(w.channel.as_raw_fd(), &packet, MsgFlags::MSG_DONTWAIT) {
-                Ok(_) => return self.started(handover.process, w.pid, w.channel, true),
-                Err(e) => {
-                    // It died waiting; reaping it is a no-op now.
-                    tracing::debug!(pid = w.pid.as_raw(), error = %e, "a warm child is gone");
-                    let _ = nix::sys::signal::kill(w.pid, Signal::SIGKILL);
+        if let Some(packet) = protocol::encode_handover(&handover) {
+            if let Some(w) = self.warm.take(key) {
+                match send(w.channel.as_raw_fd(), &packet, MsgFlags::MSG_DONTWAIT) {
+                    Ok(_) => return self.started(handover.process, w.pid, w.channel, true),
+                    Err(e) => {
+                        // It died waiting; reaping it is a no-op now.
+                        tracing::debug!(pid = w.pid.as_raw(), error = %e, "a warm child is gone");
+                        let _ = nix::sys::signal::kill(w.pid, Signal::SIGKILL);
+                    }
                 }
+            }
+            if let Some(t) = self.template.as_mut()
+                && t.ready
+                && t.key == *key
+            {
+                // One more copy than the calls already waiting for one.
+                if t.pending() > self.awaiting_copy.len() || t.request(Instant::now()).is_ok() {
+                    self.awaiting_copy.push_back(handover);
+                    return;
+                }
+                self.retire_template("it takes no more requests");
             }
         }
         let process = handover.process;
-        match self.fork_child(key, job, Some(handover)) {
+        match self.fork_process(key, job, Role::Call(Some(handover))) {
             Ok((pid, channel)) => self.started(process, pid, channel, false),
             Err(why) => self.fail(process, SpawnFailure::Passing, why),
         }
@@ -57,7 +70,8 @@ impl Server {
         );
     }
 
-    /// Retire what the pool no longer wants and fork what it does.
+    /// Retire what the pool no longer wants and fork (or ask the template
+    /// for) what it does.
     pub(super) fn top_up(&mut self) {
         let busy = self
             .running
@@ -71,19 +85,37 @@ impl Server {
             // Not reaped yet, so the pid is still this child's.
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         }
+        // Copies on their way count as already there.
+        let coming = self
+            .template
+            .as_ref()
+            .map_or(0, |t| t.pending().saturating_sub(self.awaiting_copy.len()));
+        let fork = plan.fork.saturating_sub(coming);
         // The usual case on this loop's every turn: nothing to fork, so no
         // key (module, tenant, policy) to copy.
-        if plan.fork == 0 {
+        if fork == 0 {
             return;
         }
         let Some(key) = self.warm.expected(now).cloned() else {
             return;
         };
+        if let Some(t) = self.template.as_mut()
+            && t.ready
+            && t.key == key
+        {
+            for _ in 0..fork {
+                if let Err(why) = t.request(now) {
+                    tracing::warn!(%why, "cannot ask the template for a copy");
+                    return self.retire_template("it takes no more requests");
+                }
+            }
+            return;
+        }
         let Some(job) = self.modules.get(&key.module.digest).map(Rc::clone) else {
             return;
         };
-        for _ in 0..plan.fork {
-            match self.fork_child(&key, &job, None) {
+        for _ in 0..fork {
+            match self.fork_process(&key, &job, Role::Call(None)) {
                 Ok((pid, channel)) => self.warm.add(Warm {
                     pid,
                     key: key.clone(),
@@ -98,18 +130,90 @@ impl Server {
         }
     }
 
+    /// The template said something: it is ready, or a copy it was asked
+    /// for is there (handed the oldest call waiting for one, else added to
+    /// the pool), or it could not make one (it is retired).
+    pub(super) fn template_said(&mut self) {
+        let Some(t) = self.template.as_mut() else {
+            return;
+        };
+        let key = t.key.clone();
+        let now = Instant::now();
+        for said in t.read() {
+            match said {
+                Said::Ready => {}
+                Said::Copy(pid, channel) => match self.awaiting_copy.pop_front() {
+                    Some(h) => self.hand_to_copy(h, pid, channel, &key),
+                    None => self.warm.add(Warm {
+                        pid,
+                        key: key.clone(),
+                        channel,
+                        since: now,
+                    }),
+                },
+                Said::NoCopy(why) => {
+                    tracing::warn!(%why, "a template could not copy itself");
+                    self.retire_template("it could not copy itself");
+                }
+            }
+        }
+    }
+
+    fn hand_to_copy(&mut self, h: Handover, pid: Pid, channel: OwnedFd, key: &WarmKey) {
+        let sent = protocol::encode_handover(&h)
+            .is_some_and(|p| send(channel.as_raw_fd(), &p, MsgFlags::MSG_DONTWAIT).is_ok());
+        if sent {
+            return self.started(h.process, pid, channel, false);
+        }
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        self.fork_for(h, key);
+    }
+
+    /// Fork on demand for a call that waited for a copy in vain.
+    fn fork_for(&mut self, h: Handover, key: &WarmKey) {
+        let process = h.process;
+        let Some(job) = self.modules.get(&key.module.digest).map(Rc::clone) else {
+            return self.fail(process, SpawnFailure::Passing, "module unloaded".into());
+        };
+        match self.fork_process(key, &job, Role::Call(Some(h))) {
+            Ok((pid, channel)) => self.started(process, pid, channel, false),
+            Err(why) => self.fail(process, SpawnFailure::Passing, why),
+        }
+    }
+
+    /// Kill the template (not reaped yet, so its pid is still its own) and
+    /// fork on demand for the calls that waited for its copies. Copies it
+    /// made but did not answer for exit when their channels close here.
+    pub(super) fn retire_template(&mut self, why: &str) {
+        let Some(t) = self.template.take() else {
+            return;
+        };
+        tracing::debug!(pid = t.pid.as_raw(), why, "retiring a template process");
+        let _ = nix::sys::signal::kill(t.pid, Signal::SIGKILL);
+        for h in std::mem::take(&mut self.awaiting_copy) {
+            self.fork_for(h, &t.key);
+        }
+    }
+
     /// Keep a template process for the key the pool expects: retire one
-    /// kept for another key or past [`MAX_AGE`], start one when none is
-    /// there (unless the last for this key died before it was ready, less
-    /// than [`MAX_AGE`] ago).
+    /// kept for another key or past [`MAX_AGE`] (once it owes no answer),
+    /// or one overdue with an answer; start one when none is there (unless
+    /// the last for this key died before it was ready, less than
+    /// [`MAX_AGE`] ago).
     fn keep_template(&mut self, now: Instant) {
         let expected = self.warm.expected(now).cloned();
-        if let Some(t) = &self.template
-            && (Some(&t.key) != expected.as_ref() || now >= t.since + MAX_AGE)
-        {
-            // Not reaped yet, so the pid is still the template's.
-            let _ = nix::sys::signal::kill(t.pid, Signal::SIGKILL);
-            self.template = None;
+        if let Some(t) = &self.template {
+            if t.deadline().is_some_and(|d| d <= now) {
+                tracing::warn!(
+                    pid = t.pid.as_raw(),
+                    "a template did not answer; retiring it"
+                );
+                self.retire_template("it did not answer");
+            } else if t.pending() == 0
+                && (Some(&t.key) != expected.as_ref() || now >= t.since + MAX_AGE)
+            {
+                self.retire_template("another key is expected, or it is old");
+            }
         }
         let Some(key) = expected else { return };
         let failed = self
@@ -126,30 +230,6 @@ impl Server {
             Ok((pid, channel)) => self.template = Some(Template::new(pid, key, channel, now)),
             Err(why) => tracing::warn!(%why, "cannot start a template process"),
         }
-    }
-
-    /// A worker child for `key`, for `handed` or to wait for its call: a
-    /// copy of the template kept for `key` if it is ready, else forked here.
-    fn fork_child(
-        &mut self,
-        key: &WarmKey,
-        job: &LoadedJob,
-        handed: Option<Handover>,
-    ) -> Result<(Pid, OwnedFd), String> {
-        if let Some(t) = self.template.as_mut()
-            && t.key == *key
-            && t.is_ready()
-        {
-            match t.copy(handed.as_ref()) {
-                Ok(copy) => return Ok(copy),
-                Err(why) => {
-                    tracing::warn!(%why, pid = t.pid.as_raw(), "a template failed; retiring it");
-                    let _ = nix::sys::signal::kill(t.pid, Signal::SIGKILL);
-                    self.template = None;
-                }
-            }
-        }
-        self.fork_process(key, job, Role::Call(handed))
     }
 
     /// Fork a process for `key` in `role`.
@@ -203,7 +283,7 @@ impl Server {
             Running::Call(_, fd) => Some(fd.as_raw_fd()),
             Running::Helper(_) => None,
         });
-        let template = self.template.as_ref().map(Template::channel);
+        let template = self.template.as_ref().map(|t| t.channel().as_raw_fd());
         running.chain(self.warm.channels()).chain(template)
     }
 }

@@ -24,8 +24,13 @@
 //! filter lets it `clone` with exactly `CLONE_PARENT | SIGCHLD`;
 //! instantiates the job under the policy's timeout; says it is ready; then
 //! serves copy requests on its channel. A request carries the copy's own
-//! channel (`SCM_RIGHTS`) and, for a call already known, its [`Handover`];
-//! the template clones, and its answer is the copy's pid. `CLONE_PARENT`
+//! channel (`SCM_RIGHTS`); the template clones, and its answer is the
+//! copy's pid. The fork server does not wait for it: it reads answers as
+//! they come, adds each copy to the warm pool or hands it the oldest call
+//! waiting for one (`Server::copies_arrived` in [`super::start`]). A copy
+//! is sent its call only once its pid is known, so a template lost
+//! between a clone and its answer costs no call, only a copy that exits
+//! when its channel closes. `CLONE_PARENT`
 //! makes the copy the fork server's child, not the template's, so the fork
 //! server reaps, signals and reads it exactly as a child it forked itself
 //! (`Running::Call`). The copy takes a process group, dies with the fork
@@ -47,31 +52,48 @@ use super::confine::{COPY_CLONE_FLAGS, limit_process};
 use super::die_with_parent;
 use super::warm::WarmKey;
 use crate::executor::Instantiated;
-use crate::worker::protocol::{Handover, MAX_HANDOVER_BYTES, decode_handover, encode_handover};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
     ControlMessage, ControlMessageOwned, MsgFlags, recv, recvmsg, send, sendmsg,
 };
 use nix::unistd::{Pid, getpid, setpgid};
+use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 /// The template's one-byte word that its job is instantiated.
 const READY: u8 = b'R';
 
-/// How long the fork server waits for a template's answer to a copy
-/// request (a `clone` and a write: well under a millisecond when healthy).
+/// How long a template may take to answer a copy request (a `clone` and a
+/// write: about a millisecond at most when healthy) before it is retired.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The fork server's handle on a template process.
+/// The fork server's handle on a template process. Copy requests are
+/// answered in order; the fork server does not wait for an answer (a
+/// clone of a large process takes a few hundred microseconds, in which it
+/// serves other commands) but reads answers when the channel is readable
+/// ([`Template::read`]).
 #[derive(Debug)]
 pub(super) struct Template {
     pub(super) pid: Pid,
     pub(super) key: WarmKey,
     channel: OwnedFd,
-    ready: bool,
+    pub(super) ready: bool,
     pub(super) since: Instant,
+    /// The fork server's ends of the channels of copies asked for and not
+    /// answered yet, oldest first, with when each was asked for.
+    pending: VecDeque<(OwnedFd, Instant)>,
+}
+
+/// What a template said.
+#[derive(Debug)]
+pub(super) enum Said {
+    /// Its job is instantiated: it takes copy requests from now on.
+    Ready,
+    /// The copy asked for first is this process, on this channel.
+    Copy(Pid, OwnedFd),
+    /// It could not make the copy asked for first.
+    NoCopy(String),
 }
 
 impl Template {
@@ -82,83 +104,81 @@ impl Template {
             channel,
             ready: false,
             since,
+            pending: VecDeque::new(),
         }
     }
 
-    pub(super) fn channel(&self) -> RawFd {
-        self.channel.as_raw_fd()
+    pub(super) fn channel(&self) -> BorrowedFd<'_> {
+        self.channel.as_fd()
     }
 
-    /// Whether the template has instantiated its job (its word is read
-    /// without waiting).
-    pub(super) fn is_ready(&mut self) -> bool {
-        if !self.ready {
-            let mut word = [0u8; 1];
-            let got = recv(self.channel.as_raw_fd(), &mut word, MsgFlags::MSG_DONTWAIT);
-            self.ready = matches!(got, Ok(1)) && word[0] == READY;
-            if self.ready {
-                tracing::info!(
-                    pid = self.pid.as_raw(),
-                    module = %self.key.module.label,
-                    tenant = %self.key.tenant,
-                    "template process ready"
-                );
-            }
-        }
-        self.ready
+    /// Copies asked for and not answered yet.
+    pub(super) fn pending(&self) -> usize {
+        self.pending.len()
     }
 
-    /// A copy of the instantiated job, for `handed` or to wait for its call:
-    /// its pid and the fork server's end of its channel.
-    pub(super) fn copy(&self, handed: Option<&Handover>) -> Result<(Pid, OwnedFd), String> {
-        let payload = match handed {
-            Some(h) => encode_handover(h).ok_or("the handover does not fit a packet")?,
-            None => Vec::new(),
-        };
+    /// When the oldest unanswered request is overdue.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        self.pending.front().map(|(_, at)| *at + ANSWER_TIMEOUT)
+    }
+
+    /// Ask for a copy that waits for its call; its pid comes later
+    /// ([`Self::read`]). A copy is never sent a call before its pid is
+    /// known, so a template lost mid-request loses no call.
+    pub(super) fn request(&mut self, now: Instant) -> Result<(), String> {
         let (ours, theirs) = super::new_channel()?;
         let fds = [theirs.as_raw_fd()];
         sendmsg::<()>(
             self.channel.as_raw_fd(),
-            &[IoSlice::new(&payload)],
+            &[IoSlice::new(&[])],
             &[ControlMessage::ScmRights(&fds)],
             MsgFlags::MSG_DONTWAIT,
             None,
         )
         .map_err(|e| format!("cannot ask the template for a copy: {e}"))?;
-        drop(theirs);
-        let mut fds = [PollFd::new(
-            std::os::fd::AsFd::as_fd(&self.channel),
-            PollFlags::POLLIN,
-        )];
-        let wait =
-            PollTimeout::try_from(ANSWER_TIMEOUT.as_millis() as i32).unwrap_or(PollTimeout::MAX);
-        match poll(&mut fds, wait) {
-            Ok(n) if n > 0 => {}
-            Ok(_) => return Err("the template did not answer".into()),
-            Err(e) => return Err(format!("waiting for the template: {e}")),
-        }
-        let mut answer = [0u8; 4];
-        match recv(
-            self.channel.as_raw_fd(),
-            &mut answer,
-            MsgFlags::MSG_DONTWAIT,
-        ) {
-            Ok(4) => {}
-            Ok(_) => return Err("the template is gone".into()),
-            Err(e) => return Err(format!("reading the template's answer: {e}")),
-        }
-        match i32::from_le_bytes(answer) {
-            pid if pid > 0 => {
-                let pid = Pid::from_raw(pid);
-                // Also set the group here, so it exists before anyone
-                // signals it (the copy sets it too).
-                let _ = setpgid(pid, pid);
-                Ok((pid, ours))
+        self.pending.push_back((ours, now));
+        Ok(())
+    }
+
+    /// Everything the template has said since the last read, without
+    /// waiting.
+    pub(super) fn read(&mut self) -> Vec<Said> {
+        let mut said = Vec::new();
+        let mut word = [0u8; 4];
+        loop {
+            match recv(self.channel.as_raw_fd(), &mut word, MsgFlags::MSG_DONTWAIT) {
+                Ok(1) if word[0] == READY && !self.ready => {
+                    self.ready = true;
+                    tracing::info!(
+                        pid = self.pid.as_raw(),
+                        module = %self.key.module.label,
+                        tenant = %self.key.tenant,
+                        "template process ready"
+                    );
+                    said.push(Said::Ready);
+                }
+                Ok(4) => {
+                    let Some((ours, _)) = self.pending.pop_front() else {
+                        said.push(Said::NoCopy("an answer nobody asked for".into()));
+                        continue;
+                    };
+                    said.push(match i32::from_le_bytes(word) {
+                        pid if pid > 0 => {
+                            let pid = Pid::from_raw(pid);
+                            // Also set the group here, so it exists before
+                            // anyone signals it (the copy sets it too).
+                            let _ = setpgid(pid, pid);
+                            Said::Copy(pid, ours)
+                        }
+                        errno => Said::NoCopy(format!(
+                            "the template could not copy itself: {}",
+                            nix::errno::Errno::from_raw(-errno)
+                        )),
+                    });
+                }
+                // End of stream: it is gone, and reaping it says so.
+                Ok(_) | Err(_) => return said,
             }
-            errno => Err(format!(
-                "the template could not copy itself: {}",
-                nix::errno::Errno::from_raw(-errno)
-            )),
         }
     }
 }
@@ -207,7 +227,7 @@ pub(super) fn run_template(c: ChildSetup<'_>) -> ! {
     drop(entered);
     let mut instance = Some(instance);
     loop {
-        let (handed, channel) = next_request(&c.channel);
+        let channel = next_request(&c.channel);
         // SAFETY: a raw clone (not the C library's fork) because only the
         // raw call takes CLONE_PARENT; the copy continues on a copy of this
         // stack, as with fork. This process is single-threaded here (its
@@ -220,7 +240,7 @@ pub(super) fn run_template(c: ChildSetup<'_>) -> ! {
         match pid {
             0 => {
                 let instance = instance.take().expect("the copy's instance");
-                run_copy(&c, instance, channel, handed)
+                run_copy(&c, instance, channel)
             }
             -1 => {
                 let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
@@ -278,10 +298,10 @@ fn answer(channel: &OwnedFd, word: i32) {
     }
 }
 
-/// The next copy request: the call if known, and the copy's channel. End
-/// of stream (the fork server retiring this template) exits quietly.
-fn next_request(channel: &OwnedFd) -> (Option<Handover>, OwnedFd) {
-    let mut buf = vec![0u8; MAX_HANDOVER_BYTES];
+/// The next copy request: the copy's channel. End of stream (the fork
+/// server retiring this template) exits quietly.
+fn next_request(channel: &OwnedFd) -> OwnedFd {
+    let mut buf = [0u8; 16];
     loop {
         let mut space = nix::cmsg_space!([RawFd; 1]);
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
@@ -295,7 +315,6 @@ fn next_request(channel: &OwnedFd) -> (Option<Handover>, OwnedFd) {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => host_error("cannot read a copy request", &e),
         };
-        let n = msg.bytes;
         let mut fd = None;
         if let Ok(cmsgs) = msg.cmsgs() {
             for cmsg in cmsgs {
@@ -304,37 +323,21 @@ fn next_request(channel: &OwnedFd) -> (Option<Handover>, OwnedFd) {
                         // SAFETY: the kernel just gave this process these
                         // descriptors; nothing else owns them.
                         let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-                        if fd.is_none() {
-                            fd = Some(owned);
-                        }
+                        fd.get_or_insert(owned);
                     }
                 }
             }
         }
-        let Some(fd) = fd else {
-            if n == 0 {
-                exit_now(0)
-            }
-            host_error("bad copy request", &"no channel")
-        };
-        if n == 0 {
-            return (None, fd);
-        }
-        match decode_handover(&buf[..n]) {
-            Some(h) => return (Some(h), fd),
-            None => host_error("bad copy request", &"not a call"),
+        match fd {
+            Some(fd) => return fd,
+            None => exit_now(0),
         }
     }
 }
 
 /// Run as a template's copy: become a child like any other, then make the
 /// call on the instance copied from the template.
-fn run_copy(
-    c: &ChildSetup<'_>,
-    instance: Instantiated,
-    channel: OwnedFd,
-    handed: Option<Handover>,
-) -> ! {
+fn run_copy(c: &ChildSetup<'_>, instance: Instantiated, channel: OwnedFd) -> ! {
     // SAFETY: the template's channel is the template's; this process never
     // runs the template's loop again.
     unsafe { libc::close(c.channel.as_raw_fd()) };
@@ -347,10 +350,7 @@ fn run_copy(
     let pid = getpid().as_raw();
     let runtime = child_runtime();
     let _in_runtime = runtime.enter();
-    let handed = match handed {
-        Some(h) => h,
-        None => wait_for_call(&channel),
-    };
+    let handed = wait_for_call(&channel);
     let span = job_span(c.module, c.tenant, &handed, pid);
     let _entered = span.enter();
     if let Err(e) = crate::engine::pause_tick_timer(false) {
