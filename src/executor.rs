@@ -14,15 +14,16 @@ use crate::capture::{CapturedText, OutputCapture, StreamName};
 use crate::contract::bindings::{Job, JobPre, wasm_jobs::job::types::Failure};
 use crate::contract::{self, ContractError, JobMessage};
 use crate::engine::{EPOCH_TICK, EngineSettings, EpochTicker, build_engine, deadline_ticks};
+use crate::guest_random::GuestRandom;
 use crate::linking;
-use crate::outcome::{Outcome, TrapKind};
-use crate::sandbox::{MemoryLimitExceeded, MemoryLimiter, SandboxError, SandboxPolicy};
+use crate::outcome::Outcome;
+use crate::sandbox::{MemoryLimiter, SandboxError, SandboxPolicy};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Engine, Store, Trap};
-use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// Per-call host state kept in the `Store`.
 pub(crate) struct HostState {
@@ -341,8 +342,8 @@ impl Executor {
         builder
             .stdout(stdout.clone())
             .stderr(stderr.clone())
-            .secure_random(system_random())
-            .insecure_random(system_random());
+            .secure_random(GuestRandom::new())
+            .insecure_random(GuestRandom::new());
         let mut store = Store::new(
             &self.engine,
             HostState {
@@ -412,7 +413,7 @@ impl Executor {
             job.pre
                 .instantiate_async(&mut store)
                 .await
-                .map_err(|e| classify_error(&e, timeout))
+                .map_err(|e| Outcome::from_guest_error(&e, timeout))
         };
         let result = match tokio::time::timeout(timeout + EPOCH_TICK * 3, instantiating).await {
             Ok(r) => r,
@@ -490,65 +491,8 @@ async fn bounded(
 ) -> Outcome {
     match tokio::time::timeout(timeout + EPOCH_TICK * 3, guest).await {
         Ok(Ok(outcome)) => outcome,
-        Ok(Err(err)) => classify_error(&err, timeout),
+        Ok(Err(err)) => Outcome::from_guest_error(&err, timeout),
         Err(_elapsed) => Outcome::Timeout { limit: timeout },
-    }
-}
-
-/// The guest's random numbers (`wasi:random`, secure and insecure alike):
-/// a ChaCha generator seeded from the kernel on first use in each process.
-/// wasmtime-wasi's default is seeded when the store is made, so a forked
-/// copy of the store would share its state with every other copy: jobs
-/// copied from one template process would draw the same "random" bytes.
-/// Here a copy calls [`reseed_guest_random`] once it exists, and every
-/// generator reseeds at its next use.
-struct GuestRandom {
-    generation: u64,
-    rng: Option<rand_wasi::rngs::StdRng>,
-}
-
-/// Bumped by [`reseed_guest_random`]; a generator that saw another value
-/// reseeds.
-static RANDOM_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Make every guest generator in this process reseed from the kernel at its
-/// next use: call first thing in a process forked with stores in it.
-pub(crate) fn reseed_guest_random() {
-    RANDOM_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-}
-
-fn system_random() -> GuestRandom {
-    GuestRandom {
-        generation: 0,
-        rng: None,
-    }
-}
-
-impl GuestRandom {
-    fn rng(&mut self) -> &mut rand_wasi::rngs::StdRng {
-        use rand_wasi::SeedableRng;
-        let now = RANDOM_GENERATION.load(std::sync::atomic::Ordering::Relaxed);
-        if self.rng.is_none() || self.generation != now {
-            self.generation = now;
-            self.rng = Some(rand_wasi::rngs::StdRng::from_rng(
-                &mut rand_wasi::rand_core::UnwrapErr(rand_wasi::rngs::SysRng),
-            ));
-        }
-        self.rng.as_mut().expect("seeded above")
-    }
-}
-
-impl rand_wasi::TryRng for GuestRandom {
-    type Error = std::convert::Infallible;
-    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-        Ok(rand_wasi::Rng::next_u32(self.rng()))
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-        Ok(rand_wasi::Rng::next_u64(self.rng()))
-    }
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), Self::Error> {
-        rand_wasi::Rng::fill_bytes(self.rng(), dest);
-        Ok(())
     }
 }
 
@@ -582,37 +526,4 @@ impl Instantiated {
             duration: started.elapsed(),
         }
     }
-}
-
-/// Map an error raised while the guest ran to a typed outcome.
-fn classify_error(err: &wasmtime::Error, timeout: Duration) -> Outcome {
-    // The root cause says what happened; the full chain (with the wasm
-    // backtrace) goes to the debug log.
-    let detail = err.root_cause().to_string();
-    tracing::debug!(error = %format!("{err:?}"), "guest call failed");
-    let kind = if let Some(trap) = err.downcast_ref::<Trap>() {
-        match trap {
-            Trap::Interrupt => {
-                return Outcome::Timeout { limit: timeout };
-            }
-            Trap::StackOverflow => TrapKind::StackOverflow,
-            Trap::UnreachableCodeReached => TrapKind::Unreachable,
-            Trap::MemoryOutOfBounds => TrapKind::MemoryOutOfBounds,
-            Trap::IntegerDivisionByZero => TrapKind::IntegerDivisionByZero,
-            Trap::IntegerOverflow => TrapKind::IntegerOverflow,
-            Trap::OutOfFuel => TrapKind::OutOfFuel,
-            _ => TrapKind::Other,
-        }
-    } else if err.downcast_ref::<MemoryLimitExceeded>().is_some()
-        || detail.starts_with("resource limit exceeded")
-    {
-        // Our budget, or wasmtime's count of instances, tables or memories
-        // (the caps of `sandbox::MemoryLimiter`): host memory either way.
-        TrapKind::OutOfMemory
-    } else if let Some(exit) = err.downcast_ref::<I32Exit>() {
-        TrapKind::GuestExit(exit.0)
-    } else {
-        TrapKind::Other
-    };
-    Outcome::Trap { kind, detail }
 }

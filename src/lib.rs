@@ -17,10 +17,11 @@
 //! - [`executor`]: load (validate, compile, cache) and call a job in a sandbox.
 //! - [`sandbox`]: the limits and grants of one call and how they are enforced.
 //! - [`outcome`]: how a call ended, and the exit code for it.
-//! - [`engine`], [`artifact_cache`], [`capture`], `linking`, `hugepages`:
-//!   the executor's parts (engine settings and epoch ticks, compiled-artifact
-//!   cache, guest output capture, the WASI linker, machine code in huge
-//!   pages so forked children start with it mapped).
+//! - [`engine`], [`artifact_cache`], [`capture`], `linking`, `hugepages`,
+//!   `guest_random`: the executor's parts (engine settings and epoch ticks,
+//!   compiled-artifact cache, guest output capture, the WASI linker, machine
+//!   code in huge pages so forked children start with it mapped, the
+//!   guest's fork-safe random generator).
 //! - [`componentize`], `bundled`: core module to job component; the demo's
 //!   bundled job.
 //! - [`logging`], `paths`, `units`: log set-up, the data directory, byte
@@ -34,6 +35,7 @@ pub mod componentize;
 pub mod contract;
 pub mod engine;
 pub mod executor;
+pub(crate) mod guest_random;
 pub(crate) mod hugepages;
 pub(crate) mod linking;
 pub mod logging;

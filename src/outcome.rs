@@ -191,6 +191,44 @@ impl fmt::Display for Outcome {
     }
 }
 
+impl Outcome {
+    /// The outcome of an error raised while the guest ran (or was
+    /// instantiated) under `timeout`.
+    pub(crate) fn from_guest_error(err: &wasmtime::Error, timeout: Duration) -> Outcome {
+        // The root cause says what happened; the full chain (with the wasm
+        // backtrace) goes to the debug log.
+        let detail = err.root_cause().to_string();
+        tracing::debug!(error = %format!("{err:?}"), "guest call failed");
+        let kind = if let Some(trap) = err.downcast_ref::<wasmtime::Trap>() {
+            match trap {
+                wasmtime::Trap::Interrupt => {
+                    return Outcome::Timeout { limit: timeout };
+                }
+                wasmtime::Trap::StackOverflow => TrapKind::StackOverflow,
+                wasmtime::Trap::UnreachableCodeReached => TrapKind::Unreachable,
+                wasmtime::Trap::MemoryOutOfBounds => TrapKind::MemoryOutOfBounds,
+                wasmtime::Trap::IntegerDivisionByZero => TrapKind::IntegerDivisionByZero,
+                wasmtime::Trap::IntegerOverflow => TrapKind::IntegerOverflow,
+                wasmtime::Trap::OutOfFuel => TrapKind::OutOfFuel,
+                _ => TrapKind::Other,
+            }
+        } else if err
+            .downcast_ref::<crate::sandbox::MemoryLimitExceeded>()
+            .is_some()
+            || detail.starts_with("resource limit exceeded")
+        {
+            // Our budget, or wasmtime's count of instances, tables or memories
+            // (the caps of `sandbox::MemoryLimiter`): host memory either way.
+            TrapKind::OutOfMemory
+        } else if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            TrapKind::GuestExit(exit.0)
+        } else {
+            TrapKind::Other
+        };
+        Outcome::Trap { kind, detail }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

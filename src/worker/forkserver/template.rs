@@ -12,7 +12,7 @@
 //! fresh instance is. A copy shares nothing with another copy: it has its
 //! own memory, output buffers, runtime and timer, and its guest's random
 //! numbers come from a generator reseeded from the kernel in the copy
-//! (`executor::reseed_guest_random`), never from state copied out of the
+//! (`guest_random::reseed_guest_random`), never from state copied out of the
 //! template.
 //! What instantiation itself did (the guest's start functions, output they
 //! wrote) happened once and is seen, identically, by every copy.
@@ -341,7 +341,7 @@ fn run_copy(c: &ChildSetup<'_>, instance: Instantiated, channel: OwnedFd) -> ! {
     // SAFETY: the template's channel is the template's; this process never
     // runs the template's loop again.
     unsafe { libc::close(c.channel.as_raw_fd()) };
-    crate::executor::reseed_guest_random();
+    crate::guest_random::reseed_guest_random();
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
     die_with_parent(c.fork_server);
     if let Err(e) = c.confinement.lock_down_copy() {
