@@ -195,8 +195,6 @@ pub(super) fn run_template(c: ChildSetup<'_>) -> ! {
         Ok(s) => s,
         Err(e) => host_error("cannot prepare the template's store", &e),
     };
-    // Opened before Landlock, read after the instantiation.
-    let maps = std::fs::File::open("/proc/self/maps").ok();
     if let Err(e) = c.confinement.lock_down_template(c.policy) {
         host_error("cannot confine the template", &e)
     }
@@ -218,9 +216,6 @@ pub(super) fn run_template(c: ChildSetup<'_>) -> ! {
             exit_now(0)
         }
     };
-    if let Some(maps) = maps {
-        map_memory_images(&maps);
-    }
     if send(c.channel.as_raw_fd(), &[READY], MsgFlags::empty()).is_err() {
         exit_now(0)
     }
@@ -248,47 +243,6 @@ pub(super) fn run_template(c: ChildSetup<'_>) -> ! {
             }
             pid => answer(&c.channel, pid as i32),
         }
-    }
-}
-
-/// Map every page of the instance's memory images (its linear memories'
-/// initial contents) in this process, so that fork copies their entries to
-/// each copy instead of each copy faulting them in one by one as its call
-/// reads them. Only reading: a page a call writes is still copied for that
-/// call alone. `maps` is this process's `/proc/self/maps`, opened before
-/// Landlock shut the file system.
-fn map_memory_images(maps: &std::fs::File) {
-    use std::os::unix::fs::FileExt;
-    let mut text = Vec::new();
-    let mut chunk = vec![0u8; 64 << 10];
-    loop {
-        match maps.read_at(&mut chunk, text.len() as u64) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => text.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&text);
-    // wasmtime maps an image from the artifact's own (sealed memory) file
-    // where it can, else from a memory file of its own: either way a
-    // private writable mapping of a memory file.
-    let image = |l: &&str| l.contains(" rw-p ") && l.contains("/memfd:wasm-");
-    for line in text.lines().filter(image) {
-        let Some((start, end)) = line
-            .split_whitespace()
-            .next()
-            .and_then(|r| r.split_once('-'))
-        else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (
-            usize::from_str_radix(start, 16),
-            usize::from_str_radix(end, 16),
-        ) else {
-            continue;
-        };
-        // SAFETY: populating (read faults only) a range this process has
-        // mapped; no content changes.
-        unsafe { libc::madvise(start as *mut _, end - start, libc::MADV_POPULATE_READ) };
     }
 }
 
