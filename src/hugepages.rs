@@ -11,10 +11,11 @@
 //! copies its entries, and for 2 MiB pages one entry maps what 512
 //! small-page faults would, so the copy is cheap too.
 //!
-//! - [`move_text_to_huge_pages`]: at the fork server's start, before it
-//!   loads anything or forks, the 2 MiB-aligned interior of its text is
-//!   copied into fresh anonymous memory marked for huge pages, made
-//!   read-and-execute, and moved over the original range with one `mremap`
+//! - [`move_program_to_huge_pages`]: at the fork server's start, before it
+//!   loads anything or forks, the 2 MiB-aligned interior of each of its
+//!   read-only mappings (text, read-only data) is copied into fresh
+//!   anonymous memory marked for huge pages, made read-only (and
+//!   executable, for text), and moved over the original with one `mremap`
 //!   (the bytes are identical, so the code running that call returns into
 //!   the same instructions). Nothing is ever writable and executable at
 //!   once. The cost is the text's size in memory not shared with the page
@@ -86,7 +87,7 @@ fn check(what: &'static str, rc: libc::c_int) -> Result<(), HugePagesError> {
 /// Move the aligned interior of this program's read-only mappings (text
 /// and read-only data) into anonymous huge pages; returns how many bytes
 /// moved. Call while single-threaded, before any fork.
-pub(crate) fn move_text_to_huge_pages() -> Result<usize, HugePagesError> {
+pub(crate) fn move_program_to_huge_pages() -> Result<usize, HugePagesError> {
     let mut moved = 0;
     for (range, exec) in program_mappings()? {
         if let Ok(bytes) = move_to_huge_pages(range, exec) {
@@ -293,7 +294,7 @@ mod tests {
         // _exits; glibc's fork leaves its allocator usable in the child.
         match unsafe { nix::unistd::fork() }.unwrap() {
             nix::unistd::ForkResult::Child => {
-                let code = match move_text_to_huge_pages() {
+                let code = match move_program_to_huge_pages() {
                     Ok(moved) if moved >= HUGE => {
                         let here = program_mappings as *const () as usize;
                         let text = format!("{:?}", program_mappings().unwrap());

@@ -144,9 +144,12 @@ pub(crate) fn main(config: &str) -> i32 {
         }
     };
     die_with_parent(Pid::from_raw(config.parent));
-    match crate::hugepages::move_text_to_huge_pages() {
-        Ok(bytes) => tracing::debug!(bytes, "fork server: text moved to huge pages"),
-        Err(e) => tracing::info!(error = %e, "fork server: text stays in small pages"),
+    match crate::hugepages::move_program_to_huge_pages() {
+        Ok(bytes) => tracing::debug!(
+            bytes,
+            "fork server: code and read-only data moved to huge pages"
+        ),
+        Err(e) => tracing::info!(error = %e, "fork server: code stays in small pages"),
     }
     // SAFETY: the parent put these two sockets at these numbers for us
     // (dup2 in its pre_exec) and nothing else in this process owns them.

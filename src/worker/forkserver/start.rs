@@ -141,7 +141,6 @@ impl Server {
         let now = Instant::now();
         for said in t.read() {
             match said {
-                Said::Ready => {}
                 Said::Copy(pid, channel) => match self.awaiting_copy.pop_front() {
                     Some(h) => self.hand_to_copy(h, pid, channel, &key),
                     None => self.warm.add(Warm {

@@ -85,11 +85,10 @@ pub(super) struct Template {
     pending: VecDeque<(OwnedFd, Instant)>,
 }
 
-/// What a template said.
+/// What a template said of a copy request (its word that it is ready
+/// only sets [`Template::ready`]).
 #[derive(Debug)]
 pub(super) enum Said {
-    /// Its job is instantiated: it takes copy requests from now on.
-    Ready,
     /// The copy asked for first is this process, on this channel.
     Copy(Pid, OwnedFd),
     /// It could not make the copy asked for first.
@@ -155,7 +154,6 @@ impl Template {
                         tenant = %self.key.tenant,
                         "template process ready"
                     );
-                    said.push(Said::Ready);
                 }
                 Ok(4) => {
                     let Some((ours, _)) = self.pending.pop_front() else {
