@@ -205,6 +205,17 @@ fn main() -> anyhow::Result<()> {
             let rate = median(rates);
             rows.push(format!("| the same, concurrency 2, `--wait {w}` (long polls; median of {REPEATS} × {MESSAGES}) | {rate:.0} jobs/s | {fork_ref} | {:.2} of fork rate | as fast as `--wait 0` |", rate / fork_per_s));
         }
+        // What asking for outcomes costs: every message with a reply-to,
+        // runs alternated with the same jobs without.
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        for _ in 0..REPEATS {
+            let q = queue("reply")?;
+            store.create_queue(&format!("{}-replies", q.name()), &QueueConfig::default())?;
+            with.push(bench.run(q, "o", MESSAGES, Knobs::c(2).reply(), false).await?.jobs_per_s);
+            without.push(bench.run(queue("noreply")?, "o", MESSAGES, Knobs::c(2), false).await?.jobs_per_s);
+        }
+        let (with, without) = (median(with), median(without));
+        rows.push(format!("| `reply-to` on every message (one outcome message each), trivial job, embedded queue, concurrency 2, runs alternated with the same jobs without | {with:.0} jobs/s; {:.0} µs more per job | without: {without:.0} jobs/s | {:.2} of the rate without | the cost of outcomes |", (1e6 / with - 1e6 / without), with / without));
         // An idle worker long-polling: each message sent once the one
         // before has succeeded, so nothing waits for a slot.
         let latency = async |b: &Bench, q| -> anyhow::Result<(f64, f64)> {

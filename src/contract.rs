@@ -26,9 +26,15 @@ pub(crate) mod bindings {
 use bindings::wasm_jobs::job::types as wit;
 
 /// The name of the world every job component must target.
-pub(crate) const WORLD: &str = "wasm-jobs:job/job@0.1.0";
-/// The one non-WASI interface a job may import (types only).
-pub(crate) const TYPES_INTERFACE: &str = "wasm-jobs:job/types@0.1.0";
+pub(crate) const WORLD: &str = "wasm-jobs:job/job@0.2.0";
+/// The types-only interface of the contract, in the version this host
+/// speaks and in every earlier one whose jobs still run here (0.1.0 is the
+/// same world without `output`; its records are the same, so its `run` and
+/// `on-exit` exports type-check against the 0.2.0 bindings).
+pub(crate) const TYPES_INTERFACES: [&str; 2] =
+    ["wasm-jobs:job/types@0.2.0", "wasm-jobs:job/types@0.1.0"];
+/// Where a job publishes its result (`crate::job_output`).
+pub(crate) const OUTPUT_INTERFACE: &str = "wasm-jobs:job/output@0.2.0";
 
 /// A message as handed to a job: the host-side twin of `types.message`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -81,7 +87,7 @@ pub enum ContractError {
     /// The component imports an interface wasm-jobs does not provide.
     #[error(
         "the component imports `{0}`, which wasm-jobs does not provide \
-         (a job may import WASI 0.2 interfaces and {TYPES_INTERFACE} only)"
+         (a job may import WASI 0.2 interfaces and the interfaces of {WORLD} only)"
     )]
     UnknownImport(String),
 }
@@ -138,7 +144,7 @@ pub(crate) fn check_world(engine: &Engine, component: &Component) -> Result<(), 
 }
 
 fn import_allowed(name: &str) -> bool {
-    name.starts_with("wasi:") || name == TYPES_INTERFACE
+    name.starts_with("wasi:") || TYPES_INTERFACES.contains(&name) || name == OUTPUT_INTERFACE
 }
 
 #[cfg(test)]
@@ -164,7 +170,10 @@ mod tests {
     fn only_wasi_and_the_types_interface_may_be_imported() {
         assert!(import_allowed("wasi:cli/environment@0.2.0"));
         assert!(import_allowed("wasi:http/outgoing-handler@0.2.3"));
-        assert!(import_allowed(TYPES_INTERFACE));
+        assert!(import_allowed("wasm-jobs:job/types@0.1.0"));
+        assert!(import_allowed("wasm-jobs:job/types@0.2.0"));
+        assert!(import_allowed("wasm-jobs:job/output@0.2.0"));
+        assert!(!import_allowed("wasm-jobs:job/output@0.3.0"));
         assert!(!import_allowed("acme:secrets/vault"));
     }
 }

@@ -15,6 +15,7 @@ use crate::contract::bindings::{Job, JobPre, wasm_jobs::job::types::Failure};
 use crate::contract::{self, ContractError, JobMessage};
 use crate::engine::{EPOCH_TICK, EngineSettings, EpochTicker, build_engine, deadline_ticks};
 use crate::guest_random::GuestRandom;
+use crate::job_output::{HasJobOutput, JobOutput, Published};
 use crate::linking;
 use crate::outcome::Outcome;
 use crate::sandbox::{MemoryLimiter, SandboxError, SandboxPolicy};
@@ -30,6 +31,13 @@ pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: MemoryLimiter,
+    output: JobOutput,
+}
+
+impl HasJobOutput for HostState {
+    fn job_output(&mut self) -> &mut JobOutput {
+        &mut self.output
+    }
 }
 
 impl WasiView for HostState {
@@ -101,6 +109,9 @@ pub struct CallReport {
     pub stdout: CapturedText,
     /// What the guest wrote to stderr, up to the policy's cap.
     pub stderr: CapturedText,
+    /// The result the job published (`wasm-jobs:job/output`), if any.
+    #[serde(flatten)]
+    pub output: Option<Published>,
     /// Wall time of instantiation and call (`duration_ms` in JSON).
     #[serde(rename = "duration_ms", serialize_with = "as_millis")]
     pub duration: Duration,
@@ -172,6 +183,8 @@ pub struct LoadedJob {
     pub digest: String,
     /// Whether it was compiled now or came from the artifact cache.
     pub source: CompileSource,
+    /// It imports `wasm-jobs:job/output`, so its calls may publish a result.
+    pub publishes_output: bool,
 }
 
 /// Loads components and calls them. Cheap to share by reference.
@@ -276,10 +289,15 @@ impl Executor {
                 .collect::<Vec<_>>()
                 .join(", "),
         })?;
+        let publishes_output = component
+            .component_type()
+            .imports(&self.engine)
+            .any(|(name, _)| name == contract::OUTPUT_INTERFACE);
         Ok(LoadedJob {
             pre,
             digest: content_digest(wasm),
             source,
+            publishes_output,
         })
     }
 
@@ -350,6 +368,7 @@ impl Executor {
                 wasi: builder.build(),
                 table: ResourceTable::new(),
                 limiter: MemoryLimiter::new(policy.max_memory),
+                output: JobOutput::new(policy.max_job_output),
             },
         );
         store.limiter(|s| &mut s.limiter);
@@ -387,6 +406,7 @@ impl Executor {
             outcome,
             stdout: stdout.finish(),
             stderr: stderr.finish(),
+            output: store.data_mut().output.take().map(Published),
             duration: started.elapsed(),
         }
     }
@@ -431,6 +451,7 @@ impl Executor {
                 outcome,
                 stdout: stdout.finish(),
                 stderr: stderr.finish(),
+                output: None,
                 duration: started.elapsed(),
             }),
         }
@@ -523,6 +544,7 @@ impl Instantiated {
             outcome,
             stdout: self.stdout.finish(),
             stderr: self.stderr.finish(),
+            output: self.store.data_mut().output.take().map(Published),
             duration: started.elapsed(),
         }
     }

@@ -17,6 +17,7 @@
 //! - [`executor`]: load (validate, compile, cache) and call a job in a sandbox.
 //! - [`sandbox`]: the limits and grants of one call and how they are enforced.
 //! - [`outcome`]: how a call ended, and the exit code for it.
+//! - [`job_output`]: the result a job publishes (`wasm-jobs:job/output`).
 //! - [`engine`], [`artifact_cache`], [`capture`], `linking`, `hugepages`,
 //!   `guest_random`: the executor's parts (engine settings and epoch ticks,
 //!   compiled-artifact cache, guest output capture, the WASI linker, machine
@@ -37,6 +38,7 @@ pub mod engine;
 pub mod executor;
 pub(crate) mod guest_random;
 pub(crate) mod hugepages;
+pub mod job_output;
 pub(crate) mod linking;
 pub mod logging;
 pub mod outcome;

@@ -1,6 +1,7 @@
 //! How a job's imports are satisfied: WASI 0.2 from `wasmtime-wasi` (any
 //! 0.2.x version the guest names resolves by semver), the types-only
-//! `wasm-jobs:job/types` instance, and, for WASI interfaces wasmtime-wasi does
+//! `wasm-jobs:job/types` instance (0.2.0 and 0.1.0), `wasm-jobs:job/output`
+//! (`crate::job_output`), and, for WASI interfaces wasmtime-wasi does
 //! not implement (say `wasi:http`, which componentize-js imports), stubs that
 //! fail the call with "capability denied" if the job ever uses them.
 //!
@@ -9,7 +10,8 @@
 //! loaded: in the fork server (worker children inherit the linked, loaded
 //! job), its compile helpers, and the CLI process (`exec`, `module`).
 
-use crate::contract::TYPES_INTERFACE;
+use crate::contract::TYPES_INTERFACES;
+use crate::job_output::{self, HasJobOutput};
 use wasmtime::Engine;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker, ResourceType};
@@ -26,11 +28,16 @@ const IMPLEMENTED_WASI: [&str; 6] = [
 ];
 
 /// The linker every job starts from.
-pub(crate) fn base_linker<T: WasiView + 'static>(engine: &Engine) -> wasmtime::Result<Linker<T>> {
+pub(crate) fn base_linker<T: WasiView + HasJobOutput + 'static>(
+    engine: &Engine,
+) -> wasmtime::Result<Linker<T>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    // Records and variants need no definitions; the instance must exist.
-    linker.instance(TYPES_INTERFACE)?;
+    // Records and variants need no definitions; the instances must exist.
+    for types in TYPES_INTERFACES {
+        linker.instance(types)?;
+    }
+    job_output::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 

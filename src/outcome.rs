@@ -21,12 +21,17 @@ pub(crate) mod exit_code {
     pub(crate) const HOST_ERROR: u8 = 1;
     /// Command-line usage error (clap's own code).
     pub(crate) const USAGE: u8 = 2;
+    /// `send --wait`: no outcome arrived within `--timeout`.
+    pub(crate) const NO_OUTCOME: u8 = 3;
     /// The job returned `failure::retry`.
     pub(crate) const RETRY: u8 = 10;
     /// The job returned `failure::fatal`.
     pub(crate) const FATAL: u8 = 11;
     /// `on-exit` returned an error.
     pub(crate) const ON_EXIT_FAILED: u8 = 12;
+    /// An outcome: the job was stopped by a signal, `on-exit` ran, and the
+    /// message was dead-lettered.
+    pub(crate) const STOPPED: u8 = 13;
     /// The guest trapped (unreachable, out-of-bounds access, a guest `exit`, ...).
     pub(crate) const TRAP: u8 = 20;
     /// The guest tried to grow its linear memory past the policy's limit.
@@ -39,6 +44,9 @@ pub(crate) mod exit_code {
     pub(crate) const TIMEOUT: u8 = 24;
     /// The file is not a component of the `wasm-jobs:job/job` world.
     pub(crate) const INVALID_COMPONENT: u8 = 30;
+    /// An outcome: the worker refused the message (policy, module,
+    /// signature) and its job never ran.
+    pub(crate) const REFUSED: u8 = 31;
 }
 
 /// Why a guest trapped. Kinds that a worker operator acts on differently get

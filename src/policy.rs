@@ -12,11 +12,13 @@
 //! timeout_secs = 60              # default 900
 //! fuel = 5_000_000_000           # optional CPU budget
 //! max_output = "1MiB"            # per stream
+//! max_job_output = "64KiB"       # its published result; default and most 256KiB
 //! max_concurrency = 2            # on this worker; default: no cap
 //! modules = ["wc", "resize"]     # default: any module of the tenant
 //! weight = 2                     # share of contended worker slots; default 1
 //! queues = ["acme-jobs"]         # queues bound to this tenant (also: --queue acme=Q)
 //! key_file = "/etc/wasm-jobs/acme.key"   # signs its messages on shared queues
+//! reply_to = ["acme-results", "acme-replies-*"]   # where outcomes may go; default: QUEUE-replies*
 //! env = ["ACME_REGION"]          # passed through from the worker's environment
 //! network = ["api.acme.test:443"]
 //! dirs = [{ host = "/srv/acme", guest = "/data", read_only = true }]
@@ -71,12 +73,14 @@ struct TenantEntry {
     timeout_secs: Option<f64>,
     fuel: Option<u64>,
     max_output: Option<Size>,
+    max_job_output: Option<Size>,
     max_concurrency: Option<usize>,
     modules: Option<Vec<String>>,
     weight: Option<u32>,
     #[serde(default)]
     queues: Vec<String>,
     key_file: Option<PathBuf>,
+    reply_to: Option<Vec<String>>,
     #[serde(default)]
     env: Vec<String>,
     #[serde(default)]
@@ -120,6 +124,10 @@ pub struct TenantPolicy {
     pub queues: Vec<String>,
     /// The file its shared-queue messages are signed with.
     pub key_file: Option<PathBuf>,
+    /// Queues its messages' `reply-to` may name (exact addresses, or
+    /// prefixes ending in `*`); `None`: the default, the receiving queue's
+    /// address followed by `-replies` and anything.
+    pub reply_to: Option<Vec<String>>,
 }
 
 impl TenantPolicy {
@@ -132,11 +140,13 @@ impl TenantPolicy {
             "timeout_secs": s.timeout.as_secs_f64(),
             "fuel": s.fuel,
             "max_output_bytes": s.max_output,
+            "max_job_output_bytes": s.max_job_output,
             "max_concurrency": self.max_concurrency,
             "modules": self.modules.clone().map_or(serde_json::json!("any"), |m| serde_json::json!(m)),
             "weight": self.weight,
             "queues": self.queues,
             "key_file": self.key_file,
+            "reply_to": self.reply_to.clone().map_or(serde_json::json!("QUEUE-replies*"), |r| serde_json::json!(r)),
             "env": s.env.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
             "network": match &s.network {
                 NetworkPolicy::Denied => serde_json::json!("denied"),
@@ -179,6 +189,7 @@ impl Policies {
                 weight: 1,
                 queues: Vec::new(),
                 key_file: None,
+                reply_to: None,
             }),
             keys: BTreeMap::new(),
         }
@@ -383,6 +394,16 @@ fn effective(
     if e.weight == Some(0) {
         return Err("weight must be at least 1".into());
     }
+    for r in e.reply_to.iter().flatten() {
+        let address = r.strip_suffix('*').unwrap_or(r);
+        if address.contains('*') || address.is_empty() {
+            return Err(format!("reply_to `{r}`: `*` may only end a prefix"));
+        }
+        if !r.ends_with('*') {
+            crate::queue::address::QueueAddress::parse(r)
+                .map_err(|e| format!("reply_to `{r}`: {e}"))?;
+        }
+    }
     if let Some(modules) = &e.modules {
         for m in modules {
             if !crate::registry::valid_name(m) {
@@ -397,6 +418,7 @@ fn effective(
             fuel: e.fuel,
             max_output: usize::try_from(size(e.max_output, base.max_output as u64)?)
                 .map_err(|_| "max_output is too large".to_owned())?,
+            max_job_output: job_output_limit(size(e.max_job_output, base.max_job_output as u64)?)?,
             env: vars,
             preopens,
             network: if targets.is_empty() {
@@ -410,8 +432,24 @@ fn effective(
         weight: e.weight.unwrap_or(1),
         queues: e.queues,
         key_file: e.key_file,
+        reply_to: e.reply_to,
     })
 }
+
+/// A job's result travels in one outcome message, so it must fit one.
+fn job_output_limit(bytes: u64) -> Result<usize, String> {
+    match usize::try_from(bytes) {
+        Ok(n) if n <= MAX_JOB_OUTPUT_LIMIT => Ok(n),
+        _ => Err(format!(
+            "max_job_output of {bytes} bytes is above the ceiling of {MAX_JOB_OUTPUT_LIMIT} \
+             (a result travels in one queue message; put larger results in storage \
+             and publish where they are)"
+        )),
+    }
+}
+
+/// The largest `max_job_output` a policy may set: a queue message's limit.
+const MAX_JOB_OUTPUT_LIMIT: usize = crate::queue::limits::MAX_MESSAGE_BYTES;
 
 #[cfg(test)]
 mod tests {
@@ -434,6 +472,7 @@ mod tests {
             timeout_secs = 60
             fuel = 5000
             max_concurrency = 2
+            max_job_output = "64KiB"
             modules = ["wc"]
             env = ["ACME_REGION", "NOT_SET_ANYWHERE"]
             network = ["127.0.0.1:8080"]
@@ -445,6 +484,7 @@ mod tests {
         let acme = p.for_tenant("acme").unwrap();
         assert_eq!(acme.sandbox.max_memory, 64 << 20);
         assert_eq!(acme.sandbox.timeout, Duration::from_secs(60));
+        assert_eq!(acme.sandbox.max_job_output, 64 << 10);
         assert_eq!(
             acme.sandbox.env,
             vec![("ACME_REGION".into(), "eu-west-1".into())]
@@ -454,6 +494,7 @@ mod tests {
         assert!(p.uses_fuel());
         let other = p.for_tenant("someone-else").unwrap();
         assert_eq!(other.sandbox.max_memory, 128 << 20);
+        assert_eq!(other.sandbox.max_job_output, 256 << 10);
         assert_eq!(other.sandbox.network, NetworkPolicy::Denied);
     }
 
@@ -502,6 +543,18 @@ mod tests {
             ),
             ("[tenants.acme]\nmax_concurency = 2", "unknown field"),
             ("[tenants.acme]\nmax_concurrency = 0", "at least 1"),
+            (
+                "[tenants.acme]\nmax_job_output = \"2MiB\"",
+                "above the ceiling of 262144",
+            ),
+            (
+                "[tenants.acme]\nreply_to = [\"a*b\"]",
+                "may only end a prefix",
+            ),
+            (
+                "[tenants.acme]\nreply_to = [\"bad name\"]",
+                "reply_to `bad name`",
+            ),
             ("[tenants.\"Bad Name\"]\n", "not a valid name"),
             ("[tenants.acme]\nweight = 0", "weight must be at least 1"),
             (

@@ -47,6 +47,8 @@ pub struct SandboxPolicy {
     pub fuel: Option<u64>,
     /// Bytes of stdout, and of stderr, kept and logged; the rest is dropped.
     pub max_output: usize,
+    /// Largest result the job may publish with `wasm-jobs:job/output.set`.
+    pub max_job_output: usize,
     /// Environment variables the guest sees (name, value). Empty by default.
     pub env: Vec<(String, String)>,
     /// Host directories the guest may open. None by default.
@@ -62,6 +64,7 @@ impl Default for SandboxPolicy {
             timeout: DEFAULT_TIMEOUT,
             fuel: None,
             max_output: DEFAULT_MAX_OUTPUT,
+            max_job_output: crate::job_output::DEFAULT_MAX_JOB_OUTPUT,
             env: Vec::new(),
             preopens: Vec::new(),
             network: NetworkPolicy::Denied,

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasm_jobs::queue::{OutgoingMessage, Queue};
+use wasm_jobs::queue::{AttributeValue, OutgoingMessage, Queue};
 use wasm_jobs::sandbox::SandboxPolicy;
 use wasm_jobs::worker::{self, BoundQueue, ForkServers, WorkerConfig, WorkerStats};
 
@@ -57,6 +57,9 @@ pub(crate) struct Knobs {
     pub(crate) prefetch: usize,
     /// `None`: the worker's default for the queue.
     pub(crate) delete_window: Option<Duration>,
+    /// Each message asks for its outcome in QUEUE-replies (which must exist,
+    /// in the embedded store beside the module).
+    pub(crate) reply: bool,
 }
 
 impl Knobs {
@@ -67,6 +70,13 @@ impl Knobs {
             wait: Duration::ZERO,
             prefetch: 10,
             delete_window: None,
+            reply: false,
+        }
+    }
+    pub(crate) fn reply(self) -> Self {
+        Knobs {
+            reply: true,
+            ..self
         }
     }
     pub(crate) fn wait(self, seconds: u64) -> Self {
@@ -99,13 +109,26 @@ pub(crate) fn config(module: &Path, knobs: Knobs, drain: bool) -> WorkerConfig {
         drain,
         prefetch: knobs.prefetch,
         delete_window: knobs.delete_window,
+        reply_queues: worker::ReplyQueues {
+            data_dir: module.parent().unwrap_or(module).to_owned(),
+            endpoint: None,
+        },
     }
 }
 
-pub(crate) async fn fill(q: &dyn Queue, body: &str, n: usize) -> anyhow::Result<()> {
+/// A message with `body`, asking for its outcome in QUEUE-replies if `reply`.
+fn message(q: &dyn Queue, body: &str, reply: bool) -> OutgoingMessage {
+    let mut m = OutgoingMessage::new(body);
+    if reply {
+        let to = AttributeValue::String(format!("{}-replies", q.name()));
+        m.attributes.insert("reply-to".into(), to);
+    }
+    m
+}
+
+pub(crate) async fn fill(q: &dyn Queue, body: &str, n: usize, reply: bool) -> anyhow::Result<()> {
     for chunk in (0..n).collect::<Vec<_>>().chunks(10) {
-        let batch: Vec<OutgoingMessage> =
-            chunk.iter().map(|_| OutgoingMessage::new(body)).collect();
+        let batch: Vec<OutgoingMessage> = chunk.iter().map(|_| message(q, body, reply)).collect();
         for r in q.send_batch(&batch).await? {
             r.result?;
         }
@@ -151,7 +174,7 @@ impl Bench {
         one_at_a_time: bool,
     ) -> anyhow::Result<Run> {
         if !one_at_a_time {
-            fill(q.as_ref(), body, n).await?;
+            fill(q.as_ref(), body, n, knobs.reply).await?;
         }
         let stats = Arc::new(WorkerStats::default());
         let (_signals_tx, signals) = tokio::sync::mpsc::channel(1);
@@ -174,7 +197,7 @@ impl Bench {
                 break started.elapsed();
             }
             if one_at_a_time && sent == done {
-                q.send(&OutgoingMessage::new(body)).await?;
+                q.send(&message(q.as_ref(), body, knobs.reply)).await?;
                 sent += 1;
             }
             anyhow::ensure!(
@@ -204,7 +227,7 @@ impl Bench {
         n: usize,
         measure: impl AsyncFnOnce(&WorkerStats) -> T,
     ) -> anyhow::Result<T> {
-        fill(q.as_ref(), "l", n).await?;
+        fill(q.as_ref(), "l", n, false).await?;
         let stats = Arc::new(WorkerStats::default());
         let (tx, signals) = tokio::sync::mpsc::channel(1);
         let run = tokio::spawn(worker::run(

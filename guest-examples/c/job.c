@@ -1,7 +1,8 @@
 /* The example wasm-jobs job in C (clang + wasi-libc + wit-bindgen c).
  *
  * Body: JSON {"op": ...}
- *   {"op": "count", "text": "..."}          print {"words": N} to stdout, ok
+ *   {"op": "count", "text": "..."}          publish {"words": N} as the result
+ *                                           (and print it to stdout), ok
  *   {"op": "retry", "delay": S, "reason": R} ask for a retry after S seconds
  *   {"op": "fail", "reason": R}              fatal: dead-letter now
  * Malformed JSON or an unknown op is fatal: retrying cannot help.
@@ -44,9 +45,20 @@ static bool run(job_message_t *msg, job_failure_t *err) {
   }
   bool ok = false;
   if (req.op && !strcmp(req.op, "count")) {
-    printf("{\"words\": %zu}\n", count_words(req.text ? req.text : ""));
+    char result[64];
+    int n = snprintf(result, sizeof result, "{\"words\": %zu}", count_words(req.text ? req.text : ""));
+    printf("%s\n", result);
     fflush(stdout);
-    ok = true;
+    /* The result goes to whoever asked for the outcome; a refused one (over
+       the policy's size limit) comes back as an error string. */
+    job_list_u8_t data = {(uint8_t *)result, (size_t)n};
+    job_string_t refused;
+    if (wasm_jobs_job_output_set(&data, &refused)) {
+      ok = true;
+    } else {
+      err->tag = WASM_JOBS_JOB_TYPES_FAILURE_FATAL;
+      err->val.fatal = refused;
+    }
   } else if (req.op && !strcmp(req.op, "retry")) {
     err->tag = WASM_JOBS_JOB_TYPES_FAILURE_RETRY;
     job_string_dup(&err->val.retry.reason, req.reason ? req.reason : "asked to retry");

@@ -1,12 +1,18 @@
 // The example wasm-jobs job in JavaScript (componentize-js).
 //
 // Body: JSON {"op": ...}
-//   {"op": "count", "text": "..."}          print {"words": N} to stdout, ok
+//   {"op": "count", "text": "..."}          publish {"words": N} as the result
+//                                           (and print it to stdout), ok
 //   {"op": "retry", "delay": S, "reason": R} ask for a retry after S seconds
 //   {"op": "fail", "reason": R}              fatal: dead-letter now
 // Malformed JSON or an unknown op is fatal: retrying cannot help.
 //
 // Returning normally gives `ok`; throwing a `failure` value gives `err`.
+
+// The result goes to whoever asked for the outcome (reply-to, `wasm-jobs
+// send --wait`, `wasm-jobs exec`); `set` throws the reason when it is over
+// the policy's size limit.
+import { set as publish } from "wasm-jobs:job/output@0.2.0";
 
 export function run(msg) {
   let job;
@@ -22,7 +28,14 @@ export function run(msg) {
     case "count": {
       const text = String(job.text ?? "");
       const words = text.split(/\s+/).filter((w) => w.length > 0).length;
-      console.log(JSON.stringify({ words }));
+      const result = JSON.stringify({ words });
+      console.log(result);
+      try {
+        publish(new TextEncoder().encode(result));
+      } catch (refused) {
+        // Anything thrown out of `run` but a failure traps the call.
+        throw { tag: "fatal", val: String(refused.payload ?? refused) };
+      }
       return;
     }
     case "retry":

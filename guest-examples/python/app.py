@@ -1,7 +1,8 @@
 """The example wasm-jobs job in Python (componentize-py).
 
 Body: JSON {"op": ...}
-  {"op": "count", "text": "..."}          print {"words": N} to stdout, ok
+  {"op": "count", "text": "..."}          publish {"words": N} as the result
+                                          (and print it to stdout), ok
   {"op": "retry", "delay": S, "reason": R} ask for a retry after S seconds
   {"op": "fail", "reason": R}              fatal: dead-letter now
 Malformed JSON or an unknown op is fatal: retrying cannot help.
@@ -11,6 +12,7 @@ import json
 import sys
 
 import wit_world
+from wit_world.imports import output
 from wit_world.imports.types import Failure_Fatal, Failure_Retry, Message, RetryInfo
 from componentize_py_types import Err
 
@@ -26,7 +28,16 @@ class WitWorld(wit_world.WitWorld):
         op = job.get("op")
         if op == "count":
             words = len(str(job.get("text", "")).split())
-            print(json.dumps({"words": words}))
+            result = json.dumps({"words": words})
+            print(result)
+            # The result goes to whoever asked for the outcome (reply-to,
+            # `wasm-jobs send --wait`, `wasm-jobs exec`). One over the
+            # policy's size limit is refused with Err(reason); let no Err
+            # escape `run` except a Failure, or the call traps.
+            try:
+                output.set(result.encode())
+            except Err as refused:
+                raise Err(Failure_Fatal(str(refused.value)))
             return None
         if op == "retry":
             delay = job.get("delay")

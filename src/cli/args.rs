@@ -1,7 +1,35 @@
-//! Parsers for command-line values shared by several subcommands: byte sizes,
-//! durations, `KEY=VALUE` attributes and signal names. CLI process only.
+//! What several subcommands share: where queues are ([`Location`]) and
+//! parsers for command-line values (byte sizes, durations, `KEY=VALUE`
+//! attributes, signal names). CLI process only.
 
+use crate::paths;
+use crate::queue::Queue;
+use crate::queue::address::QueueAddress;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Where queues are: shared by every queue subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub(super) struct Location {
+    /// Data directory of embedded queues.
+    #[arg(long, global = true, env = "WASM_JOBS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// SQS endpoint (LocalStack, ElasticMQ, moto); AWS_ENDPOINT_URL(_SQS) work too.
+    #[arg(long, global = true)]
+    pub endpoint_url: Option<String>,
+}
+
+impl Location {
+    pub(super) fn data_dir(&self) -> PathBuf {
+        paths::data_dir(self.data_dir.as_deref())
+    }
+
+    pub(super) async fn open(&self, queue: &str) -> anyhow::Result<Arc<dyn Queue>> {
+        let address = QueueAddress::parse(queue)?;
+        Ok(crate::queue::open(&address, &self.data_dir(), self.endpoint_url.as_deref()).await?)
+    }
+}
 
 /// `KEY=VALUE`, the key non-empty.
 pub(super) fn parse_attr(s: &str) -> Result<(String, String), String> {

@@ -4,7 +4,7 @@
 //! with a live progress line until the queue is drained, and prints a summary.
 //! Runs in the CLI process, which becomes the worker parent for the run.
 
-use super::queue_cmds::Location;
+use super::args::Location;
 use super::worker_cmd::{Ending, WorkerArgs, run_worker};
 use crate::queue::embedded::EmbeddedStore;
 use crate::queue::{OutgoingMessage, Queue, QueueConfig};

@@ -6,6 +6,7 @@ use super::args::{parse_attr, parse_bytes, parse_seconds, parse_signal};
 use crate::contract::JobMessage;
 use crate::engine::EngineSettings;
 use crate::executor::{Call, CallReport, Executor};
+use crate::job_output::DEFAULT_MAX_JOB_OUTPUT;
 use crate::outcome::exit_code;
 use crate::paths;
 use crate::sandbox::{DEFAULT_MAX_MEMORY, DEFAULT_MAX_OUTPUT, DEFAULT_TIMEOUT, SandboxPolicy};
@@ -46,6 +47,9 @@ pub(super) struct ExecArgs {
     /// Bytes of stdout and of stderr kept; the rest is dropped.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, default_value_t = DEFAULT_MAX_OUTPUT as u64)]
     max_output: u64,
+    /// Largest result the job may publish (`wasm-jobs:job/output`).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, default_value_t = DEFAULT_MAX_JOB_OUTPUT as u64)]
+    max_job_output: u64,
     /// CPU budget in wasmtime fuel units (turns on fuel metering).
     #[arg(long)]
     fuel: Option<u64>,
@@ -79,6 +83,7 @@ pub(super) fn run(args: ExecArgs) -> anyhow::Result<u8> {
         timeout: args.timeout,
         fuel: args.fuel,
         max_output: usize::try_from(args.max_output).unwrap_or(usize::MAX),
+        max_job_output: usize::try_from(args.max_job_output).unwrap_or(usize::MAX),
         ..SandboxPolicy::default()
     };
     let settings = EngineSettings {
@@ -145,6 +150,15 @@ fn print_report(
                 captured.dropped_bytes
             )?;
         }
+    }
+    match report.output.as_ref().map(|p| std::str::from_utf8(&p.0)) {
+        Some(Ok(text)) => writeln!(out, "output: {text}")?,
+        Some(Err(_)) => writeln!(
+            out,
+            "output: {} bytes, not UTF-8 (--json shows them in base64)",
+            report.output.as_ref().map_or(0, |p| p.0.len())
+        )?,
+        None => {}
     }
     writeln!(
         out,

@@ -12,6 +12,7 @@ mod demo;
 mod exec;
 mod module_cmds;
 mod queue_cmds;
+mod send_wait;
 mod worker_cmd;
 
 use clap::{Parser, Subcommand};
@@ -56,28 +57,28 @@ enum Command {
         #[command(subcommand)]
         command: queue_cmds::QueueCommand,
         #[command(flatten)]
-        location: queue_cmds::Location,
+        location: args::Location,
     },
     /// Dead-letter queue operations.
     Dlq {
         #[command(subcommand)]
         command: queue_cmds::DlqCommand,
         #[command(flatten)]
-        location: queue_cmds::Location,
+        location: args::Location,
     },
     /// Send a message (or a file of messages, one per line).
     Send {
         #[command(flatten)]
         args: queue_cmds::SendArgs,
         #[command(flatten)]
-        location: queue_cmds::Location,
+        location: args::Location,
     },
     /// Receive messages and print them as JSON lines (optionally deleting them).
     Receive {
         #[command(flatten)]
         args: queue_cmds::ReceiveArgs,
         #[command(flatten)]
-        location: queue_cmds::Location,
+        location: args::Location,
     },
     /// Run jobs from a queue: one fresh forked process per message.
     Worker(worker_cmd::WorkerArgs),

@@ -2,8 +2,8 @@
 //! `receive`. They talk to a queue only through `crate::queue`; `send
 //! --key-file` signs messages with `crate::signing`.
 
-use super::args::{parse_attr, parse_seconds};
-use crate::paths;
+use super::args::{Location, parse_attr, parse_seconds};
+use super::send_wait;
 use crate::queue::address::QueueAddress;
 use crate::queue::embedded::EmbeddedStore;
 use crate::queue::sqs::{self, SqsQueue};
@@ -15,30 +15,7 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// Where queues are: shared by every queue subcommand.
-#[derive(Debug, Clone, clap::Args)]
-pub(super) struct Location {
-    /// Data directory of embedded queues.
-    #[arg(long, global = true, env = "WASM_JOBS_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// SQS endpoint (LocalStack, ElasticMQ, moto); AWS_ENDPOINT_URL(_SQS) work too.
-    #[arg(long, global = true)]
-    pub endpoint_url: Option<String>,
-}
-
-impl Location {
-    pub(super) fn data_dir(&self) -> PathBuf {
-        paths::data_dir(self.data_dir.as_deref())
-    }
-
-    pub(super) async fn open(&self, queue: &str) -> anyhow::Result<Arc<dyn Queue>> {
-        let address = QueueAddress::parse(queue)?;
-        Ok(crate::queue::open(&address, &self.data_dir(), self.endpoint_url.as_deref()).await?)
-    }
-}
 
 #[derive(Debug, clap::Subcommand)]
 pub(super) enum QueueCommand {
@@ -111,6 +88,8 @@ pub(super) struct SendArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 3600, requires = "key_file",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub expires_in: u64,
+    #[command(flatten)]
+    pub wait: super::send_wait::WaitArgs,
     /// The body; `-` reads stdin.
     #[arg(required_unless_present = "batch")]
     pub body: Option<String>,
@@ -321,6 +300,13 @@ pub(super) async fn send(loc: &Location, args: SendArgs) -> anyhow::Result<u8> {
         attributes.insert("tenant".into(), AttributeValue::String(tenant.clone()));
     }
     let q = loc.open(&args.queue).await?;
+    let reply = if args.wait.wait {
+        let reply = send_wait::reply_queue(loc, &args.queue, args.wait.reply_to.as_deref()).await?;
+        reply.ask(&mut attributes);
+        Some(reply)
+    } else {
+        None
+    };
     let template = OutgoingMessage {
         body: String::new(),
         attributes,
@@ -360,7 +346,11 @@ pub(super) async fn send(loc: &Location, args: SendArgs) -> anyhow::Result<u8> {
         Some(b) => b.to_owned(),
         None => unreachable!("clap requires a body or --batch"),
     };
-    let id = q.send(&message(&template, body, signer.as_ref())).await?;
+    let msg = message(&template, body, signer.as_ref());
+    if let Some(reply) = reply {
+        return send_wait::send_and_wait(loc, q.as_ref(), &msg, reply, &args.wait).await;
+    }
+    let id = q.send(&msg).await?;
     println!("{id}");
     Ok(0)
 }

@@ -3,8 +3,8 @@
 //! and end the process as the worker's end asks (exit 0, exit 1, or killed
 //! by the signal that stopped it).
 
+use super::args::Location;
 use super::args::{parse_bytes, parse_seconds};
-use super::queue_cmds::Location;
 use crate::logging::LogSettings;
 use crate::queue::address::QueueAddress;
 use crate::sandbox::{DEFAULT_MAX_MEMORY, SandboxPolicy};
@@ -231,6 +231,10 @@ where
         drain: args.drain,
         prefetch: args.prefetch,
         delete_window: args.delete_window,
+        reply_queues: worker::ReplyQueues {
+            data_dir: data_dir.clone(),
+            endpoint: args.location.endpoint_url.clone(),
+        },
     };
     if let Err(why) = worker::check_config(&config) {
         eprintln!("error: {why}");

@@ -9,10 +9,13 @@
 //! - Each child and the fork server: a `SOCK_SEQPACKET` socket pair of its
 //!   own, made at its fork. A pre-forked child reads its call there (one
 //!   JSON [`Handover`] packet, at most [`MAX_HANDOVER_BYTES`]; a larger
-//!   message is forked on demand instead), and every child writes one JSON
-//!   [`Outcome`] packet there just before it exits. The fork server reads
-//!   it when it reaps that child and puts it in the child's
-//!   [`Event::Exited`], so a child can speak only for itself.
+//!   message is forked on demand instead; with it, as `SCM_RIGHTS`, the
+//!   call's result file when the job publishes results), and every child
+//!   writes one JSON [`Outcome`] packet there just before it exits. The
+//!   fork server reads it when it reaps that child and puts it in the
+//!   child's [`Event::Exited`], so a child can speak only for itself; the
+//!   child's published result comes before that, in [`Event::Output`]
+//!   chunks of at most [`OUTPUT_CHUNK_BYTES`].
 //!
 //! The fork server is a separate executable image (`wasm-jobs
 //! __fork-server`); it inherits the two sockets at [`COMMAND_FD`] and
@@ -38,6 +41,9 @@ pub(crate) const MAX_REASON_BYTES: usize = 8 * 1024;
 /// Largest handover packet to a pre-forked child (well under the default
 /// socket buffer, so one packet always fits).
 pub(crate) const MAX_HANDOVER_BYTES: usize = 64 * 1024;
+/// Largest piece of a published result in one [`Event::Output`] (base64
+/// makes it a third longer, still well inside [`MAX_EVENT_BYTES`]).
+pub(crate) const OUTPUT_CHUNK_BYTES: usize = 32 * 1024;
 /// Largest command frame (a 256 KiB message plus attributes, JSON-escaped).
 const MAX_COMMAND_BYTES: usize = 8 * 1024 * 1024;
 
@@ -149,6 +155,9 @@ pub(crate) enum Event {
         error: String,
         failure: SpawnFailure,
     },
+    /// The next piece of what the process published as its result, in
+    /// base64; all of them come before its `Exited`.
+    Output { process: u64, chunk: String },
     /// The process has been reaped; `outcome` is what it reported on its
     /// own channel, if it got that far.
     Exited {

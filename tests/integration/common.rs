@@ -136,17 +136,36 @@ pub(crate) fn hostile_guest() -> &'static LoadedJob {
     J.get_or_init(|| executor().load_file(&hostile_path()).unwrap())
 }
 
+/// `bytes` as a file under the target dir (written atomically).
+pub(crate) fn write_fixture(name: &str, bytes: &[u8]) -> PathBuf {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
 /// The WAT modes fixture as a component file.
 pub(crate) fn modes_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("modes.wasm");
-        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-        std::fs::write(&tmp, modes_wasm()).unwrap();
-        std::fs::rename(&tmp, &path).unwrap();
-        path
+    PATH.get_or_init(|| write_fixture("modes.wasm", modes_wasm()))
+        .clone()
+}
+
+/// The WAT fixture that publishes results (`tests/fixtures/publish.wat`).
+pub(crate) fn publish_wasm() -> &'static [u8] {
+    static W: OnceLock<Vec<u8>> = OnceLock::new();
+    W.get_or_init(|| {
+        let wat = std::fs::read(repo_root().join("tests/fixtures/publish.wat")).unwrap();
+        wasm_jobs::componentize::job_component_from_core(&wat).unwrap()
     })
-    .clone()
+}
+
+/// [`publish_wasm`] as a component file.
+pub(crate) fn publish_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| write_fixture("publish.wasm", publish_wasm()))
+        .clone()
 }
 
 /// `wasm-jobs module push FILE --name NAME [--tenant T]` into the data dir `home`.

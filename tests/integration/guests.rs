@@ -29,6 +29,28 @@ fn check_language(lang: &str) {
         serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
     assert_eq!(first_line, serde_json::json!({"words": 4}), "{lang}");
     assert!(stdout.contains("outcome: ok"), "{lang}: {stdout}");
+    // The same, published as the job's result (`wasm-jobs:job/output`).
+    let out = exec(
+        &wasm,
+        &["--json", "--body", r#"{"op":"count","text":"a b"}"#],
+    );
+    let published: serde_json::Value =
+        serde_json::from_str(json(&out)["output"].as_str().unwrap()).unwrap();
+    assert_eq!(published, serde_json::json!({"words": 2}), "{lang}");
+    // Over the policy's limit, `set` is refused and each example fails.
+    let out = exec(
+        &wasm,
+        &[
+            "--json",
+            "--max-job-output",
+            "4",
+            "--body",
+            r#"{"op":"count","text":"a"}"#,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(11), "{lang}");
+    let reason = json(&out)["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("at most 4 bytes"), "{lang}: {reason}");
 
     let out = exec(
         &wasm,

@@ -63,7 +63,7 @@ fn push_list_inspect_and_rm() {
     assert_eq!(inspect["exports"], serde_json::json!(["run", "on-exit"]));
     assert_eq!(
         inspect["imports"],
-        serde_json::json!(["wasm-jobs:job/types@0.1.0"])
+        serde_json::json!(["wasm-jobs:job/types@0.2.0"])
     );
     assert_eq!(inspect["compiled"], true, "push compiled it");
     assert_eq!(inspect["size"], modes_wasm().len());

@@ -67,13 +67,17 @@ async fn success_deletes_the_message(b: Backend) {
 async fn a_failure_leaves_the_message_and_it_comes_back_with_count_two(b: Backend) {
     let (q, addr) = b.create("redeliver", &config(30)).await;
     q.send(&OutgoingMessage::new("x")).await.unwrap(); // traps on first delivery
+    // The message comes back after the visibility timeout; 2 s leaves the
+    // second attempt's heartbeats 1.5 s of slack on a loaded CI machine
+    // (with 1 s, one full-suite run on moto did not see the second attempt
+    // succeed; a late heartbeat is the likeliest cause).
     let w = Worker::start(
         &b,
         &addr,
         &modes_path(),
         &[
             "--visibility-timeout",
-            "1",
+            "2",
             "--heartbeat",
             "0.5",
             "--wait",

@@ -1,7 +1,8 @@
 //! The example wasm-jobs job in Rust.
 //!
 //! Body: JSON `{"op": ...}`
-//! - `{"op": "count", "text": "..."}`: print `{"words": N}` to stdout, ok
+//! - `{"op": "count", "text": "..."}`: publish `{"words": N}` as the result
+//!   (and print it to stdout), ok
 //! - `{"op": "retry", "delay": S, "reason": R}`: ask for a retry after S seconds
 //! - `{"op": "fail", "reason": R}`: fatal, dead-letter now
 //!
@@ -30,8 +31,11 @@ impl Guest for Job {
         match job.get("op").and_then(Value::as_str) {
             Some("count") => {
                 let words = text("text", "").split_whitespace().count();
-                println!("{{\"words\": {words}}}");
-                Ok(())
+                let result = format!("{{\"words\": {words}}}");
+                println!("{result}");
+                // The result goes to whoever asked for the outcome; `set`
+                // refuses one over the policy's size limit.
+                wasm_jobs::job::output::set(result.as_bytes()).map_err(Failure::Fatal)
             }
             Some("retry") => Err(Failure::Retry(RetryInfo {
                 reason: text("reason", "asked to retry"),

@@ -216,6 +216,41 @@ impl EmbeddedStore {
         })
     }
 
+    /// Delete a queue and its messages. A queue that another queue names as
+    /// its dead-letter queue is refused; a missing one is an error.
+    pub fn delete_queue(&self, name: &str) -> Result<(), QueueError> {
+        let name = name.to_owned();
+        self.inner.write_blocking(move |tx| {
+            let users: Option<String> = tx
+                .query_row(
+                    "SELECT name FROM queues WHERE dead_letter_queue = ?1",
+                    params![name],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(storage)?;
+            if let Some(user) = users {
+                return Err(QueueError::InvalidInput(format!(
+                    "`{name}` is the dead-letter queue of `{user}`"
+                )));
+            }
+            let gone = tx
+                .execute("DELETE FROM queues WHERE name = ?1", params![name])
+                .map_err(storage)?;
+            if gone == 0 {
+                return Err(QueueError::NoSuchQueue(name.clone()));
+            }
+            for table in ["messages", "dedup"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE queue = ?1"),
+                    params![name],
+                )
+                .map_err(storage)?;
+            }
+            Ok(())
+        })
+    }
+
     /// A handle on an existing queue.
     pub fn queue(&self, name: &str) -> Result<EmbeddedQueue, QueueError> {
         let name = name.to_owned();

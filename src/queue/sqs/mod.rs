@@ -121,6 +121,17 @@ impl SqsQueue {
             .ok_or_else(|| QueueError::Other("CreateQueue returned no URL".into()))
     }
 
+    /// Delete the queue at `url` (DeleteQueue) and its messages.
+    pub async fn delete(client: &Client, url: &str) -> Result<(), QueueError> {
+        client
+            .delete_queue()
+            .queue_url(url)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
     /// The queue named by an ARN's last segment, in the ARN's account.
     async fn by_arn(&self, arn: &str) -> Result<SqsQueue, QueueError> {
         let parts: Vec<&str> = arn.split(':').collect();

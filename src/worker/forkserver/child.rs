@@ -6,7 +6,8 @@
 //! on a fresh single-threaded runtime, write its outcome on its channel and
 //! exit with its code (see `outcome::exit_code`).
 //!
-//! A child forked for a call already made is handed that call at its fork.
+//! A child forked for a call already made is handed that call at its fork
+//! (and inherits the call's result file, [`super::output`]).
 //! A pre-forked child ([`super::warm`]) does everything up to the call and
 //! then waits on its channel for a [`Handover`]; end of stream (the fork
 //! server retiring it) makes it exit quietly. Either way it is told its
@@ -16,6 +17,7 @@
 //! The child never returns into the fork server's loop.
 
 use super::confine::{Confinement, limit_process};
+use super::fdpass;
 use super::{EXIT_SIGNALS, die_with_parent};
 use crate::executor::{Call, CallReport, Executor, LoadedJob};
 use crate::outcome::exit_code;
@@ -24,9 +26,9 @@ use crate::worker::protocol::{
     CallKind, Handover, MAX_HANDOVER_BYTES, decode_handover, encode_report, trim_outcome,
 };
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, signal, sigprocmask};
-use nix::sys::socket::{MsgFlags, recv, send};
+use nix::sys::socket::{MsgFlags, send};
 use nix::unistd::{Pid, getpid, setpgid};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 /// Everything a child needs, borrowed from the fork server's memory.
 pub(super) struct ChildSetup<'a> {
@@ -107,11 +109,11 @@ pub(super) fn child_runtime() -> tokio::runtime::Runtime {
 
 /// Run as a worker child: `handed` is the call if it is already known,
 /// `None` for a pre-forked child that waits for it.
-pub(super) fn run_child(c: ChildSetup<'_>, handed: Option<Handover>) -> ! {
+pub(super) fn run_child(c: ChildSetup<'_>, handed: Option<Handed>) -> ! {
     leave_fork_server(&c);
     let pid = getpid().as_raw();
     let setup_span = match &handed {
-        Some(h) => job_span(c.module, c.tenant, h, pid),
+        Some(h) => job_span(c.module, c.tenant, &h.handover, pid),
         None => tracing::info_span!("warm", module = %c.module, tenant = %c.tenant, pid),
     };
     let setup_entered = setup_span.enter();
@@ -131,7 +133,7 @@ pub(super) fn run_child(c: ChildSetup<'_>, handed: Option<Handover>) -> ! {
         Some(h) => (h, setup_span.clone()),
         None => {
             let h = wait_for_call(&c.channel);
-            let span = job_span(c.module, c.tenant, &h, pid);
+            let span = job_span(c.module, c.tenant, &h.handover, pid);
             (h, span)
         }
     };
@@ -142,9 +144,10 @@ pub(super) fn run_child(c: ChildSetup<'_>, handed: Option<Handover>) -> ! {
     if let Err(e) = c.executor.use_timer_signal_ticks() {
         host_error("cannot start the epoch timer", &e)
     }
-    let prepared = store.for_message(&handed.message, call_of(&handed));
+    let Handed { handover, output } = handed;
+    let prepared = store.for_message(&handover.message, call_of(&handover));
     let report = runtime.block_on(c.executor.run_prepared(c.job, prepared));
-    report_and_exit(&c.channel, report)
+    report_and_exit(&c.channel, report, output)
 }
 
 /// The executor's name for the call a handover asks for.
@@ -155,9 +158,29 @@ pub(super) fn call_of(h: &Handover) -> Call {
     }
 }
 
-/// Write the call's outcome on `channel` and exit with its code.
-pub(super) fn report_and_exit(channel: &OwnedFd, report: CallReport) -> ! {
+/// A call as the child receives it: the handover and, when the job
+/// publishes results, the file to write its result to.
+pub(super) struct Handed {
+    pub(super) handover: Handover,
+    pub(super) output: Option<OwnedFd>,
+}
+
+/// Write the call's result (if it published one) and its outcome on
+/// `channel`, and exit with the outcome's code.
+pub(super) fn report_and_exit(channel: &OwnedFd, report: CallReport, output: Option<OwnedFd>) -> ! {
     tracing::debug!(outcome = %report.outcome, duration_ms = report.duration.as_secs_f64() * 1e3, "call finished");
+    match (report.output, output) {
+        (Some(published), Some(fd)) => {
+            let file = std::fs::File::from(fd);
+            if let Err(e) = super::output::write_result(&file, &published.0) {
+                tracing::error!(error = %e, "the job's result is lost");
+            }
+        }
+        (Some(_), None) => {
+            tracing::error!("the job published a result but has no result file; it is lost")
+        }
+        (None, _) => {}
+    }
     let code = report.outcome.exit_code();
     let bytes = encode_report(&trim_outcome(report.outcome));
     // One packet; the fork server reads it when it reaps this process.
@@ -167,19 +190,17 @@ pub(super) fn report_and_exit(channel: &OwnedFd, report: CallReport) -> ! {
     exit_now(code)
 }
 
-/// Block until the fork server hands this pre-forked child its call. End of
-/// stream means it was retired: leave without a word.
-pub(super) fn wait_for_call(channel: &OwnedFd) -> Handover {
+/// Block until the fork server hands this pre-forked child its call (and
+/// the call's result file, if the job publishes results). End of stream
+/// means it was retired: leave without a word.
+pub(super) fn wait_for_call(channel: &OwnedFd) -> Handed {
     let mut buf = vec![0u8; MAX_HANDOVER_BYTES];
-    loop {
-        match recv(channel.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-            Ok(0) => exit_now(0),
-            Ok(n) => match decode_handover(&buf[..n]) {
-                Some(h) => return h,
-                None => host_error("bad handover", &"not a call"),
-            },
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => host_error("cannot read the handover", &e),
-        }
+    match fdpass::recv(channel.as_fd(), &mut buf) {
+        Ok((0, _)) => exit_now(0),
+        Ok((n, output)) => match decode_handover(&buf[..n]) {
+            Some(handover) => Handed { handover, output },
+            None => host_error("bad handover", &"not a call"),
+        },
+        Err(e) => host_error("cannot read the handover", &e),
     }
 }

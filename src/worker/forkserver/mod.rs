@@ -4,11 +4,13 @@
 //! and forks one child per call ([`child`]).
 //!
 //! It reads [`Command`]s from the parent on [`COMMAND_FD`] and reports
-//! [`Event`]s on [`EVENT_FD`] (`Ready`, `Started`, `SpawnFailed`, `Exited`).
-//! Children never write to the parent: each gets a channel of its own at
-//! its fork, on which it reports its outcome; this process reads it when it
-//! reaps that child and forwards it inside its `Exited`; a child holds no
-//! other child's channel. Children are confined ([`confine`]) before guest
+//! [`Event`]s on [`EVENT_FD`] (`Ready`, `Started`, `SpawnFailed`, `Output`,
+//! `Exited`). Children never write to the parent: each gets a channel of
+//! its own at its fork, on which it reports its outcome, and, when its job
+//! publishes results, a result file of its own ([`output`]); this process
+//! reads both when it reaps that child and forwards them (`Output`, then
+//! the outcome inside `Exited`); a child holds no other child's channel
+//! or result file. Children are confined ([`confine`]) before guest
 //! code runs. Children set up ahead of their calls wait in a pool
 //! ([`warm`]) and are handed their call on the same channel, so most calls
 //! start without a fork ([`start`]).
@@ -26,6 +28,8 @@
 mod child;
 mod compile;
 mod confine;
+mod fdpass;
+mod output;
 mod start;
 mod template;
 mod warm;
@@ -44,6 +48,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{MsgFlags, recv, send};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::{Pid, getpid, getppid};
+use output::OutputFile;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -104,9 +109,10 @@ fn read_report(channel: &OwnedFd) -> Option<crate::outcome::Outcome> {
 
 /// What a reaped pid was.
 enum Running {
-    /// A worker child making a call for the parent's `process`, and the
-    /// fork server's end of its channel.
-    Call(u64, OwnedFd),
+    /// A worker child making a call for the parent's `process`, the fork
+    /// server's end of its channel, and the call's result file when the job
+    /// publishes results.
+    Call(u64, OwnedFd, Option<OutputFile>),
     /// A compile helper for this digest.
     Helper(String),
 }
@@ -130,7 +136,7 @@ struct Server {
     /// The last key whose template died before it was ready, and when.
     template_failed: Option<(WarmKey, Instant)>,
     /// Calls waiting for the template's next copy, oldest first.
-    awaiting_copy: std::collections::VecDeque<protocol::Handover>,
+    awaiting_copy: std::collections::VecDeque<start::Assigned>,
 }
 
 /// The fork server's `main`: `config` is the JSON [`ForkServerConfig`];
@@ -358,7 +364,7 @@ impl Server {
         let pid = self
             .running
             .iter()
-            .find(|(_, r)| matches!(r, Running::Call(p, _) if *p == process))
+            .find(|(_, r)| matches!(r, Running::Call(p, ..) if *p == process))
             .map(|(pid, _)| *pid);
         // Not found: already reaped (or never started); nothing to signal.
         if let Some(pid) = pid
@@ -389,8 +395,11 @@ impl Server {
     /// `pid` has ended with `status` (not reaped yet): tell whoever waits.
     fn ended(&mut self, pid: Pid, status: ExitStatus) {
         match self.running.remove(&pid) {
-            Some(Running::Call(process, report)) => {
+            Some(Running::Call(process, report, output)) => {
                 let outcome = read_report(&report);
+                if let Some(file) = output {
+                    output::forward(&self.events, process, &file);
+                }
                 send_event(
                     &self.events,
                     &Event::Exited {

@@ -6,15 +6,15 @@
 //! here. A forked child closes every descriptor of the
 //! fork server's but its own channel before it runs ([`super::child`]).
 
+use super::output::OutputFile;
 use super::protocol::{self, Event, Handover, Spawn, SpawnFailure};
 use super::template::{self, Said, Template};
 use super::warm::{MAX_AGE, Warm, WarmKey};
-use super::{Running, Server, child, send_event};
+use super::{Running, Server, child, fdpass, send_event};
 use crate::executor::LoadedJob;
 use nix::sys::signal::Signal;
-use nix::sys::socket::{MsgFlags, send};
 use nix::unistd::{ForkResult, Pid, fork, getpid};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -28,10 +28,19 @@ impl Server {
             message: req.message,
             call: req.call,
         };
-        if let Some(packet) = protocol::encode_handover(&handover) {
+        let output = if job.publishes_output {
+            match OutputFile::new(key.policy.max_job_output) {
+                Ok(file) => Some(file),
+                Err(why) => return self.fail(handover.process, SpawnFailure::Passing, why),
+            }
+        } else {
+            None
+        };
+        let call = Assigned { handover, output };
+        if let Some(packet) = protocol::encode_handover(&call.handover) {
             if let Some(w) = self.warm.take(key) {
-                match send(w.channel.as_raw_fd(), &packet, MsgFlags::MSG_DONTWAIT) {
-                    Ok(_) => return self.started(handover.process, w.pid, w.channel, true),
+                match call.send(&w.channel, &packet) {
+                    Ok(()) => return self.started(call, w.pid, w.channel, true),
                     Err(e) => {
                         // It died waiting; reaping it is a no-op now.
                         tracing::debug!(pid = w.pid.as_raw(), error = %e, "a warm child is gone");
@@ -45,21 +54,19 @@ impl Server {
             {
                 // One more copy than the calls already waiting for one.
                 if t.pending() > self.awaiting_copy.len() || t.request(Instant::now()).is_ok() {
-                    self.awaiting_copy.push_back(handover);
+                    self.awaiting_copy.push_back(call);
                     return;
                 }
                 self.retire_template("it takes no more requests");
             }
         }
-        let process = handover.process;
-        match self.fork_process(key, job, Role::Call(Some(handover))) {
-            Ok((pid, channel)) => self.started(process, pid, channel, false),
-            Err(why) => self.fail(process, SpawnFailure::Passing, why),
-        }
+        self.fork_for(call, key, job);
     }
 
-    fn started(&mut self, process: u64, pid: Pid, channel: OwnedFd, warm: bool) {
-        self.running.insert(pid, Running::Call(process, channel));
+    fn started(&mut self, call: Assigned, pid: Pid, channel: OwnedFd, warm: bool) {
+        let process = call.handover.process;
+        self.running
+            .insert(pid, Running::Call(process, channel, call.output));
         send_event(
             &self.events,
             &Event::Started {
@@ -158,25 +165,33 @@ impl Server {
         }
     }
 
-    fn hand_to_copy(&mut self, h: Handover, pid: Pid, channel: OwnedFd, key: &WarmKey) {
-        let sent = protocol::encode_handover(&h)
-            .is_some_and(|p| send(channel.as_raw_fd(), &p, MsgFlags::MSG_DONTWAIT).is_ok());
+    fn hand_to_copy(&mut self, call: Assigned, pid: Pid, channel: OwnedFd, key: &WarmKey) {
+        let sent = protocol::encode_handover(&call.handover)
+            .is_some_and(|p| call.send(&channel, &p).is_ok());
         if sent {
-            return self.started(h.process, pid, channel, false);
+            return self.started(call, pid, channel, false);
         }
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-        self.fork_for(h, key);
+        match self.modules.get(&key.module.digest).map(Rc::clone) {
+            Some(job) => self.fork_for(call, key, &job),
+            None => self.fail(
+                call.handover.process,
+                SpawnFailure::Passing,
+                "module unloaded".into(),
+            ),
+        }
     }
 
-    /// Fork on demand for a call that waited for a copy in vain.
-    fn fork_for(&mut self, h: Handover, key: &WarmKey) {
-        let process = h.process;
-        let Some(job) = self.modules.get(&key.module.digest).map(Rc::clone) else {
-            return self.fail(process, SpawnFailure::Passing, "module unloaded".into());
+    /// Fork a child for `call` now: it inherits the call and its result file.
+    fn fork_for(&mut self, call: Assigned, key: &WarmKey, job: &LoadedJob) {
+        let handed = child::Handed {
+            handover: call.handover.clone(),
+            output: None,
         };
-        match self.fork_process(key, &job, Role::Call(Some(h))) {
-            Ok((pid, channel)) => self.started(process, pid, channel, false),
-            Err(why) => self.fail(process, SpawnFailure::Passing, why),
+        let output = call.output.as_ref().map(|f| f.fd().as_raw_fd());
+        match self.fork_process(key, job, Role::Call(Some((handed, output)))) {
+            Ok((pid, channel)) => self.started(call, pid, channel, false),
+            Err(why) => self.fail(call.handover.process, SpawnFailure::Passing, why),
         }
     }
 
@@ -189,8 +204,16 @@ impl Server {
         };
         tracing::debug!(pid = t.pid.as_raw(), why, "retiring a template process");
         let _ = nix::sys::signal::kill(t.pid, Signal::SIGKILL);
-        for h in std::mem::take(&mut self.awaiting_copy) {
-            self.fork_for(h, &t.key);
+        let job = self.modules.get(&t.key.module.digest).map(Rc::clone);
+        for call in std::mem::take(&mut self.awaiting_copy) {
+            match &job {
+                Some(job) => self.fork_for(call, &t.key, job),
+                None => self.fail(
+                    call.handover.process,
+                    SpawnFailure::Passing,
+                    "module unloaded".into(),
+                ),
+            }
         }
     }
 
@@ -268,7 +291,7 @@ impl Server {
                     close,
                 };
                 match role {
-                    Role::Call(handed) => child::run_child(setup, handed),
+                    Role::Call(handed) => child::run_child(setup, handed.map(inherit)),
                     Role::Template => template::run_template(setup),
                 }
             }
@@ -276,21 +299,59 @@ impl Server {
         }
     }
 
-    /// The fork server's end of every child's channel.
+    /// The fork server's end of every child's channel, and every result
+    /// file: what no new child may hold.
     pub(super) fn channels(&self) -> impl Iterator<Item = RawFd> + '_ {
-        let running = self.running.values().filter_map(|r| match r {
-            Running::Call(_, fd) => Some(fd.as_raw_fd()),
-            Running::Helper(_) => None,
+        let running = self.running.values().flat_map(|r| match r {
+            Running::Call(_, fd, output) => {
+                vec![
+                    Some(fd.as_raw_fd()),
+                    output.as_ref().map(|f| f.fd().as_raw_fd()),
+                ]
+            }
+            Running::Helper(_) => Vec::new(),
         });
+        let awaiting = self
+            .awaiting_copy
+            .iter()
+            .map(|c| c.output.as_ref().map(|f| f.fd().as_raw_fd()));
         let template = self.template.as_ref().map(|t| t.channel().as_raw_fd());
-        running.chain(self.warm.channels()).chain(template)
+        running
+            .chain(awaiting)
+            .flatten()
+            .chain(self.warm.channels())
+            .chain(template)
     }
+}
+
+/// A call the fork server has taken on: its handover and, when the job
+/// publishes results, its result file (the fork server keeps its end).
+pub(super) struct Assigned {
+    handover: Handover,
+    output: Option<OutputFile>,
+}
+
+impl Assigned {
+    /// Send the encoded handover to a waiting child, with the result file.
+    fn send(&self, channel: &OwnedFd, packet: &[u8]) -> nix::Result<()> {
+        let output = self.output.as_ref().map(|f| f.fd());
+        fdpass::send(channel.as_fd(), packet, output).map(drop)
+    }
+}
+
+/// In a child forked for a call: take ownership of the inherited result file.
+fn inherit((mut handed, output): (child::Handed, Option<RawFd>)) -> child::Handed {
+    // SAFETY: the fork server made this descriptor for this call; the child
+    // inherited it and is the only one here that uses it.
+    handed.output = output.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    handed
 }
 
 /// What a process forked by the fork server becomes.
 enum Role {
-    /// A worker child: for this call, or to wait for one.
-    Call(Option<Handover>),
+    /// A worker child: for this call (and the descriptor of its inherited
+    /// result file), or to wait for one.
+    Call(Option<(child::Handed, Option<RawFd>)>),
     /// A template process ([`super::template`]).
     Template,
 }

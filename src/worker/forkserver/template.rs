@@ -45,20 +45,18 @@
 //! resolved the policy's names when made), or no spawn for `MAX_AGE`.
 
 use super::child::{
-    ChildSetup, call_of, child_runtime, exit_now, host_error, job_span, leave_fork_server,
+    ChildSetup, Handed, call_of, child_runtime, exit_now, host_error, job_span, leave_fork_server,
     report_and_exit, wait_for_call,
 };
 use super::confine::{COPY_CLONE_FLAGS, limit_process};
 use super::die_with_parent;
+use super::fdpass;
 use super::warm::WarmKey;
 use crate::executor::Instantiated;
-use nix::sys::socket::{
-    ControlMessage, ControlMessageOwned, MsgFlags, recv, recvmsg, send, sendmsg,
-};
+use nix::sys::socket::{MsgFlags, recv, send};
 use nix::unistd::{Pid, getpid, setpgid};
 use std::collections::VecDeque;
-use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// The template's one-byte word that its job is instantiated.
@@ -126,15 +124,8 @@ impl Template {
     /// known, so a template lost mid-request loses no call.
     pub(super) fn request(&mut self, now: Instant) -> Result<(), String> {
         let (ours, theirs) = super::new_channel()?;
-        let fds = [theirs.as_raw_fd()];
-        sendmsg::<()>(
-            self.channel.as_raw_fd(),
-            &[IoSlice::new(&[])],
-            &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::MSG_DONTWAIT,
-            None,
-        )
-        .map_err(|e| format!("cannot ask the template for a copy: {e}"))?;
+        fdpass::send(self.channel.as_fd(), &[], Some(theirs.as_fd()))
+            .map_err(|e| format!("cannot ask the template for a copy: {e}"))?;
         self.pending.push_back((ours, now));
         Ok(())
     }
@@ -253,37 +244,10 @@ fn answer(channel: &OwnedFd, word: i32) {
 /// The next copy request: the copy's channel. End of stream (the fork
 /// server retiring this template) exits quietly.
 fn next_request(channel: &OwnedFd) -> OwnedFd {
-    let mut buf = [0u8; 16];
-    loop {
-        let mut space = nix::cmsg_space!([RawFd; 1]);
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let msg = match recvmsg::<()>(
-            channel.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(m) => m,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => host_error("cannot read a copy request", &e),
-        };
-        let mut fd = None;
-        if let Ok(cmsgs) = msg.cmsgs() {
-            for cmsg in cmsgs {
-                if let ControlMessageOwned::ScmRights(fds) = cmsg {
-                    for raw in fds {
-                        // SAFETY: the kernel just gave this process these
-                        // descriptors; nothing else owns them.
-                        let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-                        fd.get_or_insert(owned);
-                    }
-                }
-            }
-        }
-        match fd {
-            Some(fd) => return fd,
-            None => exit_now(0),
-        }
+    match fdpass::recv(channel.as_fd(), &mut [0u8; 16]) {
+        Ok((_, Some(fd))) => fd,
+        Ok((_, None)) => exit_now(0),
+        Err(e) => host_error("cannot read a copy request", &e),
     }
 }
 
@@ -302,12 +266,12 @@ fn run_copy(c: &ChildSetup<'_>, instance: Instantiated, channel: OwnedFd) -> ! {
     let pid = getpid().as_raw();
     let runtime = child_runtime();
     let _in_runtime = runtime.enter();
-    let handed = wait_for_call(&channel);
-    let span = job_span(c.module, c.tenant, &handed, pid);
+    let Handed { handover, output } = wait_for_call(&channel);
+    let span = job_span(c.module, c.tenant, &handover, pid);
     let _entered = span.enter();
     if let Err(e) = crate::engine::pause_tick_timer(false) {
         host_error("cannot start the epoch timer", &e)
     }
-    let report = runtime.block_on(instance.call(&handed.message, call_of(&handed)));
-    report_and_exit(&channel, report)
+    let report = runtime.block_on(instance.call(&handover.message, call_of(&handover)));
+    report_and_exit(&channel, report, output)
 }

@@ -52,6 +52,9 @@ pub(crate) enum Refusal {
     /// The module cannot be found.
     #[error("{0}")]
     Module(String),
+    /// Its `reply-to` names a queue the tenant may not reply to.
+    #[error("{0}")]
+    ReplyTo(String),
 }
 
 impl Refusal {
@@ -62,6 +65,7 @@ impl Refusal {
             Refusal::Unsigned(_) => "bad_signature",
             Refusal::Policy(_) => "policy",
             Refusal::Module(_) => "module",
+            Refusal::ReplyTo(_) => "reply_to",
         }
     }
 }

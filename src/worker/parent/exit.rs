@@ -9,7 +9,8 @@
 use super::admit::Admitted;
 use super::fate::{self, ExitHandlingFate};
 use super::forks::{ProcessEnd, Spawned};
-use super::settle::{Delivery, JobContext, JobResult, dead_letter, report_queue_error};
+use super::reply::{Ending, Told};
+use super::settle::{Delivery, JobContext, JobResult, dead_letter, report_queue_error, tell};
 use crate::outcome::Outcome;
 use crate::worker::protocol::CallKind;
 use nix::sys::signal::Signal;
@@ -96,6 +97,17 @@ pub(super) async fn handle(
     }
     match fate::after_exit_handling(cleaned, d.source.retries_allowed) {
         ExitHandlingFate::Requeue => {
+            if d.source.last_receive(d.msg.receive_count) {
+                let why = format!("stopped by signal {signal} on its last allowed receive");
+                tell(
+                    ctx,
+                    d,
+                    Told::RetriesExhausted,
+                    Some(&why),
+                    &Ending::stopped(signal),
+                )
+                .await;
+            }
             let visibility = fate::requeue_visibility(d.source.long_poll);
             let r = queue.change_visibility(receipt, visibility).await;
             if r.is_ok() {
@@ -105,7 +117,8 @@ pub(super) async fn handle(
             report_queue_error(ctx, id, r);
         }
         ExitHandlingFate::DeadLetter { why } => {
-            let r = dead_letter(ctx, d, &why).await;
+            let told = (Told::DeadLettered, why.as_str());
+            let r = dead_letter(ctx, d, &why, told, &Ending::stopped(signal)).await;
             report_queue_error(ctx, id, r);
         }
     }

@@ -46,11 +46,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// not spin; the first restart is immediate.
 const STABLE_AFTER: Duration = Duration::from_secs(5);
 
-/// How a forked process ended, with the outcome it reported if it got that far.
+/// How a forked process ended, with the outcome it reported if it got that
+/// far, and the result its job published, if any.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ProcessEnd {
     pub(crate) status: ExitStatus,
     pub(crate) outcome: Option<Outcome>,
+    pub(crate) output: Option<Vec<u8>>,
 }
 
 /// Why a call could not be started.
@@ -102,10 +104,12 @@ impl ForkServerSettings {
     }
 }
 
-#[derive(Default)]
 struct Pending {
     started: Option<oneshot::Sender<Result<(Pid, bool), SpawnError>>>,
     ended: Option<oneshot::Sender<ProcessEnd>>,
+    /// The result received so far ([`Event::Output`]), and its limit.
+    output: Option<Vec<u8>>,
+    max_output: usize,
 }
 
 /// One running fork server.
@@ -269,6 +273,8 @@ impl ForkServers {
             let p = Pending {
                 started: Some(started_tx),
                 ended: Some(ended_tx),
+                output: None,
+                max_output: policy.max_job_output,
             };
             pending.insert(process, p);
         }
@@ -434,6 +440,32 @@ async fn read_events(fd: AsyncFd<EventFd>, conn: Arc<Conn>) {
     }
 }
 
+impl Pending {
+    /// Append a chunk of the process's result, within its limit (the fork
+    /// server already enforces it; this side trusts no more than it must).
+    fn add_output(&mut self, process: u64, chunk: &str) {
+        use base64::Engine as _;
+        let bytes = match base64::engine::general_purpose::STANDARD.decode(chunk) {
+            Ok(b) => b,
+            Err(e) => {
+                return tracing::error!(process, error = %e, "unreadable result chunk; dropped");
+            }
+        };
+        let so_far = self.output.get_or_insert_with(Vec::new);
+        if so_far.len() + bytes.len() > self.max_output {
+            tracing::error!(
+                process,
+                limit = self.max_output,
+                "a result longer than its limit; dropped"
+            );
+            self.output = None;
+            self.max_output = 0;
+            return;
+        }
+        so_far.extend_from_slice(&bytes);
+    }
+}
+
 impl Conn {
     fn dispatch(&self, event: Event) {
         let mut pending = self.lock_pending();
@@ -462,6 +494,11 @@ impl Conn {
                     }));
                 }
             }
+            Event::Output { process, chunk } => {
+                if let Some(p) = pending.get_mut(&process) {
+                    p.add_output(process, &chunk);
+                }
+            }
             Event::Exited {
                 process,
                 status,
@@ -470,7 +507,12 @@ impl Conn {
                 if let Some(mut p) = pending.remove(&process)
                     && let Some(s) = p.ended.take()
                 {
-                    let _ = s.send(ProcessEnd { status, outcome });
+                    let output = p.output.take();
+                    let _ = s.send(ProcessEnd {
+                        status,
+                        outcome,
+                        output,
+                    });
                 }
             }
         }

@@ -107,6 +107,7 @@ pub(super) async fn receive_loop(
                     msg,
                     attributes,
                     received,
+                    reply: None,
                 };
                 (d, ticket)
             })

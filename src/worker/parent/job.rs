@@ -9,6 +9,7 @@ use super::admit::{self, Admitted};
 use super::exit;
 use super::fate::{self, Fate, WorkerEnd};
 use super::forks::{ProcessEnd, SpawnError, Spawned};
+use super::reply::Ending;
 use super::settle::{
     self, Delivery, JobContext, JobResult, apply, record_failure, report_queue_error,
 };
@@ -30,7 +31,7 @@ fn unix_now() -> u64 {
 
 /// Handle one received message to the end. `ticket` holds the tenant slot
 /// its bound queue reserved before receiving it (none yet on a shared queue).
-pub(crate) async fn handle(ctx: Arc<JobContext>, d: Delivery, mut ticket: Ticket) -> JobResult {
+pub(crate) async fn handle(ctx: Arc<JobContext>, mut d: Delivery, mut ticket: Ticket) -> JobResult {
     let lease = d
         .source
         .heartbeats
@@ -43,6 +44,13 @@ pub(crate) async fn handle(ctx: Arc<JobContext>, d: Delivery, mut ticket: Ticket
         unix_now(),
     )
     .and_then(|tenant| {
+        // Once the tenant is known its outcome can be told, even of a refusal.
+        d.reply = ctx.replies.target(
+            &tenant,
+            ctx.policies.for_tenant(&tenant),
+            &d.attributes.attributes,
+            d.source.queue.name(),
+        )?;
         admit::admit(
             tenant,
             &d.attributes.attributes,
@@ -50,6 +58,9 @@ pub(crate) async fn handle(ctx: Arc<JobContext>, d: Delivery, mut ticket: Ticket
             &ctx.modules,
         )
     });
+    if let (Ok(a), Some(reply)) = (&admitted, &mut d.reply) {
+        reply.set_module(&a.module);
+    }
     let a = match admitted {
         Ok(a) => a,
         Err(refusal) => {
@@ -156,12 +167,16 @@ async fn run(
     let mut exit_signal = ctx.exit_signal.clone();
     let hard_limit = tokio::time::sleep(a.policy.sandbox.timeout + KILL_GRACE);
     tokio::pin!(hard_limit);
+    let mut output = None;
     let end = tokio::select! {
         ended = &mut spawned.end => {
             drop(lease);
             ctx.stats.job_duration.observe(started.elapsed().as_secs_f64());
             match ended {
-                Ok(ProcessEnd { status, outcome }) => WorkerEnd::from_process(status, outcome),
+                Ok(ProcessEnd { status, outcome, output: published }) => {
+                    output = published;
+                    WorkerEnd::from_process(status, outcome)
+                }
                 Err(_) => WorkerEnd::Lost,
             }
         }
@@ -180,7 +195,13 @@ async fn run(
         }
     };
     let ended_at = Instant::now();
-    tracing::info!(end = %end, run_ms = started.elapsed().as_secs_f64() * 1e3, "worker child ended");
+    let ran_for = started.elapsed();
+    tracing::info!(
+        end = %end,
+        run_ms = ran_for.as_secs_f64() * 1e3,
+        output_bytes = output.as_ref().map(Vec::len),
+        "worker child ended"
+    );
     record_failure(ctx, &end);
     match fate::decide(&end) {
         Fate::ExitHandling { signal } => exit::handle(ctx, d, a, None, signal).await,
@@ -189,7 +210,7 @@ async fn run(
             // one that goes at once is done before the next job competes
             // with it for the CPU (measured: half the p99 exit-to-delete).
             let slot = (!d.source.deletes.may_wait()).then_some(slot);
-            apply(ctx, d, other).await;
+            apply(ctx, d, other, &Ending::of(&end, output, Some(ran_for))).await;
             drop(slot);
             ctx.stats.record_exit_to_settled(ended_at.elapsed());
             JobResult::default()

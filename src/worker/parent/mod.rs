@@ -8,6 +8,7 @@
 //! - [`job`]: each message's one-way life: admitted once ([`admit`]) →
 //!   worker slot → spawned → ended → [`fate`] → applied ([`settle`]);
 //!   [`exit`] for the exit-signal sequence.
+//! - [`reply`]: the outcome message a `reply-to` asks for.
 //! - [`heartbeat`]: leases and batched visibility extensions, per queue;
 //!   [`deletes`]: batched deletes, per queue; [`counted`]: every queue call
 //!   counted by kind.
@@ -24,6 +25,7 @@ mod heartbeat;
 mod intake;
 mod job;
 pub(crate) mod metrics;
+pub(crate) mod reply;
 mod settle;
 mod slots;
 pub(crate) mod stats;
@@ -73,6 +75,8 @@ pub struct WorkerConfig {
     /// How long a finished job's delete may wait to share a batch; `None`:
     /// zero on the embedded queue, 20 ms on SQS.
     pub delete_window: Option<Duration>,
+    /// Where `reply-to` queues are opened.
+    pub reply_queues: reply::ReplyQueues,
 }
 
 /// A queue the worker serves and whose messages it carries.
@@ -184,6 +188,7 @@ async fn sources(
             dead_letter_queue,
             tenant,
             retries_allowed: attrs.allows_retries(),
+            max_receives: attrs.redrive.as_ref().map(|r| r.max_receive_count),
             fifo: attrs.fifo,
             long_poll,
             heartbeats,
@@ -246,6 +251,11 @@ pub async fn run(
         exit_timeout: config.exit_timeout,
         exit_signal: exit_rx,
         stats: Arc::clone(&stats),
+        replies: reply::Replies::new(
+            config.reply_queues.clone(),
+            sources.iter().map(|s| s.queue.name().to_owned()).collect(),
+            Arc::clone(&stats),
+        ),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let (intake_tx, mut intake) = mpsc::channel(4);

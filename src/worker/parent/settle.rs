@@ -8,6 +8,7 @@ use super::deletes::Deletes;
 use super::fate::{self, Fate, WorkerEnd};
 use super::forks::ForkServers;
 use super::heartbeat::Heartbeats;
+use super::reply::{About, Ending, Replies, ReplyTo, Told};
 use super::slots::Slots;
 use super::stats::WorkerStats;
 use crate::contract::JobMessage;
@@ -26,6 +27,9 @@ pub(crate) struct Source {
     pub(crate) retries_allowed: bool,
     /// A FIFO queue: never prefetched, so its messages start in order.
     pub(crate) fifo: bool,
+    /// The redrive policy's maxReceiveCount: the receive after it moves a
+    /// message to the dead-letter queue.
+    pub(crate) max_receives: Option<u32>,
     pub(crate) long_poll: Duration,
     pub(crate) heartbeats: Heartbeats,
     pub(crate) deletes: Deletes,
@@ -40,6 +44,8 @@ pub(crate) struct JobContext {
     pub(crate) exit_timeout: Duration,
     pub(crate) exit_signal: watch::Receiver<Option<i32>>,
     pub(crate) stats: Arc<WorkerStats>,
+    /// Where outcomes go ([`reply`]).
+    pub(crate) replies: Replies,
 }
 
 /// A received message on its way through the worker.
@@ -49,6 +55,8 @@ pub(crate) struct Delivery {
     /// The attributes as the job sees them.
     pub(crate) attributes: Sanitized,
     pub(crate) received: Instant,
+    /// Where its outcome goes, once admission has checked its `reply-to`.
+    pub(crate) reply: Option<ReplyTo>,
 }
 
 /// How a job task ended, for the worker's own exit code.
@@ -97,7 +105,32 @@ impl Delivery {
 /// Decide and apply the fate of a message that never ran.
 pub(super) async fn never_ran(ctx: &JobContext, d: &Delivery, end: &WorkerEnd) {
     record_failure(ctx, end);
-    apply(ctx, d, fate::decide(end)).await;
+    apply(ctx, d, fate::decide(end), &Ending::of(end, None, None)).await;
+}
+
+/// Tell `d`'s sender how its message ended, if it asked ([`super::reply`]).
+pub(super) async fn tell(
+    ctx: &JobContext,
+    d: &Delivery,
+    told: Told,
+    reason: Option<&str>,
+    e: &Ending,
+) {
+    if let Some(reply) = &d.reply {
+        let about = About {
+            msg: &d.msg,
+            queue: d.source.queue.name(),
+        };
+        ctx.replies.tell(reply, about, told, reason, e).await;
+    }
+}
+
+impl Source {
+    /// Whether `receive_count` is the last receive the redrive policy
+    /// allows: a message left now is dead-lettered by the queue next.
+    pub(crate) fn last_receive(&self, receive_count: u32) -> bool {
+        self.max_receives.is_some_and(|max| receive_count >= max)
+    }
 }
 
 /// Count a failed job by reason (and trap kind) for the metrics.
@@ -121,9 +154,21 @@ pub(super) fn record_failure(ctx: &JobContext, end: &WorkerEnd) {
     ctx.stats.job_failed(reason, &kind);
 }
 
-/// Act on a fate decided for a message whose worker ended on its own.
-pub(super) async fn apply(ctx: &JobContext, d: &Delivery, fate: Fate) {
+/// Act on a fate decided for a message whose worker ended on its own;
+/// `ending` is how, for its outcome message. An outcome is sent before the
+/// message is deleted ([`reply`]).
+pub(super) async fn apply(ctx: &JobContext, d: &Delivery, fate: Fate, ending: &Ending) {
     let (id, queue, receipt) = (&d.msg.message_id, &d.source.queue, &d.msg.receipt_handle);
+    let last = d.source.last_receive(d.msg.receive_count);
+    match &fate {
+        Fate::Delete => tell(ctx, d, Told::Ok, None, ending).await,
+        Fate::Leave { why } | Fate::RetryAfter { why, .. } | Fate::Redeliver { why, .. }
+            if last =>
+        {
+            tell(ctx, d, Told::RetriesExhausted, Some(why), ending).await;
+        }
+        _ => {}
+    }
     let result = match fate {
         Fate::Delete => {
             let r = d.source.deletes.delete(receipt).await;
@@ -149,7 +194,13 @@ pub(super) async fn apply(ctx: &JobContext, d: &Delivery, fate: Fate) {
             tracing::warn!(message_id = %id, %why, delay_ms = delay.as_millis() as u64, "job could not start; the message is left for redelivery");
             queue.change_visibility(receipt, delay).await
         }
-        Fate::DeadLetter { why } => dead_letter(ctx, d, &why).await,
+        Fate::DeadLetter { why } => {
+            let told = match ending.reported() {
+                Some(Outcome::Fatal { reason }) => (Told::Fatal, reason.as_str()),
+                _ => (Told::DeadLettered, why.as_str()),
+            };
+            dead_letter(ctx, d, &why, told, ending).await
+        }
         Fate::ExitHandling { signal } => {
             tracing::error!(signal, "exit handling is decided by the caller");
             Ok(())
@@ -176,13 +227,16 @@ pub(super) fn report_queue_error(
     }
 }
 
-/// Copy the message to the dead-letter queue, then delete the original. The
-/// original is never deleted before the copy was accepted. The copy carries
-/// the sanitized attributes (and a shared queue's signing attributes).
+/// Copy the message to the dead-letter queue, tell its sender (`told`,
+/// with its reason, and `ending`), then delete the original. The original
+/// is never deleted before the copy was accepted. The copy carries the
+/// sanitized attributes (and a shared queue's signing attributes).
 pub(super) async fn dead_letter(
     ctx: &JobContext,
     d: &Delivery,
     why: &str,
+    told: (Told, &str),
+    ending: &Ending,
 ) -> Result<(), QueueError> {
     let msg = &d.msg;
     let Some(dlq) = &d.source.dead_letter_queue else {
@@ -213,6 +267,7 @@ pub(super) async fn dead_letter(
         dedup_id: msg.group_id.as_ref().map(|_| msg.message_id.clone()),
     };
     dlq.send(&copy).await?;
+    tell(ctx, d, told.0, Some(told.1), ending).await;
     d.source.deletes.delete(&msg.receipt_handle).await?;
     ctx.stats.dead_lettered.inc();
     tracing::warn!(message_id = %msg.message_id, %why, "message dead-lettered");

@@ -87,6 +87,9 @@ pub struct WorkerStats {
     pub(crate) over_cap: Counter,
     /// Fork servers started to replace one that died.
     pub(crate) fork_server_restarts: Counter,
+    /// Outcome messages sent to `reply-to` queues, and those that failed.
+    pub(crate) outcomes_sent: Counter,
+    pub(crate) outcomes_failed: Counter,
     refused: Family<Refusal, Counter>,
     failed: Family<Failure, Counter>,
     starts: Family<Start, Counter>,
@@ -122,6 +125,8 @@ impl Default for WorkerStats {
             heartbeats_failed: Counter::default(),
             over_cap: Counter::default(),
             fork_server_restarts: Counter::default(),
+            outcomes_sent: Counter::default(),
+            outcomes_failed: Counter::default(),
             refused: Family::default(),
             failed: Family::default(),
             starts: Family::default(),
@@ -169,7 +174,7 @@ impl WorkerStats {
         );
         r.register(
             "messages_refused",
-            "Messages refused at admission and dead-lettered, by reason (tenant_mismatch, bad_signature, policy, module)",
+            "Messages refused at admission and dead-lettered, by reason (tenant_mismatch, bad_signature, policy, module, reply_to)",
             self.refused.clone(),
         );
         r.register(
@@ -186,6 +191,16 @@ impl WorkerStats {
             "queue_calls",
             "Calls made to the queues (and their dead-letter queues), by SQS action; a batch counts once",
             self.queue_calls.clone(),
+        );
+        r.register(
+            "outcomes_sent",
+            "Outcome messages sent to the reply-to queues of messages that ended for good",
+            self.outcomes_sent.clone(),
+        );
+        r.register(
+            "outcomes_failed",
+            "Outcome messages that could not be sent (logged; the outcome is lost)",
+            self.outcomes_failed.clone(),
         );
         r.register(
             "fork_server_restarts",
