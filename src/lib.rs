@@ -13,6 +13,7 @@
 //! - [`registry`]: content-addressed modules per tenant.
 //! - [`policy`]: tenant policy files (sandbox, caps, weights, keys, queues).
 //! - [`signing`]: HMAC signatures of messages on shared queues.
+//! - `trace_context`: a message's W3C `traceparent` as the job's parent span.
 //! - [`contract`]: the `wasm-jobs:job/job` world on the host side.
 //! - [`executor`]: load (validate, compile, cache) and call a job in a sandbox.
 //! - [`sandbox`]: the limits and grants of one call and how they are enforced.
@@ -48,5 +49,6 @@ pub mod queue;
 pub mod registry;
 pub mod sandbox;
 pub mod signing;
+pub(crate) mod trace_context;
 pub(crate) mod units;
 pub mod worker;

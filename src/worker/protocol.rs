@@ -24,6 +24,7 @@
 use crate::contract::JobMessage;
 use crate::outcome::Outcome;
 use crate::sandbox::SandboxPolicy;
+use crate::trace_context::TraceContext;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
@@ -98,6 +99,8 @@ pub(crate) struct Spawn {
     pub(crate) call: CallKind,
     /// The tenant's sandbox for this call.
     pub(crate) policy: SandboxPolicy,
+    /// The job's span in the sender's trace (logs, outgoing requests).
+    pub(crate) trace: TraceContext,
 }
 
 /// Fork server -> a pre-forked child: the call it makes.
@@ -107,6 +110,7 @@ pub(crate) struct Handover {
     pub(crate) process: u64,
     pub(crate) message: JobMessage,
     pub(crate) call: CallKind,
+    pub(crate) trace: TraceContext,
 }
 
 /// Parent -> fork server. Each command is serialized once and read once, so
@@ -278,6 +282,7 @@ mod tests {
             },
             call: CallKind::OnExit { signal: 15 },
             policy: SandboxPolicy::default(),
+            trace: TraceContext::for_job(None),
         });
         let mut buf = Vec::new();
         write_command(&mut buf, &cmd).unwrap();
@@ -299,6 +304,7 @@ mod tests {
                 receive_count: 1,
             },
             call: CallKind::Run,
+            trace: TraceContext::for_job(None),
         };
         let packet = encode_handover(&h).expect("an escaped 8 KiB body fits");
         assert_eq!(decode_handover(&packet), Some(h.clone()));
@@ -310,7 +316,7 @@ mod tests {
             nix::sys::socket::SockFlag::SOCK_CLOEXEC,
         )
         .unwrap();
-        h.message.body = "x".repeat(MAX_HANDOVER_BYTES - 200);
+        h.message.body = "x".repeat(MAX_HANDOVER_BYTES - 400);
         let packet = encode_handover(&h).expect("just under the limit");
         let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT;
         use std::os::fd::AsRawFd;

@@ -221,6 +221,11 @@ async fn json_logs_tag_every_job_line_and_guest_output() {
     let mut m = OutgoingMessage::new(r#"{"op":"count","text":"one two three"}"#);
     m.attributes
         .insert("tenant".into(), AttributeValue::String("acme".into()));
+    // The sender's trace: the job's span becomes a child of its span.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    m.attributes
+        .insert("traceparent".into(), AttributeValue::String(traceparent));
     let id = q.send(&m).await.unwrap();
     let out = b
         .cli()
@@ -263,7 +268,17 @@ async fn json_logs_tag_every_job_line_and_guest_output() {
             "{l}"
         );
         assert!(span["pid"].as_i64().is_some(), "no pid: {l}");
+        assert_eq!(span["trace_id"], trace_id, "{l}");
     }
+    // One new span for the job, the same in the parent's and the child's
+    // lines, and not the sender's.
+    let span_ids: std::collections::BTreeSet<&str> = job_lines
+        .iter()
+        .map(|l| l["span"]["span_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(span_ids.len(), 1, "{span_ids:?}");
+    let span_id = span_ids.first().unwrap();
+    assert!(span_id.len() == 16 && *span_id != "00f067aa0ba902b7", "{span_id}");
     let guest = lines
         .iter()
         .find(|l| get(l, "target").as_deref() == Some("wasm_jobs::guest"))
@@ -272,6 +287,7 @@ async fn json_logs_tag_every_job_line_and_guest_output() {
     assert_eq!(guest["stream"], "stdout");
     assert_eq!(guest["span"]["message_id"], id.as_str());
     assert_eq!(guest["span"]["tenant"], "acme");
+    assert_eq!(guest["span"]["trace_id"], trace_id);
     assert!(guest["span"]["pid"].as_i64().is_some());
     assert!(
         lines.iter().any(|l| is(

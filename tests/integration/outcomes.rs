@@ -61,8 +61,10 @@ fn stop(w: Worker) {
 async fn send_wait_prints_the_outcome_and_the_result(b: Backend) {
     let (_q, addr) = b.create("wait-ok", &config(30)).await;
     let w = worker(&b, &addr, &publish_path());
-    let out = send_wait(&b, &addr, "done: 42", &[]);
+    let traceparent = "traceparent=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let out = send_wait(&b, &addr, "done: 42", &["--attr", traceparent]);
     let o = outcome(&out, 0, || w.log());
+    assert_eq!(o["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(o["outcome"], "ok");
     assert_eq!(o["output"], "done: 42");
     assert_eq!(o["attempts"], 1);

@@ -71,6 +71,8 @@ pub(super) fn job_span(module: &str, tenant: &str, h: &Handover, pid: i32) -> tr
         module = %module,
         tenant = %tenant,
         attempt = h.message.receive_count,
+        trace_id = %h.trace.trace_id,
+        span_id = %h.trace.span_id,
         pid,
         process = h.process,
     )

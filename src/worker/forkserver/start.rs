@@ -27,6 +27,7 @@ impl Server {
             process: req.process,
             message: req.message,
             call: req.call,
+            trace: req.trace,
         };
         let output = if job.publishes_output {
             match OutputFile::new(key.policy.max_job_output) {

@@ -13,6 +13,7 @@
 //! PDEATHSIG fires when the *thread* that forked exits, and runtime workers
 //! live as long as the runtime.
 
+use crate::trace_context::TraceContext;
 use super::stats::WorkerStats;
 use crate::contract::JobMessage;
 use crate::logging::LogSettings;
@@ -260,6 +261,7 @@ impl ForkServers {
         message: JobMessage,
         call: CallKind,
         policy: SandboxPolicy,
+        trace: TraceContext,
     ) -> Result<Spawned, SpawnError> {
         let conn = self.connection().await?;
         let process = self.next.fetch_add(1, Ordering::Relaxed);
@@ -285,6 +287,7 @@ impl ForkServers {
             message,
             call,
             policy,
+            trace,
         });
         if conn.send(&cmd).await.is_err() {
             conn.lock_pending().remove(&process);

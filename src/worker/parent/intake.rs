@@ -14,7 +14,8 @@ use super::admit::{self, QueueTenant};
 use super::settle::{Delivery, Source};
 use super::slots::{Slots, Ticket};
 use super::stats::WorkerStats;
-use crate::queue::{Queue, ReceiveRequest, ReceivedMessage};
+use crate::queue::{AttributeValue, Queue, ReceiveRequest, ReceivedMessage};
+use crate::trace_context::{TRACEPARENT_ATTRIBUTE, TraceContext};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -102,12 +103,17 @@ pub(super) async fn receive_loop(
             .zip(tickets)
             .map(|(msg, ticket)| {
                 let attributes = admit::sanitize(&msg.attributes);
+                let traceparent = attributes
+                    .attributes
+                    .get(TRACEPARENT_ATTRIBUTE)
+                    .map(AttributeValue::as_text);
                 let d = Delivery {
                     source: Arc::clone(&source),
                     msg,
                     attributes,
                     received,
                     reply: None,
+                    trace: TraceContext::for_job(traceparent.as_deref()),
                 };
                 (d, ticket)
             })

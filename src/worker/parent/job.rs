@@ -77,6 +77,8 @@ pub(crate) async fn handle(ctx: Arc<JobContext>, mut d: Delivery, mut ticket: Ti
         module = %a.module.label,
         tenant = %a.tenant,
         attempt = d.msg.receive_count,
+        trace_id = %d.trace.trace_id,
+        span_id = %d.trace.span_id,
         pid = tracing::field::Empty,
     );
     async move {

@@ -263,6 +263,7 @@ struct OutcomeMessage<'a> {
     exit_code: u8,
     attempts: u32,
     duration_ms: Option<f64>,
+    trace_id: &'a str,
     #[serde(flatten)]
     output: Option<Published>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -273,6 +274,8 @@ struct OutcomeMessage<'a> {
 pub(crate) struct About<'a> {
     pub(crate) msg: &'a ReceivedMessage,
     pub(crate) queue: &'a str,
+    /// The trace the job's span belongs to.
+    pub(crate) trace_id: &'a str,
 }
 
 /// The outcome body for `d`, with its result if the whole fits a message.
@@ -289,6 +292,7 @@ fn body(d: &About<'_>, reply: &ReplyTo, told: Told, reason: Option<&str>, e: &En
         exit_code: e.exit_code,
         attempts: d.msg.receive_count,
         duration_ms: e.ran_for.map(|t| t.as_secs_f64() * 1e3),
+        trace_id: d.trace_id,
         output: e.output.clone().map(Published),
         output_omitted_bytes: None,
     };

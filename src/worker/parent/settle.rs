@@ -12,6 +12,7 @@ use super::reply::{About, Ending, Replies, ReplyTo, Told};
 use super::slots::Slots;
 use super::stats::WorkerStats;
 use crate::contract::JobMessage;
+use crate::trace_context::TraceContext;
 use crate::outcome::Outcome;
 use crate::policy::Policies;
 use crate::queue::{AttributeValue, OutgoingMessage, Queue, QueueError, ReceivedMessage, limits};
@@ -57,6 +58,8 @@ pub(crate) struct Delivery {
     pub(crate) received: Instant,
     /// Where its outcome goes, once admission has checked its `reply-to`.
     pub(crate) reply: Option<ReplyTo>,
+    /// The job's span under the sender's `traceparent`, if it sent one.
+    pub(crate) trace: TraceContext,
 }
 
 /// How a job task ended, for the worker's own exit code.
@@ -78,7 +81,7 @@ impl JobContext {
         let policy = a.policy.sandbox.clone();
         let message = d.job_message();
         let spawned = (self.forks)
-            .spawn(a.module.clone(), &a.tenant, message, call, policy)
+            .spawn(a.module.clone(), &a.tenant, message, call, policy, d.trace.clone())
             .await?;
         self.stats.process_started(spawned.warm);
         Ok(spawned)
@@ -120,6 +123,7 @@ pub(super) async fn tell(
         let about = About {
             msg: &d.msg,
             queue: d.source.queue.name(),
+            trace_id: &d.trace.trace_id,
         };
         ctx.replies.tell(reply, about, told, reason, e).await;
     }
