@@ -108,5 +108,94 @@ fn main() -> anyhow::Result<()> {
         micros(percentile(&samples, 0.99))
     );
     println!("| calls measured | {CALLS} (after {WARMUP} warm-up) |");
+    let js = root.join("guest-examples/js/build/job.wasm");
+    if let Ok(bytes) = std::fs::read(&js) {
+        http_latency(&executor, &bytes, &rt)?;
+    }
+    Ok(())
+}
+
+/// A local HTTP/1.1 server answering every request with a short body.
+fn local_server() -> anyhow::Result<u16> {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                line.clear();
+            }
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    Ok(port)
+}
+
+/// What one outbound request adds to a JavaScript job's call, next to a
+/// plain request from Rust to the same server.
+fn http_latency(
+    executor: &Executor,
+    js: &[u8],
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    const N: usize = 200;
+    let port = local_server()?;
+    let url = format!("http://127.0.0.1:{port}/");
+    let job = executor.load_bytes(js)?;
+    let policy = SandboxPolicy {
+        http: wasm_jobs::http::HttpPolicy {
+            grants: vec![wasm_jobs::http::HttpGrant::parse(&url).map_err(anyhow::Error::msg)?],
+            ..Default::default()
+        },
+        ..SandboxPolicy::default()
+    };
+    let message = |body: String| JobMessage {
+        id: "bench".into(),
+        body,
+        attributes: vec![],
+        receive_count: 1,
+    };
+    let fetch = message(serde_json::json!({"op": "fetch", "url": url}).to_string());
+    let count = message(r#"{"op":"count","text":"ok"}"#.into());
+    let (mut with, mut without, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+    rt.block_on(async {
+        for i in 0..N + 20 {
+            for (msg, samples) in [(&fetch, &mut with), (&count, &mut without)] {
+                let started = Instant::now();
+                let report = executor.call(&job, msg, Call::Run, &policy).await?;
+                anyhow::ensure!(report.outcome == Outcome::Ok, "{:?}", report.outcome);
+                if i >= 20 {
+                    samples.push(started.elapsed());
+                }
+            }
+        }
+        Ok(())
+    })?;
+    for _ in 0..N {
+        let started = Instant::now();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.write_all(b"GET / HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")?;
+        s.read_to_end(&mut Vec::new())?;
+        raw.push(started.elapsed());
+    }
+    for v in [&mut with, &mut without, &mut raw] {
+        v.sort();
+    }
+    let (w, wo, r) = (
+        percentile(&with, 0.5),
+        percentile(&without, 0.5),
+        percentile(&raw, 0.5),
+    );
+    println!(
+        "| outbound HTTP, JavaScript example in process: call with one `fetch` to a local server / the same call without, median of {N} alternated | {:.2} / {:.2} ms: {:.2} ms added per request; a plain request from Rust to the same server {:.3} ms |",
+        micros(w) / 1e3,
+        micros(wo) / 1e3,
+        (micros(w) - micros(wo)) / 1e3,
+        micros(r) / 1e3
+    );
     Ok(())
 }

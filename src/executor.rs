@@ -15,6 +15,7 @@ use crate::contract::bindings::{Job, JobPre, wasm_jobs::job::types::Failure};
 use crate::contract::{self, ContractError, JobMessage};
 use crate::engine::{EPOCH_TICK, EngineSettings, EpochTicker, build_engine, deadline_ticks};
 use crate::guest_random::GuestRandom;
+use crate::http::{HttpHooks, HttpUsage};
 use crate::job_output::{HasJobOutput, JobOutput, Published};
 use crate::linking;
 use crate::outcome::Outcome;
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// Per-call host state kept in the `Store`.
 pub(crate) struct HostState {
@@ -32,6 +34,26 @@ pub(crate) struct HostState {
     table: ResourceTable,
     limiter: MemoryLimiter,
     output: JobOutput,
+    http: WasiHttpCtx,
+    http_hooks: HttpHooks,
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
+        }
+    }
+}
+
+impl HostState {
+    /// What the call's HTTP requests did, if it made or tried any.
+    fn http_usage(&self) -> Option<HttpUsage> {
+        let u = self.http_hooks.usage();
+        (u != HttpUsage::default()).then_some(u)
+    }
 }
 
 impl HasJobOutput for HostState {
@@ -60,6 +82,14 @@ pub(crate) struct PreparedStore {
 }
 
 impl PreparedStore {
+    /// Send `traceparent` (the job's span) on its HTTP requests.
+    pub(crate) fn set_traceparent(&mut self, traceparent: String) {
+        self.store
+            .data_mut()
+            .http_hooks
+            .set_traceparent(traceparent);
+    }
+
     /// The call of `call` with `msg` in this store. The timeout's epoch
     /// deadline counts from here, not from when the store was made.
     pub(crate) fn for_message(mut self, msg: &JobMessage, call: Call) -> PreparedCall {
@@ -112,6 +142,9 @@ pub struct CallReport {
     /// The result the job published (`wasm-jobs:job/output`), if any.
     #[serde(flatten)]
     pub output: Option<Published>,
+    /// What its HTTP requests did, if it made or tried any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpUsage>,
     /// Wall time of instantiation and call (`duration_ms` in JSON).
     #[serde(rename = "duration_ms", serialize_with = "as_millis")]
     pub duration: Duration,
@@ -357,6 +390,7 @@ impl Executor {
         let stderr = OutputCapture::new(StreamName::Stderr, policy.max_output);
         let mut builder = WasiCtxBuilder::new();
         policy.apply_to(&mut builder)?;
+        let http_hooks = HttpHooks::new(&policy.http).map_err(SandboxError::from)?;
         builder
             .stdout(stdout.clone())
             .stderr(stderr.clone())
@@ -369,6 +403,8 @@ impl Executor {
                 table: ResourceTable::new(),
                 limiter: MemoryLimiter::new(policy.max_memory),
                 output: JobOutput::new(policy.max_job_output),
+                http: WasiHttpCtx::new(),
+                http_hooks,
             },
         );
         store.limiter(|s| &mut s.limiter);
@@ -407,6 +443,7 @@ impl Executor {
             stdout: stdout.finish(),
             stderr: stderr.finish(),
             output: store.data_mut().output.take().map(Published),
+            http: store.data().http_usage(),
             duration: started.elapsed(),
         }
     }
@@ -452,6 +489,7 @@ impl Executor {
                 stdout: stdout.finish(),
                 stderr: stderr.finish(),
                 output: None,
+                http: None,
                 duration: started.elapsed(),
             }),
         }
@@ -527,6 +565,14 @@ pub(crate) struct Instantiated {
 }
 
 impl Instantiated {
+    /// Send `traceparent` (the job's span) on its HTTP requests.
+    pub(crate) fn set_traceparent(&mut self, traceparent: String) {
+        self.store
+            .data_mut()
+            .http_hooks
+            .set_traceparent(traceparent);
+    }
+
     /// Make the call of `call` with `msg` on this instance. The timeout
     /// counts from here.
     pub(crate) async fn call(mut self, msg: &JobMessage, call: Call) -> CallReport {
@@ -545,6 +591,7 @@ impl Instantiated {
             stdout: self.stdout.finish(),
             stderr: self.stderr.finish(),
             output: self.store.data_mut().output.take().map(Published),
+            http: self.store.data().http_usage(),
             duration: started.elapsed(),
         }
     }

@@ -17,6 +17,8 @@
 //! - [`contract`]: the `wasm-jobs:job/job` world on the host side.
 //! - [`executor`]: load (validate, compile, cache) and call a job in a sandbox.
 //! - [`sandbox`]: the limits and grants of one call and how they are enforced.
+//! - [`http`]: outbound HTTP for jobs (`wasi:http`): grants, limits, sender;
+//!   `addresses`: which addresses only an IP literal grant reaches.
 //! - [`outcome`]: how a call ended, and the exit code for it.
 //! - [`job_output`]: the result a job publishes (`wasm-jobs:job/output`).
 //! - [`engine`], [`artifact_cache`], [`capture`], `linking`, `hugepages`,
@@ -29,6 +31,7 @@
 //! - [`logging`], `paths`, `units`: log set-up, the data directory, byte
 //!   sizes.
 
+pub(crate) mod addresses;
 pub mod artifact_cache;
 pub(crate) mod bundled;
 pub mod capture;
@@ -38,6 +41,7 @@ pub mod contract;
 pub mod engine;
 pub mod executor;
 pub(crate) mod guest_random;
+pub mod http;
 pub(crate) mod hugepages;
 pub mod job_output;
 pub(crate) mod linking;

@@ -1,9 +1,11 @@
-//! How a job's imports are satisfied: WASI 0.2 from `wasmtime-wasi` (any
-//! 0.2.x version the guest names resolves by semver), the types-only
+//! How a job's imports are satisfied: WASI 0.2 from `wasmtime-wasi` and
+//! `wasi:http` from `wasmtime-wasi-http` with this host's sender
+//! (`crate::http`) (any 0.2.x version the guest names resolves by semver),
+//! the types-only
 //! `wasm-jobs:job/types` instance (0.2.0 and 0.1.0), `wasm-jobs:job/output`
 //! (`crate::job_output`), and, for WASI interfaces wasmtime-wasi does
-//! not implement (say `wasi:http`, which componentize-js imports), stubs that
-//! fail the call with "capability denied" if the job ever uses them.
+//! not implement (a newer or unknown WASI package), stubs that fail the call
+//! with "capability denied" if the job ever uses them.
 //!
 //! The executor builds one base linker per engine and, per component that
 //! needs them, a clone with the stubs. This happens where components are
@@ -16,9 +18,11 @@ use wasmtime::Engine;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker, ResourceType};
 use wasmtime_wasi::WasiView;
+use wasmtime_wasi_http::WasiHttpView;
 
-/// WASI packages whose 0.2.x interfaces wasmtime-wasi implements.
-const IMPLEMENTED_WASI: [&str; 6] = [
+/// WASI packages whose 0.2.x interfaces wasmtime-wasi(-http) implements.
+const IMPLEMENTED_WASI: [&str; 7] = [
+    "wasi:http/",
     "wasi:io/",
     "wasi:clocks/",
     "wasi:cli/",
@@ -28,11 +32,12 @@ const IMPLEMENTED_WASI: [&str; 6] = [
 ];
 
 /// The linker every job starts from.
-pub(crate) fn base_linker<T: WasiView + HasJobOutput + 'static>(
+pub(crate) fn base_linker<T: WasiView + WasiHttpView + HasJobOutput + 'static>(
     engine: &Engine,
 ) -> wasmtime::Result<Linker<T>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     // Records and variants need no definitions; the instances must exist.
     for types in TYPES_INTERFACES {
         linker.instance(types)?;

@@ -20,13 +20,17 @@
 //! key_file = "/etc/wasm-jobs/acme.key"   # signs its messages on shared queues
 //! reply_to = ["acme-results", "acme-replies-*"]   # where outcomes may go; default: QUEUE-replies*
 //! env = ["ACME_REGION"]          # passed through from the worker's environment
-//! network = ["api.acme.test:443"]
+//! network = ["api.acme.test:443"]         # raw TCP
+//! http = ["https://api.acme.test", "http://10.0.0.5:8080/v1/"]   # wasi:http origins (+ path prefix)
+//! http_max_requests = 100        # per call; also http_max_request_body = "1MiB",
+//!                                # http_max_response_body = "8MiB", http_timeout_secs = 30
 //! dirs = [{ host = "/srv/acme", guest = "/data", read_only = true }]
 //! ```
 //!
 //! The worker asks [`Policies::for_tenant`] for every message; `wasm-jobs
 //! policy check` loads a file and prints the effective policies.
 
+use crate::http::{HttpGrant, HttpPolicy};
 use crate::sandbox::{NetworkPolicy, NetworkTarget, Preopen, SandboxPolicy};
 use crate::signing::SigningKey;
 use crate::units::parse_bytes;
@@ -85,6 +89,12 @@ struct TenantEntry {
     env: Vec<String>,
     #[serde(default)]
     network: Vec<String>,
+    #[serde(default)]
+    http: Vec<String>,
+    http_max_requests: Option<u32>,
+    http_max_request_body: Option<Size>,
+    http_max_response_body: Option<Size>,
+    http_timeout_secs: Option<f64>,
     #[serde(default)]
     dirs: Vec<DirEntry>,
 }
@@ -148,6 +158,13 @@ impl TenantPolicy {
             "key_file": self.key_file,
             "reply_to": self.reply_to.clone().map_or(serde_json::json!("QUEUE-replies*"), |r| serde_json::json!(r)),
             "env": s.env.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+            "http": s.http.grants.iter().map(|g| format!("{}://{}:{}{}", if g.tls { "https" } else { "http" }, g.host, g.port, g.path_prefix)).collect::<Vec<_>>(),
+            "http_limits": {
+                "requests": s.http.max_requests,
+                "request_body_bytes": s.http.max_request_body,
+                "response_body_bytes": s.http.max_response_body,
+                "timeout_secs": s.http.timeout.as_secs_f64(),
+            },
             "network": match &s.network {
                 NetworkPolicy::Denied => serde_json::json!("denied"),
                 NetworkPolicy::AllowList(t) => serde_json::json!(t.iter().map(|t| format!("{}:{}", t.host, t.port)).collect::<Vec<_>>()),
@@ -338,6 +355,7 @@ fn effective(
     e: TenantEntry,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<TenantPolicy, String> {
+    let http = http_policy(&e)?;
     let base = SandboxPolicy::default();
     let timeout = match e.timeout_secs {
         None => base.timeout,
@@ -426,6 +444,7 @@ fn effective(
             } else {
                 NetworkPolicy::AllowList(targets)
             },
+            http,
         },
         max_concurrency: e.max_concurrency,
         modules: e.modules,
@@ -433,6 +452,40 @@ fn effective(
         queues: e.queues,
         key_file: e.key_file,
         reply_to: e.reply_to,
+    })
+}
+
+/// The tenant's `http` grants and limits.
+fn http_policy(e: &TenantEntry) -> Result<HttpPolicy, String> {
+    let base = HttpPolicy::default();
+    let grants = e
+        .http
+        .iter()
+        .map(|g| HttpGrant::parse(g))
+        .collect::<Result<Vec<_>, _>>()?;
+    let timeout = match e.http_timeout_secs {
+        None => base.timeout,
+        Some(t) if t.is_finite() && t > 0.0 && t <= 3600.0 => Duration::from_secs_f64(t),
+        Some(t) => {
+            return Err(format!(
+                "http_timeout_secs {t} must be above 0 and at most 3600"
+            ));
+        }
+    };
+    let bytes = |s: &Option<Size>, default: u64| -> Result<u64, String> {
+        let value = match s {
+            None => return Ok(default),
+            Some(Size::Bytes(n)) => *n,
+            Some(Size::Text(t)) => parse_bytes(t)?,
+        };
+        Ok(value)
+    };
+    Ok(HttpPolicy {
+        grants,
+        max_requests: e.http_max_requests.unwrap_or(base.max_requests),
+        max_request_body: bytes(&e.http_max_request_body, base.max_request_body)?,
+        max_response_body: bytes(&e.http_max_response_body, base.max_response_body)?,
+        timeout,
     })
 }
 

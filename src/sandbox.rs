@@ -8,6 +8,7 @@
 //! call, in the worker child that makes the call (or in the CLI process for
 //! `wasm-jobs exec`). Everything is denied unless the policy grants it.
 
+use crate::addresses::is_internal;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,6 +56,8 @@ pub struct SandboxPolicy {
     pub preopens: Vec<Preopen>,
     /// Outbound network. Denied by default.
     pub network: NetworkPolicy,
+    /// Outbound HTTP (`wasi:http`): no grants by default.
+    pub http: crate::http::HttpPolicy,
 }
 
 impl Default for SandboxPolicy {
@@ -68,6 +71,7 @@ impl Default for SandboxPolicy {
             env: Vec::new(),
             preopens: Vec::new(),
             network: NetworkPolicy::Denied,
+            http: crate::http::HttpPolicy::default(),
         }
     }
 }
@@ -114,6 +118,9 @@ pub enum SandboxError {
         #[source]
         source: wasmtime::Error,
     },
+    /// An HTTP grant's host did not resolve.
+    #[error(transparent)]
+    Http(#[from] crate::http::ResolveError),
     /// An allowed `host:port` did not resolve.
     #[error("cannot resolve allowed network target {target}: {source}")]
     Resolve {
@@ -193,35 +200,6 @@ fn resolve_targets(targets: &[NetworkTarget]) -> Result<Vec<SocketAddr>, Sandbox
         }
     }
     Ok(out)
-}
-
-/// Loopback, link-local (the cloud metadata service at 169.254.169.254
-/// included), private, carrier-grade NAT, unique-local, multicast,
-/// broadcast and unspecified addresses, also as IPv4-mapped IPv6.
-fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_private()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || v4.is_unspecified()
-                || (a == 100 && (64..128).contains(&b))
-        }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_internal(IpAddr::V4(v4)),
-            None => {
-                let first = v6.segments()[0];
-                v6.is_loopback()
-                    || v6.is_unspecified()
-                    || v6.is_multicast()
-                    || (first & 0xfe00) == 0xfc00
-                    || (first & 0xffc0) == 0xfe80
-            }
-        },
-    }
 }
 
 /// The error a memory or table grow past the policy's limit traps with; the
@@ -341,38 +319,6 @@ mod tests {
         assert_eq!(p.network, NetworkPolicy::Denied);
         assert_eq!(p.max_memory, 256 << 20);
         assert_eq!(p.timeout, Duration::from_secs(900));
-    }
-
-    #[test]
-    fn internal_addresses_are_recognised() {
-        for internal in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "224.0.0.1",
-            "0.0.0.0",
-            "255.255.255.255",
-            "::1",
-            "::",
-            "fd00::1",
-            "fe80::1",
-            "ff02::1",
-            "::ffff:127.0.0.1",
-            "::ffff:169.254.169.254",
-        ] {
-            assert!(is_internal(internal.parse().unwrap()), "{internal}");
-        }
-        for public in [
-            "93.184.216.34",
-            "8.8.8.8",
-            "2606:4700::1111",
-            "::ffff:8.8.8.8",
-        ] {
-            assert!(!is_internal(public.parse().unwrap()), "{public}");
-        }
     }
 
     #[test]

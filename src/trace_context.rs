@@ -29,7 +29,8 @@ pub(crate) struct TraceContext {
 
 fn hex_id(s: &str, len: usize) -> bool {
     s.len() == len
-        && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         && s.bytes().any(|b| b != b'0')
 }
 
@@ -84,10 +85,17 @@ fn parse(value: &str) -> Option<(String, String, String)> {
     if (known && parts.next().is_some()) || flags.len() != 2 {
         return None;
     }
-    if !hex_id(trace_id, 32) || !hex_id(parent_id, 16) || !flags.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !hex_id(trace_id, 32)
+        || !hex_id(parent_id, 16)
+        || !flags.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         return None;
     }
-    Some((trace_id.to_owned(), parent_id.to_owned(), flags.to_ascii_lowercase()))
+    Some((
+        trace_id.to_owned(),
+        parent_id.to_owned(),
+        flags.to_ascii_lowercase(),
+    ))
 }
 
 #[cfg(test)]
@@ -108,7 +116,10 @@ mod tests {
         );
         // A later version may carry more fields.
         let v1 = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra";
-        assert_eq!(TraceContext::for_job(Some(v1)).parent_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(
+            TraceContext::for_job(Some(v1)).parent_id.as_deref(),
+            Some("00f067aa0ba902b7")
+        );
     }
 
     #[test]

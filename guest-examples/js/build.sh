@@ -12,8 +12,8 @@ fi
 cd "$here"
 [ -d node_modules/@bytecodealliance/preview2-shim ] || npm ci --no-audit --no-fund
 mkdir -p build
-# -d: leave out the WASI features this job does not use, so the component
-# imports no wasi:http (the host would link it as traps anyway).
-npx componentize-js --wit "$wit" --world-name job -d http -d fetch-event -o "$out.tmp" job.js
+# componentize-js's defaults: its fetch() imports wasi:http, which the host
+# implements (only what the tenant's policy grants goes out).
+npx componentize-js --wit "$wit" --world-name job -o "$out.tmp" job.js
 mv "$out.tmp" "$out"
 echo "built $out"

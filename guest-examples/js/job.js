@@ -5,6 +5,9 @@
 //                                           (and print it to stdout), ok
 //   {"op": "retry", "delay": S, "reason": R} ask for a retry after S seconds
 //   {"op": "fail", "reason": R}              fatal: dead-letter now
+//   {"op": "fetch", "url": U}                fetch(U) and publish
+//                                           {"status": S, "body": the first 200 characters};
+//                                           a refused or failed request is fatal
 // Malformed JSON or an unknown op is fatal: retrying cannot help.
 //
 // Returning normally gives `ok`; throwing a `failure` value gives `err`.
@@ -14,7 +17,9 @@
 // the policy's size limit.
 import { set as publish } from "wasm-jobs:job/output@0.2.0";
 
-export function run(msg) {
+// `run` may be async (componentize-js waits for it): `fetch` goes through
+// the host's wasi:http, which sends only what the tenant's policy grants.
+export async function run(msg) {
   let job;
   try {
     job = JSON.parse(msg.body);
@@ -48,6 +53,24 @@ export function run(msg) {
       };
     case "fail":
       throw { tag: "fatal", val: String(job.reason ?? "asked to fail") };
+    case "fetch": {
+      let status, body;
+      try {
+        const response = await fetch(String(job.url));
+        status = response.status;
+        body = await response.text();
+      } catch (e) {
+        // A URL the policy does not grant, a limit hit, a network error.
+        throw { tag: "fatal", val: `fetch ${job.url} failed: ${e.message ?? e}` };
+      }
+      const result = JSON.stringify({ status, body: body.slice(0, 200) });
+      try {
+        publish(new TextEncoder().encode(result));
+      } catch (refused) {
+        throw { tag: "fatal", val: String(refused.payload ?? refused) };
+      }
+      return;
+    }
     default:
       throw { tag: "fatal", val: `unknown op ${JSON.stringify(job.op)}` };
   }

@@ -9,6 +9,7 @@ use crate::executor::{Call, CallReport, Executor};
 use crate::job_output::DEFAULT_MAX_JOB_OUTPUT;
 use crate::outcome::exit_code;
 use crate::paths;
+use crate::policy::Policies;
 use crate::sandbox::{DEFAULT_MAX_MEMORY, DEFAULT_MAX_OUTPUT, DEFAULT_TIMEOUT, SandboxPolicy};
 use anyhow::Context;
 use std::io::Write;
@@ -53,6 +54,13 @@ pub(super) struct ExecArgs {
     /// CPU budget in wasmtime fuel units (turns on fuel metering).
     #[arg(long)]
     fuel: Option<u64>,
+    /// Run under this tenant's sandbox from a policy file (limits, files,
+    /// environment, network and HTTP grants) instead of the limit flags.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["timeout", "max_memory", "max_output", "max_job_output", "fuel"])]
+    policy: Option<PathBuf>,
+    /// The tenant whose policy applies (with --policy).
+    #[arg(long, default_value = "default", requires = "policy")]
+    tenant: String,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -78,16 +86,29 @@ pub(super) fn run(args: ExecArgs) -> anyhow::Result<u8> {
         attributes: args.attrs.clone(),
         receive_count: args.receive_count,
     };
-    let policy = SandboxPolicy {
-        max_memory: args.max_memory,
-        timeout: args.timeout,
-        fuel: args.fuel,
-        max_output: usize::try_from(args.max_output).unwrap_or(usize::MAX),
-        max_job_output: usize::try_from(args.max_job_output).unwrap_or(usize::MAX),
-        ..SandboxPolicy::default()
+    let policy = match &args.policy {
+        Some(path) => {
+            let policies = Policies::load(path)?;
+            let Some(tenant) = policies.for_tenant(&args.tenant) else {
+                anyhow::bail!(
+                    "{} has no policy for tenant `{}` and no [default]",
+                    path.display(),
+                    args.tenant
+                );
+            };
+            tenant.sandbox.clone()
+        }
+        None => SandboxPolicy {
+            max_memory: args.max_memory,
+            timeout: args.timeout,
+            fuel: args.fuel,
+            max_output: usize::try_from(args.max_output).unwrap_or(usize::MAX),
+            max_job_output: usize::try_from(args.max_job_output).unwrap_or(usize::MAX),
+            ..SandboxPolicy::default()
+        },
     };
     let settings = EngineSettings {
-        fuel_metering: args.fuel.is_some(),
+        fuel_metering: policy.fuel.is_some(),
     };
     let data_dir = paths::data_dir(args.data_dir.as_deref());
     let executor = Executor::new(settings, paths::compiled_dir(&data_dir))?;

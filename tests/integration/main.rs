@@ -15,6 +15,7 @@ mod exec_cli;
 mod executor_outcomes;
 mod guests;
 mod host_memory;
+mod http;
 mod job_output;
 mod observability;
 mod outcomes;

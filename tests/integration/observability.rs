@@ -278,7 +278,10 @@ async fn json_logs_tag_every_job_line_and_guest_output() {
         .collect();
     assert_eq!(span_ids.len(), 1, "{span_ids:?}");
     let span_id = span_ids.first().unwrap();
-    assert!(span_id.len() == 16 && *span_id != "00f067aa0ba902b7", "{span_id}");
+    assert!(
+        span_id.len() == 16 && *span_id != "00f067aa0ba902b7",
+        "{span_id}"
+    );
     let guest = lines
         .iter()
         .find(|l| get(l, "target").as_deref() == Some("wasm_jobs::guest"))

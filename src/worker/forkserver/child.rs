@@ -147,6 +147,8 @@ pub(super) fn run_child(c: ChildSetup<'_>, handed: Option<Handed>) -> ! {
         host_error("cannot start the epoch timer", &e)
     }
     let Handed { handover, output } = handed;
+    let mut store = store;
+    store.set_traceparent(handover.trace.traceparent());
     let prepared = store.for_message(&handover.message, call_of(&handover));
     let report = runtime.block_on(c.executor.run_prepared(c.job, prepared));
     report_and_exit(&c.channel, report, output)

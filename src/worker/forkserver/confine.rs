@@ -22,8 +22,8 @@
 //!
 //! Landlock limits the filesystem to the tenant's granted directories (read
 //! only or read-write, as granted; the module's compiled code is already
-//! mapped, so not even its file is needed), TCP `connect` to the granted
-//! ports, `bind` to an ephemeral port, and, on kernels with scoping, signals
+//! mapped, so not even its file is needed), TCP `connect` to the ports of
+//! its TCP and HTTP grants, `bind` to an ephemeral port, and, on kernels with scoping, signals
 //! and abstract Unix sockets to the child itself.
 //!
 //! What a child may then do is the allow-list less the child's filter:
@@ -176,6 +176,10 @@ fn landlock_tenant(policy: &SandboxPolicy) -> Result<RulesetStatus, ConfineError
         for t in targets {
             ruleset = ruleset.add_rule(NetPort::new(t.port, AccessNet::ConnectTcp))?;
         }
+    }
+    // The host's own HTTP client connects for the guest's wasi:http requests.
+    for g in &policy.http.grants {
+        ruleset = ruleset.add_rule(NetPort::new(g.port, AccessNet::ConnectTcp))?;
     }
     Ok(ruleset.restrict_self()?.ruleset)
 }

@@ -190,7 +190,7 @@ impl Server {
             output: None,
         };
         let output = call.output.as_ref().map(|f| f.fd().as_raw_fd());
-        match self.fork_process(key, job, Role::Call(Some((handed, output)))) {
+        match self.fork_process(key, job, Role::Call(Some(Box::new((handed, output))))) {
             Ok((pid, channel)) => self.started(call, pid, channel, false),
             Err(why) => self.fail(call.handover.process, SpawnFailure::Passing, why),
         }
@@ -292,7 +292,7 @@ impl Server {
                     close,
                 };
                 match role {
-                    Role::Call(handed) => child::run_child(setup, handed.map(inherit)),
+                    Role::Call(handed) => child::run_child(setup, handed.map(|h| inherit(*h))),
                     Role::Template => template::run_template(setup),
                 }
             }
@@ -352,7 +352,7 @@ fn inherit((mut handed, output): (child::Handed, Option<RawFd>)) -> child::Hande
 enum Role {
     /// A worker child: for this call (and the descriptor of its inherited
     /// result file), or to wait for one.
-    Call(Option<(child::Handed, Option<RawFd>)>),
+    Call(Option<Box<(child::Handed, Option<RawFd>)>>),
     /// A template process ([`super::template`]).
     Template,
 }

@@ -253,7 +253,7 @@ fn next_request(channel: &OwnedFd) -> OwnedFd {
 
 /// Run as a template's copy: become a child like any other, then make the
 /// call on the instance copied from the template.
-fn run_copy(c: &ChildSetup<'_>, instance: Instantiated, channel: OwnedFd) -> ! {
+fn run_copy(c: &ChildSetup<'_>, mut instance: Instantiated, channel: OwnedFd) -> ! {
     // SAFETY: the template's channel is the template's; this process never
     // runs the template's loop again.
     unsafe { libc::close(c.channel.as_raw_fd()) };
@@ -272,6 +272,7 @@ fn run_copy(c: &ChildSetup<'_>, instance: Instantiated, channel: OwnedFd) -> ! {
     if let Err(e) = crate::engine::pause_tick_timer(false) {
         host_error("cannot start the epoch timer", &e)
     }
+    instance.set_traceparent(handover.trace.traceparent());
     let report = runtime.block_on(instance.call(&handover.message, call_of(&handover)));
     report_and_exit(&channel, report, output)
 }

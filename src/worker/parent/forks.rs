@@ -13,12 +13,12 @@
 //! PDEATHSIG fires when the *thread* that forked exits, and runtime workers
 //! live as long as the runtime.
 
-use crate::trace_context::TraceContext;
 use super::stats::WorkerStats;
 use crate::contract::JobMessage;
 use crate::logging::LogSettings;
 use crate::outcome::Outcome;
 use crate::sandbox::SandboxPolicy;
+use crate::trace_context::TraceContext;
 use crate::worker::protocol::{
     self, COMMAND_FD, CallKind, Command, EVENT_FD, Event, ExitStatus, ForkServerConfig, ModuleRef,
     Spawn, SpawnFailure,

@@ -12,10 +12,10 @@ use super::reply::{About, Ending, Replies, ReplyTo, Told};
 use super::slots::Slots;
 use super::stats::WorkerStats;
 use crate::contract::JobMessage;
-use crate::trace_context::TraceContext;
 use crate::outcome::Outcome;
 use crate::policy::Policies;
 use crate::queue::{AttributeValue, OutgoingMessage, Queue, QueueError, ReceivedMessage, limits};
+use crate::trace_context::TraceContext;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -81,7 +81,14 @@ impl JobContext {
         let policy = a.policy.sandbox.clone();
         let message = d.job_message();
         let spawned = (self.forks)
-            .spawn(a.module.clone(), &a.tenant, message, call, policy, d.trace.clone())
+            .spawn(
+                a.module.clone(),
+                &a.tenant,
+                message,
+                call,
+                policy,
+                d.trace.clone(),
+            )
             .await?;
         self.stats.process_started(spawned.warm);
         Ok(spawned)

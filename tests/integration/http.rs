@@ -1,0 +1,321 @@
+//! Outbound HTTP (`wasi:http`) as job authors use it: the JavaScript
+//! example, built with componentize-js's defaults, calls `fetch()` against a
+//! local server the test runs. Through `wasm-jobs exec --policy`: a granted
+//! URL works, others are denied inside the guest, each limit is hit and
+//! reported by kind, and a name resolving to 127.0.0.1 is refused unless the
+//! literal is granted. Through a worker (its child locked down by Landlock
+//! and seccomp): the request goes out with the job's `traceparent`.
+
+use crate::common::{bin, data_home, example_guest};
+use crate::queue_backends::Backend;
+use crate::worker_harness::{Worker, config};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A small HTTP/1.1 server on 127.0.0.1: `/hello` answers a line, `/big`
+/// 200 KiB, `/slow` after 3 s. It records each request's head.
+struct Server {
+    port: u16,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&heads);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let seen = Arc::clone(&seen);
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                            break;
+                        }
+                        head.push_str(&line);
+                    }
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    seen.lock().unwrap().push(head);
+                    let body = match path.as_str() {
+                        "/hello" => "hello from the test server".to_owned(),
+                        "/big" => "x".repeat(200 * 1024),
+                        "/slow" => {
+                            std::thread::sleep(Duration::from_secs(3));
+                            "late".to_owned()
+                        }
+                        _ => "not here".to_owned(),
+                    };
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                });
+            }
+        });
+        Server { port, heads }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+fn policy_file(dir: &Path, toml: &str) -> PathBuf {
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// `exec` the JS example's `fetch` op for `url` under `policy`: (exit code,
+/// the JSON report).
+fn fetch(policy: &Path, url: &str) -> (i32, serde_json::Value) {
+    let body = serde_json::json!({"op": "fetch", "url": url}).to_string();
+    let out = Command::new(bin())
+        .arg("exec")
+        .arg(example_guest("js"))
+        .args(["--json", "--policy"])
+        .arg(policy)
+        .args(["--body", &body])
+        .env("WASM_JOBS_HOME", data_home())
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.code().unwrap(), report)
+}
+
+#[test]
+fn the_javascript_example_is_built_with_componentize_js_defaults_and_imports_wasi_http() {
+    let home = tempfile::tempdir().unwrap();
+    let wasm = example_guest("js");
+    crate::common::push_module(home.path(), "js", None, &wasm);
+    let out = Command::new(bin())
+        .args(["module", "inspect", "js", "--json"])
+        .env("WASM_JOBS_HOME", home.path())
+        .output()
+        .unwrap();
+    let inspect: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let imports = inspect["imports"].to_string();
+    assert!(imports.contains("wasi:http/outgoing-handler"), "{imports}");
+}
+
+#[test]
+fn fetch_reaches_a_granted_url_and_nothing_else() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let p = policy_file(
+        dir.path(),
+        &format!("[default]\nhttp = [\"{}\"]\n", server.url("/")),
+    );
+    let (code, r) = fetch(&p, &server.url("/hello"));
+    assert_eq!(code, 0, "{r}");
+    let output: serde_json::Value = serde_json::from_str(r["output"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        output,
+        serde_json::json!({"status": 200, "body": "hello from the test server"})
+    );
+    assert_eq!(r["http"]["requests"], 1);
+    // Another port is another origin: denied inside the guest, never sent.
+    let other = format!("http://127.0.0.1:{}/hello", server.port + 1);
+    let (code, r) = fetch(&p, &other);
+    assert_eq!(code, 11, "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("fetch http://127.0.0.1"),
+        "{r}"
+    );
+    assert_eq!(
+        (r["http"]["requests"].as_u64(), r["http"]["denied"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(server.heads().len(), 1, "only the granted request arrived");
+    // No grant at all (the default policy): denied too.
+    let none = policy_file(dir.path(), "[default]\n");
+    let (code, r) = fetch(&none, &server.url("/hello"));
+    assert_eq!((code, r["http"]["denied"].as_u64()), (11, Some(1)), "{r}");
+}
+
+#[test]
+fn each_http_limit_is_hit_and_reported_by_kind() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let grant = server.url("/");
+    for (extra, path, kind) in [
+        (
+            "http_max_response_body = \"64KiB\"",
+            "/big",
+            "response_body",
+        ),
+        ("http_max_requests = 0", "/hello", "requests"),
+        ("http_timeout_secs = 0.5", "/slow", "timeout"),
+    ] {
+        let p = policy_file(
+            dir.path(),
+            &format!("[default]\nhttp = [\"{grant}\"]\n{extra}\n"),
+        );
+        let (code, r) = fetch(&p, &server.url(path));
+        assert_eq!(code, 11, "{kind}: {r}");
+        assert_eq!(r["http"]["limits_hit"], serde_json::json!([kind]), "{r}");
+    }
+}
+
+#[test]
+fn a_name_that_resolves_to_loopback_is_refused_unless_the_literal_is_granted() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let by_name = format!("http://localhost:{}/", server.port);
+    let p = policy_file(dir.path(), &format!("[default]\nhttp = [\"{by_name}\"]\n"));
+    let (code, r) = fetch(&p, &format!("{by_name}hello"));
+    assert_eq!(code, 11, "{r}");
+    assert_eq!(
+        r["http"]["limits_hit"],
+        serde_json::json!(["internal_address"])
+    );
+    assert!(server.heads().is_empty());
+}
+
+/// `https` verifies the server's certificate against the webpki roots: a
+/// self-signed one (an `openssl s_server` the test starts) is refused, and
+/// nothing is fetched.
+#[test]
+fn https_refuses_a_certificate_no_root_vouches_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let port = crate::observability::free_port();
+    let mut server = Command::new("openssl")
+        .args([
+            "s_server",
+            "-quiet",
+            "-www",
+            "-accept",
+            &port.to_string(),
+            "-key",
+        ])
+        .arg(&key)
+        .arg("-cert")
+        .arg(&cert)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "s_server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("https://127.0.0.1:{port}/");
+    let p = policy_file(dir.path(), &format!("[default]\nhttp = [\"{url}\"]\n"));
+    let (code, r) = fetch(&p, &url);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(code, 11, "{r}");
+    assert_eq!(r["http"]["requests"], 1, "it was granted and tried: {r}");
+    assert!(r.get("output").is_none(), "{r}");
+}
+
+/// Through a worker: its child is confined (Landlock allows only the
+/// granted port), and the request carries the job's span as `traceparent`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_child_fetches_with_the_jobs_traceparent() {
+    let server = Server::start();
+    let b = Backend::embedded();
+    let (_q, addr) = b.create("http", &config(60)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = policy_file(
+        dir.path(),
+        &format!("[default]\nhttp = [\"{}\"]\n", server.url("/")),
+    );
+    let module = example_guest("js");
+    let args = [
+        "--queue",
+        &addr,
+        "--module",
+        module.to_str().unwrap(),
+        "--wait",
+        "1",
+    ];
+    let w = Worker::with_args(
+        &b,
+        &[&args[..], &["--policy", p.to_str().unwrap()]].concat(),
+    );
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let body = serde_json::json!({"op": "fetch", "url": server.url("/hello")}).to_string();
+    let out = b
+        .cli()
+        .args([
+            "send",
+            "--queue",
+            &addr,
+            "--wait",
+            "--timeout",
+            "120",
+            "--attr",
+        ])
+        .arg(format!("traceparent=00-{trace}-00f067aa0ba902b7-01"))
+        .arg(&body)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", w.log());
+    let outcome: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        outcome["output"]
+            .as_str()
+            .unwrap()
+            .contains("hello from the test server"),
+        "{outcome}"
+    );
+    let heads = server.heads();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    let tp = heads[0]
+        .lines()
+        .find_map(|l| l.strip_prefix("traceparent: "))
+        .unwrap_or_else(|| panic!("no traceparent in {}", heads[0]))
+        .trim();
+    assert!(tp.starts_with(&format!("00-{trace}-")), "{tp}");
+    assert!(
+        !tp.contains("00f067aa0ba902b7"),
+        "the job's own span is the parent: {tp}"
+    );
+    w.signal(libc::SIGTERM);
+    let _ = w.wait(Duration::from_secs(30));
+}
