@@ -89,7 +89,18 @@ impl HttpGrant {
             && self.host == host
             && self.port == port
             && path.starts_with(&self.path_prefix)
+            && (self.path_prefix == "/" || !climbs(path))
     }
+}
+
+/// Whether `path` has a segment a server may resolve upwards (`..`, `.`,
+/// or either percent-encoded), which could leave a granted path prefix:
+/// `/v1/../admin` starts with `/v1/`.
+fn climbs(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let s = segment.to_ascii_lowercase().replace("%2e", ".");
+        s == "." || s == ".."
+    }) || path.to_ascii_lowercase().contains("%2f")
 }
 
 /// A tenant's outbound HTTP: what it may reach and how much.
@@ -128,20 +139,36 @@ pub struct ResolveError {
     source: std::io::Error,
 }
 
-/// What one call's requests did (for the call's report and logs).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+/// A limit an HTTP request hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpLimit {
+    /// The call's request count (`http_max_requests`).
+    Requests,
+    /// A request body's size (`http_max_request_body`).
+    RequestBody,
+    /// A response body's size (`http_max_response_body`).
+    ResponseBody,
+    /// A request's time (`http_timeout_secs`).
+    Timeout,
+    /// A granted name with only internal addresses.
+    InternalAddress,
+}
+
+/// What one call's requests did (in the call's report, a worker's outcome
+/// message, and the logs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HttpUsage {
     /// Requests sent.
     pub requests: u32,
     /// Requests refused: not granted, or over the request limit.
     pub denied: u32,
-    /// Limits hit, by kind (`requests`, `request_body`, `response_body`,
-    /// `timeout`, `internal_address`), in order, at most 16.
-    pub limits_hit: Vec<&'static str>,
+    /// Limits hit, in order, at most 16.
+    pub limits_hit: Vec<HttpLimit>,
 }
 
 impl HttpUsage {
-    fn hit(&mut self, kind: &'static str) {
+    fn hit(&mut self, kind: HttpLimit) {
         if self.limits_hit.len() < 16 {
             self.limits_hit.push(kind);
         }
@@ -220,12 +247,12 @@ impl HttpHooks {
         };
         if usage.requests >= self.policy.max_requests {
             usage.denied += 1;
-            usage.hit("requests");
+            usage.hit(HttpLimit::Requests);
             tracing::warn!(url = %uri, limit = self.policy.max_requests, "http request denied: the call's request limit is reached");
             return Err(Error::HttpRequestDenied);
         }
         if addrs.is_empty() {
-            usage.hit("internal_address");
+            usage.hit(HttpLimit::InternalAddress);
             tracing::warn!(url = %uri, "http request refused: its host has only internal addresses");
             return Err(Error::DestinationIpProhibited);
         }
@@ -262,14 +289,6 @@ impl WasiHttpHooks for HttpHooks {
             let addrs = admitted?;
             send(request, &addrs, options, &policy, usage).await
         })
-    }
-
-    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
-        1
-    }
-
-    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
-        64 * 1024
     }
 }
 
@@ -352,7 +371,7 @@ async fn send(
             inner: body,
             left: limit,
             too_big: move || Error::HttpRequestBodySize(Some(limit)),
-            kind: "request_body",
+            kind: HttpLimit::RequestBody,
             usage: Arc::clone(&usage),
             deadline: None,
         }
@@ -365,7 +384,7 @@ async fn send(
             usage
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .hit("timeout");
+                .hit(HttpLimit::Timeout);
             return Err(Error::ConnectionReadTimeout);
         }
     };
@@ -375,7 +394,7 @@ async fn send(
             inner: body.map_err(Error::from),
             left: limit,
             too_big: move || Error::HttpResponseBodySize(Some(limit)),
-            kind: "response_body",
+            kind: HttpLimit::ResponseBody,
             usage,
             deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
         }
@@ -390,7 +409,7 @@ struct Limited<B, F> {
     inner: B,
     left: u64,
     too_big: F,
-    kind: &'static str,
+    kind: HttpLimit,
     usage: Arc<Mutex<HttpUsage>>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -414,7 +433,7 @@ where
             this.usage
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .hit("timeout");
+                .hit(HttpLimit::Timeout);
             return Poll::Ready(Some(Err(Error::HttpResponseTimeout)));
         }
         let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
@@ -429,7 +448,7 @@ where
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .hit(this.kind);
-                tracing::warn!(limit = this.kind, "http body over its limit; cut off");
+                tracing::warn!(limit = ?this.kind, "http body over its limit; cut off");
                 return Poll::Ready(Some(Err((this.too_big)())));
             }
             this.left -= n;
@@ -464,6 +483,15 @@ mod tests {
         );
         assert!(g.matches(false, "10.0.0.5", 8080, "/v1/users"));
         assert!(!g.matches(false, "10.0.0.5", 8080, "/v2/users"));
+        // No way out of the prefix through dot segments, plain or encoded.
+        for sneaky in [
+            "/v1/../admin",
+            "/v1/%2e%2E/admin",
+            "/v1/./x",
+            "/v1/a%2F..%2Fb",
+        ] {
+            assert!(!g.matches(false, "10.0.0.5", 8080, sneaky), "{sneaky}");
+        }
         assert!(
             !g.matches(true, "10.0.0.5", 8080, "/v1/users"),
             "https is another origin"
@@ -517,6 +545,9 @@ mod tests {
         ));
         let usage = hooks.usage();
         assert_eq!((usage.requests, usage.denied), (1, 2));
-        assert_eq!(usage.limits_hit, vec!["internal_address", "requests"]);
+        assert_eq!(
+            usage.limits_hit,
+            vec![HttpLimit::InternalAddress, HttpLimit::Requests]
+        );
     }
 }

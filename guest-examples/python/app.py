@@ -5,16 +5,55 @@ Body: JSON {"op": ...}
                                           (and print it to stdout), ok
   {"op": "retry", "delay": S, "reason": R} ask for a retry after S seconds
   {"op": "fail", "reason": R}              fatal: dead-letter now
+  {"op": "fetch", "url": U}                GET U and publish
+                                          {"status": S, "body": the first 200 characters};
+                                          a refused or failed request is fatal
 Malformed JSON or an unknown op is fatal: retrying cannot help.
 """
 
 import json
 import sys
+from urllib.parse import urlsplit
 
 import wit_world
-from wit_world.imports import output
-from wit_world.imports.types import Failure_Fatal, Failure_Retry, Message, RetryInfo
+from wit_world.imports import outgoing_handler, output, streams
+from wit_world.imports import wasi_http_types as http
+from wit_world.imports.wasm_jobs_job_types import (
+    Failure_Fatal,
+    Failure_Retry,
+    Message,
+    RetryInfo,
+)
 from componentize_py_types import Err
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    """GET `url` through wasi:http: the host sends only what the tenant's
+    policy grants (`http = [...]`); anything else fails with an error code."""
+    parts = urlsplit(url)
+    request = http.OutgoingRequest(http.Fields())
+    request.set_scheme(http.Scheme_Https() if parts.scheme == "https" else http.Scheme_Http())
+    request.set_authority(parts.netloc)
+    request.set_path_with_query((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+    future = outgoing_handler.handle(request, None)
+    with future.subscribe() as ready:
+        ready.block()
+    answer = future.get().value  # Ok(response) or Err(error code)
+    if isinstance(answer, Err):
+        raise RuntimeError(f"{answer.value}")
+    response = answer.value
+    status = response.status()
+    body = response.consume()
+    data = b""
+    with body.stream() as stream:
+        while True:
+            try:
+                data += stream.blocking_read(64 * 1024)
+            except Err as e:
+                if isinstance(e.value, streams.StreamError_Closed):
+                    break
+                raise RuntimeError(f"reading the response: {e.value}")
+    return status, data
 
 
 class WitWorld(wit_world.WitWorld):
@@ -45,6 +84,18 @@ class WitWorld(wit_world.WitWorld):
             raise Err(Failure_Retry(RetryInfo(reason, int(delay) if delay is not None else None)))
         if op == "fail":
             raise Err(Failure_Fatal(str(job.get("reason", "asked to fail"))))
+        if op == "fetch":
+            url = str(job.get("url", ""))
+            try:
+                status, body = http_get(url)
+            except Exception as e:
+                raise Err(Failure_Fatal(f"fetch {url} failed: {e}"))
+            result = json.dumps({"status": status, "body": body.decode(errors="replace")[:200]})
+            try:
+                output.set(result.encode())
+            except Err as refused:
+                raise Err(Failure_Fatal(str(refused.value)))
+            return None
         raise Err(Failure_Fatal(f"unknown op {op!r}"))
 
     def on_exit(self, msg: Message, signal: int) -> None:

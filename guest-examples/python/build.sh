@@ -5,13 +5,14 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out="$here/build/job.wasm"
-wit="$here/../../wit"
-if [ -f "$out" ] && [ -z "$(find "$here/app.py" "$wit" -newer "$out" -print -quit)" ]; then
+# The job world plus wasi:http (wit/world.wit; wit/deps/job.wit is ../../wit).
+wit="$here/wit"
+if [ -f "$out" ] && [ -z "$(find "$here/app.py" "$wit" "$here/../../wit" -newer "$out" -print -quit)" ]; then
   echo "$out is up to date"; exit 0
 fi
 command -v componentize-py >/dev/null || { echo "componentize-py not found: pip install componentize-py" >&2; exit 127; }
 mkdir -p "$here/build"
 cd "$here"
-componentize-py -d "$wit" -w job componentize app -o "$out.tmp"
+componentize-py -d "$wit" -w job-with-http componentize app -o "$out.tmp"
 mv "$out.tmp" "$out"
 echo "built $out"

@@ -22,6 +22,7 @@
 //! [`EVENT_FD`] and its settings as one JSON argument ([`ForkServerConfig`]).
 
 use crate::contract::JobMessage;
+use crate::http::HttpUsage;
 use crate::outcome::Outcome;
 use crate::sandbox::SandboxPolicy;
 use crate::trace_context::TraceContext;
@@ -168,6 +169,8 @@ pub(crate) enum Event {
         process: u64,
         status: ExitStatus,
         outcome: Option<Outcome>,
+        /// What its HTTP requests did, if it made or tried any.
+        http: Option<HttpUsage>,
     },
 }
 
@@ -249,14 +252,23 @@ pub(crate) fn decode_handover(packet: &[u8]) -> Option<Handover> {
     serde_json::from_slice(packet).ok()
 }
 
-/// A child's report: its outcome, already cut by [`trim_outcome`].
-pub(crate) fn encode_report(outcome: &Outcome) -> Vec<u8> {
-    serde_json::to_vec(outcome).expect("outcomes always serialize")
+/// What a child writes on its channel just before it exits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Report {
+    /// How the call ended, already cut by [`trim_outcome`].
+    pub(crate) outcome: Outcome,
+    /// What its HTTP requests did, if it made or tried any.
+    pub(crate) http: Option<HttpUsage>,
+}
+
+/// A child's report as one packet.
+pub(crate) fn encode_report(report: &Report) -> Vec<u8> {
+    serde_json::to_vec(report).expect("reports always serialize")
 }
 
 /// A child's report as the fork server reads it; `None` for anything that
-/// is not a well-formed outcome (the child's exit status then speaks alone).
-pub(crate) fn decode_report(packet: &[u8]) -> Option<Outcome> {
+/// is not a well-formed report (the child's exit status then speaks alone).
+pub(crate) fn decode_report(packet: &[u8]) -> Option<Report> {
     serde_json::from_slice(packet).ok()
 }
 
@@ -337,12 +349,17 @@ mod tests {
         let o = trim_outcome(Outcome::Fatal {
             reason: "é".repeat(MAX_EVENT_BYTES),
         });
-        assert!(encode_report(&o).len() < MAX_EVENT_BYTES);
-        assert_eq!(decode_report(&encode_report(&o)), Some(o.clone()));
+        let report = Report {
+            outcome: o.clone(),
+            http: Some(HttpUsage::default()),
+        };
+        assert!(encode_report(&report).len() < MAX_EVENT_BYTES);
+        assert_eq!(decode_report(&encode_report(&report)), Some(report));
         let event = encode_event(&Event::Exited {
             process: 1,
             status: ExitStatus::Code(0),
             outcome: Some(o),
+            http: None,
         });
         assert!(event.len() < MAX_EVENT_BYTES);
         assert_eq!(decode_report(b"{\"not\":\"an outcome\"}"), None);

@@ -1,6 +1,7 @@
 //! Outbound HTTP (`wasi:http`) as job authors use it: the JavaScript
-//! example, built with componentize-js's defaults, calls `fetch()` against a
-//! local server the test runs. Through `wasm-jobs exec --policy`: a granted
+//! example, built with componentize-js's defaults, calls `fetch()`, and the
+//! Python example makes a wasi:http GET, against a local server the test
+//! runs. Through `wasm-jobs exec --policy`: a granted
 //! URL works, others are denied inside the guest, each limit is hit and
 //! reported by kind, and a name resolving to 127.0.0.1 is refused unless the
 //! literal is granted. Through a worker (its child locked down by Landlock
@@ -80,13 +81,16 @@ fn policy_file(dir: &Path, toml: &str) -> PathBuf {
     path
 }
 
-/// `exec` the JS example's `fetch` op for `url` under `policy`: (exit code,
+/// The examples that make requests.
+const LANGS: [&str; 2] = ["js", "python"];
+
+/// `exec` an example's `fetch` op for `url` under `policy`: (exit code,
 /// the JSON report).
-fn fetch(policy: &Path, url: &str) -> (i32, serde_json::Value) {
+fn fetch(lang: &str, policy: &Path, url: &str) -> (i32, serde_json::Value) {
     let body = serde_json::json!({"op": "fetch", "url": url}).to_string();
     let out = Command::new(bin())
         .arg("exec")
-        .arg(example_guest("js"))
+        .arg(example_guest(lang))
         .args(["--json", "--policy"])
         .arg(policy)
         .args(["--body", &body])
@@ -96,6 +100,10 @@ fn fetch(policy: &Path, url: &str) -> (i32, serde_json::Value) {
     let report = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
     (out.status.code().unwrap(), report)
+}
+
+fn grant(dir: &Path, grant: &str, extra: &str) -> PathBuf {
+    policy_file(dir, &format!("[default]\nhttp = [\"{grant}\"]\n{extra}\n"))
 }
 
 #[test]
@@ -114,48 +122,40 @@ fn the_javascript_example_is_built_with_componentize_js_defaults_and_imports_was
 }
 
 #[test]
-fn fetch_reaches_a_granted_url_and_nothing_else() {
+fn requests_reach_a_granted_url_and_nothing_else() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
-    let p = policy_file(
-        dir.path(),
-        &format!("[default]\nhttp = [\"{}\"]\n", server.url("/")),
-    );
-    let (code, r) = fetch(&p, &server.url("/hello"));
-    assert_eq!(code, 0, "{r}");
-    let output: serde_json::Value = serde_json::from_str(r["output"].as_str().unwrap()).unwrap();
-    assert_eq!(
-        output,
-        serde_json::json!({"status": 200, "body": "hello from the test server"})
-    );
-    assert_eq!(r["http"]["requests"], 1);
-    // Another port is another origin: denied inside the guest, never sent.
-    let other = format!("http://127.0.0.1:{}/hello", server.port + 1);
-    let (code, r) = fetch(&p, &other);
-    assert_eq!(code, 11, "{r}");
-    assert!(
-        r["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("fetch http://127.0.0.1"),
-        "{r}"
-    );
-    assert_eq!(
-        (r["http"]["requests"].as_u64(), r["http"]["denied"].as_u64()),
-        (Some(0), Some(1))
-    );
-    assert_eq!(server.heads().len(), 1, "only the granted request arrived");
-    // No grant at all (the default policy): denied too.
-    let none = policy_file(dir.path(), "[default]\n");
-    let (code, r) = fetch(&none, &server.url("/hello"));
-    assert_eq!((code, r["http"]["denied"].as_u64()), (11, Some(1)), "{r}");
+    let p = grant(dir.path(), &server.url("/"), "");
+    let none_dir = tempfile::tempdir().unwrap();
+    let none = policy_file(none_dir.path(), "[default]\n");
+    for (n, lang) in LANGS.into_iter().enumerate() {
+        let (code, r) = fetch(lang, &p, &server.url("/hello"));
+        assert_eq!(code, 0, "{lang}: {r}");
+        let output: serde_json::Value =
+            serde_json::from_str(r["output"].as_str().unwrap()).unwrap();
+        assert_eq!(output["status"], 200, "{lang}");
+        assert_eq!(output["body"], "hello from the test server", "{lang}");
+        assert_eq!(r["http"]["requests"], 1, "{lang}");
+        // Another port is another origin: denied inside the guest, never sent.
+        let other = format!("http://127.0.0.1:{}/hello", server.port + 1);
+        let (code, r) = fetch(lang, &p, &other);
+        assert_eq!(code, 11, "{lang}: {r}");
+        let reason = r["reason"].as_str().unwrap();
+        assert!(reason.starts_with("fetch http://127.0.0.1"), "{r}");
+        let counted = (r["http"]["requests"].as_u64(), r["http"]["denied"].as_u64());
+        assert_eq!(counted, (Some(0), Some(1)), "{lang}");
+        assert_eq!(server.heads().len(), n + 1, "only granted requests arrived");
+        // No grant at all (the default policy): denied too.
+        let (code, r) = fetch(lang, &none, &server.url("/hello"));
+        assert_eq!(code, 11, "{lang}: {r}");
+        assert_eq!(r["http"]["denied"], 1, "{lang}: {r}");
+    }
 }
 
 #[test]
 fn each_http_limit_is_hit_and_reported_by_kind() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
-    let grant = server.url("/");
     for (extra, path, kind) in [
         (
             "http_max_response_body = \"64KiB\"",
@@ -165,13 +165,16 @@ fn each_http_limit_is_hit_and_reported_by_kind() {
         ("http_max_requests = 0", "/hello", "requests"),
         ("http_timeout_secs = 0.5", "/slow", "timeout"),
     ] {
-        let p = policy_file(
-            dir.path(),
-            &format!("[default]\nhttp = [\"{grant}\"]\n{extra}\n"),
-        );
-        let (code, r) = fetch(&p, &server.url(path));
-        assert_eq!(code, 11, "{kind}: {r}");
-        assert_eq!(r["http"]["limits_hit"], serde_json::json!([kind]), "{r}");
+        let p = grant(dir.path(), &server.url("/"), extra);
+        for lang in LANGS {
+            let (code, r) = fetch(lang, &p, &server.url(path));
+            assert_eq!(code, 11, "{lang} {kind}: {r}");
+            assert_eq!(
+                r["http"]["limits_hit"],
+                serde_json::json!([kind]),
+                "{lang}: {r}"
+            );
+        }
     }
 }
 
@@ -180,13 +183,13 @@ fn a_name_that_resolves_to_loopback_is_refused_unless_the_literal_is_granted() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
     let by_name = format!("http://localhost:{}/", server.port);
-    let p = policy_file(dir.path(), &format!("[default]\nhttp = [\"{by_name}\"]\n"));
-    let (code, r) = fetch(&p, &format!("{by_name}hello"));
-    assert_eq!(code, 11, "{r}");
-    assert_eq!(
-        r["http"]["limits_hit"],
-        serde_json::json!(["internal_address"])
-    );
+    let p = grant(dir.path(), &by_name, "");
+    for lang in LANGS {
+        let (code, r) = fetch(lang, &p, &format!("{by_name}hello"));
+        assert_eq!(code, 11, "{lang}: {r}");
+        let hit = &r["http"]["limits_hit"];
+        assert_eq!(*hit, serde_json::json!(["internal_address"]), "{lang}");
+    }
     assert!(server.heads().is_empty());
 }
 
@@ -244,7 +247,7 @@ fn https_refuses_a_certificate_no_root_vouches_for() {
     }
     let url = format!("https://127.0.0.1:{port}/");
     let p = policy_file(dir.path(), &format!("[default]\nhttp = [\"{url}\"]\n"));
-    let (code, r) = fetch(&p, &url);
+    let (code, r) = fetch("js", &p, &url);
     let _ = server.kill();
     let _ = server.wait();
     assert_eq!(code, 11, "{r}");
@@ -258,64 +261,60 @@ fn https_refuses_a_certificate_no_root_vouches_for() {
 async fn a_worker_child_fetches_with_the_jobs_traceparent() {
     let server = Server::start();
     let b = Backend::embedded();
-    let (_q, addr) = b.create("http", &config(60)).await;
     let dir = tempfile::tempdir().unwrap();
-    let p = policy_file(
-        dir.path(),
-        &format!("[default]\nhttp = [\"{}\"]\n", server.url("/")),
-    );
-    let module = example_guest("js");
-    let args = [
-        "--queue",
-        &addr,
-        "--module",
-        module.to_str().unwrap(),
-        "--wait",
-        "1",
-    ];
-    let w = Worker::with_args(
-        &b,
-        &[&args[..], &["--policy", p.to_str().unwrap()]].concat(),
-    );
+    let p = grant(dir.path(), &server.url("/"), "");
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let body = serde_json::json!({"op": "fetch", "url": server.url("/hello")}).to_string();
-    let out = b
-        .cli()
-        .args([
-            "send",
-            "--queue",
-            &addr,
-            "--wait",
-            "--timeout",
-            "120",
-            "--attr",
-        ])
-        .arg(format!("traceparent=00-{trace}-00f067aa0ba902b7-01"))
-        .arg(&body)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", w.log());
-    let outcome: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert!(
-        outcome["output"]
-            .as_str()
-            .unwrap()
-            .contains("hello from the test server"),
-        "{outcome}"
-    );
-    let heads = server.heads();
-    assert_eq!(heads.len(), 1, "{heads:?}");
-    let tp = heads[0]
-        .lines()
-        .find_map(|l| l.strip_prefix("traceparent: "))
-        .unwrap_or_else(|| panic!("no traceparent in {}", heads[0]))
-        .trim();
-    assert!(tp.starts_with(&format!("00-{trace}-")), "{tp}");
-    assert!(
-        !tp.contains("00f067aa0ba902b7"),
-        "the job's own span is the parent: {tp}"
-    );
-    w.signal(libc::SIGTERM);
-    let _ = w.wait(Duration::from_secs(30));
+    for (n, lang) in LANGS.into_iter().enumerate() {
+        let (q, _dlq) = b
+            .create_with_dlq(&format!("http-{lang}"), 3, &config(60))
+            .await;
+        let addr = b.address_of(q.as_ref());
+        let module = example_guest(lang);
+        let args = ["--queue", &addr, "--module", module.to_str().unwrap()];
+        let policy = ["--wait", "1", "--policy", p.to_str().unwrap()];
+        let w = Worker::with_args(&b, &[&args[..], &policy[..]].concat());
+        let body = serde_json::json!({"op": "fetch", "url": server.url("/hello")});
+        let out = b
+            .cli()
+            .args(["send", "--queue", &addr, "--wait", "--timeout", "120"])
+            .arg("--attr")
+            .arg(format!("traceparent=00-{trace}-00f067aa0ba902b7-01"))
+            .arg(body.to_string())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{lang}: {stdout}\n{}", w.log());
+        let outcome: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let output = outcome["output"].as_str().unwrap();
+        assert!(output.contains("hello from the test server"), "{outcome}");
+        let heads = server.heads();
+        assert_eq!(heads.len(), n + 1, "{heads:?}");
+        let tp = heads[n]
+            .lines()
+            .find_map(|l| l.strip_prefix("traceparent: "))
+            .unwrap_or_else(|| panic!("no traceparent in {}", heads[n]))
+            .trim();
+        assert!(tp.starts_with(&format!("00-{trace}-")), "{tp}");
+        assert!(
+            !tp.contains("00f067aa0ba902b7"),
+            "the job's span is the parent: {tp}"
+        );
+        assert_eq!(outcome["http"]["requests"], 1, "{outcome}");
+        // A denied request is in the outcome too, typed.
+        let port = server.port + 1;
+        let denied = serde_json::json!({"op": "fetch", "url": format!("http://127.0.0.1:{port}/")});
+        let out = b
+            .cli()
+            .args(["send", "--queue", &addr, "--wait", "--timeout", "120"])
+            .arg(denied.to_string())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(11), "{lang}: {stdout}\n{}", w.log());
+        let outcome: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(outcome["outcome"], "fatal", "{outcome}");
+        assert_eq!(outcome["http"]["denied"], 1, "{outcome}");
+        w.signal(libc::SIGTERM);
+        let _ = w.wait(Duration::from_secs(30));
+    }
 }

@@ -23,7 +23,7 @@ use crate::executor::{Call, CallReport, Executor, LoadedJob};
 use crate::outcome::exit_code;
 use crate::sandbox::SandboxPolicy;
 use crate::worker::protocol::{
-    CallKind, Handover, MAX_HANDOVER_BYTES, decode_handover, encode_report, trim_outcome,
+    CallKind, Handover, MAX_HANDOVER_BYTES, Report, decode_handover, encode_report, trim_outcome,
 };
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, signal, sigprocmask};
 use nix::sys::socket::{MsgFlags, send};
@@ -186,7 +186,10 @@ pub(super) fn report_and_exit(channel: &OwnedFd, report: CallReport, output: Opt
         (None, _) => {}
     }
     let code = report.outcome.exit_code();
-    let bytes = encode_report(&trim_outcome(report.outcome));
+    let bytes = encode_report(&Report {
+        outcome: trim_outcome(report.outcome),
+        http: report.http,
+    });
     // One packet; the fork server reads it when it reaps this process.
     if let Err(e) = send(channel.as_raw_fd(), &bytes, MsgFlags::empty()) {
         tracing::error!(error = %e, "cannot report the outcome");

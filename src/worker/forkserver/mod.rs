@@ -99,7 +99,7 @@ fn send_event(events: &impl AsFd, event: &Event) {
 }
 
 /// The one packet a reaped child left on its report channel, if any.
-fn read_report(channel: &OwnedFd) -> Option<crate::outcome::Outcome> {
+fn read_report(channel: &OwnedFd) -> Option<protocol::Report> {
     let mut buf = vec![0u8; protocol::MAX_EVENT_BYTES];
     match recv(channel.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
         Ok(n) => protocol::decode_report(&buf[..n]),
@@ -396,7 +396,10 @@ impl Server {
     fn ended(&mut self, pid: Pid, status: ExitStatus) {
         match self.running.remove(&pid) {
             Some(Running::Call(process, report, output)) => {
-                let outcome = read_report(&report);
+                let (outcome, http) = match read_report(&report) {
+                    Some(r) => (Some(r.outcome), r.http),
+                    None => (None, None),
+                };
                 if let Some(file) = output {
                     output::forward(&self.events, process, &file);
                 }
@@ -406,6 +409,7 @@ impl Server {
                         process,
                         status,
                         outcome,
+                        http,
                     },
                 )
             }

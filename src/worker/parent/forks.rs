@@ -15,6 +15,7 @@
 
 use super::stats::WorkerStats;
 use crate::contract::JobMessage;
+use crate::http::HttpUsage;
 use crate::logging::LogSettings;
 use crate::outcome::Outcome;
 use crate::sandbox::SandboxPolicy;
@@ -54,6 +55,7 @@ pub(crate) struct ProcessEnd {
     pub(crate) status: ExitStatus,
     pub(crate) outcome: Option<Outcome>,
     pub(crate) output: Option<Vec<u8>>,
+    pub(crate) http: Option<HttpUsage>,
 }
 
 /// Why a call could not be started.
@@ -506,6 +508,7 @@ impl Conn {
                 process,
                 status,
                 outcome,
+                http,
             } => {
                 if let Some(mut p) = pending.remove(&process)
                     && let Some(s) = p.ended.take()
@@ -515,6 +518,7 @@ impl Conn {
                         status,
                         outcome,
                         output,
+                        http,
                     });
                 }
             }

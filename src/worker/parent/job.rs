@@ -169,14 +169,14 @@ async fn run(
     let mut exit_signal = ctx.exit_signal.clone();
     let hard_limit = tokio::time::sleep(a.policy.sandbox.timeout + KILL_GRACE);
     tokio::pin!(hard_limit);
-    let mut output = None;
+    let (mut output, mut http) = (None, None);
     let end = tokio::select! {
         ended = &mut spawned.end => {
             drop(lease);
             ctx.stats.job_duration.observe(started.elapsed().as_secs_f64());
             match ended {
-                Ok(ProcessEnd { status, outcome, output: published }) => {
-                    output = published;
+                Ok(ProcessEnd { status, outcome, output: published, http: usage }) => {
+                    (output, http) = (published, usage);
                     WorkerEnd::from_process(status, outcome)
                 }
                 Err(_) => WorkerEnd::Lost,
@@ -212,7 +212,8 @@ async fn run(
             // one that goes at once is done before the next job competes
             // with it for the CPU (measured: half the p99 exit-to-delete).
             let slot = (!d.source.deletes.may_wait()).then_some(slot);
-            apply(ctx, d, other, &Ending::of(&end, output, Some(ran_for))).await;
+            let ending = Ending::of(&end, output, Some(ran_for)).with_http(http);
+            apply(ctx, d, other, &ending).await;
             drop(slot);
             ctx.stats.record_exit_to_settled(ended_at.elapsed());
             JobResult::default()

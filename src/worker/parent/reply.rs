@@ -29,6 +29,7 @@ use super::admit::Refusal;
 use super::counted::Counted;
 use super::fate::WorkerEnd;
 use super::stats::WorkerStats;
+use crate::http::HttpUsage;
 use crate::job_output::Published;
 use crate::outcome::{Outcome, exit_code};
 use crate::policy::TenantPolicy;
@@ -123,6 +124,8 @@ pub(crate) struct Ending {
     ran_for: Option<Duration>,
     /// The outcome its process reported, if it got that far.
     reported: Option<Outcome>,
+    /// What its HTTP requests did, if it made or tried any.
+    http: Option<HttpUsage>,
 }
 
 impl Ending {
@@ -147,7 +150,13 @@ impl Ending {
                 WorkerEnd::Reported(o) => Some(o.clone()),
                 _ => None,
             },
+            http: None,
         }
+    }
+
+    /// With what the last attempt's HTTP requests did.
+    pub(crate) fn with_http(self, http: Option<HttpUsage>) -> Self {
+        Ending { http, ..self }
     }
 
     /// The outcome the last attempt's process reported, if any.
@@ -163,6 +172,7 @@ impl Ending {
             output: None,
             ran_for: None,
             reported: None,
+            http: None,
         }
     }
 }
@@ -264,6 +274,8 @@ struct OutcomeMessage<'a> {
     attempts: u32,
     duration_ms: Option<f64>,
     trace_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http: Option<&'a HttpUsage>,
     #[serde(flatten)]
     output: Option<Published>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -293,6 +305,7 @@ fn body(d: &About<'_>, reply: &ReplyTo, told: Told, reason: Option<&str>, e: &En
         attempts: d.msg.receive_count,
         duration_ms: e.ran_for.map(|t| t.as_secs_f64() * 1e3),
         trace_id: d.trace_id,
+        http: e.http.as_ref(),
         output: e.output.clone().map(Published),
         output_omitted_bytes: None,
     };
