@@ -5,8 +5,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out="$here/build/job.wasm"
-# The job world plus wasi:http (wit/world.wit; wit/deps/job.wit is ../../wit).
-wit="$here/wit"
+# The job world plus wasi:http (../wit-http/world.wit).
+wit="$here/../wit-http"
 if [ -f "$out" ] && [ -z "$(find "$here/app.py" "$wit" "$here/../../wit" -newer "$out" -print -quit)" ]; then
   echo "$out is up to date"; exit 0
 fi

@@ -12,8 +12,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out="$here/build/job.wasm"
-wit="$here/../../wit"
-if [ -f "$out" ] && [ -z "$(find "$here/src" "$here/Cargo.toml" "$wit" "$0" -newer "$out" -print -quit)" ]; then
+wit="$here/../wit-http"
+if [ -f "$out" ] && [ -z "$(find "$here/src" "$here/Cargo.toml" "$wit" "$here/../../wit" "$0" -newer "$out" -print -quit)" ]; then
   echo "$out is up to date"; exit 0
 fi
 for tool in /usr/bin/cargo /usr/bin/rustc wasm-ld-19 wasm-tools; do

@@ -1,7 +1,7 @@
 //! Outbound HTTP (`wasi:http`) as job authors use it: the JavaScript
 //! example, built with componentize-js's defaults, calls `fetch()`, and the
-//! Python example makes a wasi:http GET, against a local server the test
-//! runs. Through `wasm-jobs exec --policy`: a granted
+//! Python and Rust examples make a wasi:http GET, against a local server the
+//! test runs. Through `wasm-jobs exec --policy`: a granted
 //! URL works, others are denied inside the guest, each limit is hit and
 //! reported by kind, and a name resolving to 127.0.0.1 is refused unless the
 //! literal is granted. Through a worker (its child locked down by Landlock
@@ -82,7 +82,7 @@ fn policy_file(dir: &Path, toml: &str) -> PathBuf {
 }
 
 /// The examples that make requests.
-const LANGS: [&str; 2] = ["js", "python"];
+const LANGS: [&str; 3] = ["js", "python", "rust"];
 
 /// `exec` an example's `fetch` op for `url` under `policy`: (exit code,
 /// the JSON report).
