@@ -119,10 +119,35 @@ pub struct EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Open (creating if needed) the queue database in `data_dir`.
+    /// Open (creating if needed) the queue database in `data_dir`. Every
+    /// open of one data directory in a process shares one connection: two
+    /// connections of one process would only make each other's writes wait
+    /// for SQLite's lock (a worker serving several queues and sending
+    /// outcomes to a reply queue writes through all of them).
     pub fn open(data_dir: &Path) -> Result<Self, QueueError> {
+        use std::collections::HashMap;
+        use std::sync::{OnceLock, Weak};
+        static OPEN: OnceLock<Mutex<HashMap<std::path::PathBuf, Weak<StoreInner>>>> =
+            OnceLock::new();
         std::fs::create_dir_all(data_dir)
             .map_err(|e| QueueError::Other(format!("cannot create {}: {e}", data_dir.display())))?;
+        let key = data_dir
+            .canonicalize()
+            .map_err(|e| QueueError::Other(format!("cannot open {}: {e}", data_dir.display())))?;
+        let mut open = OPEN
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
+            return Ok(EmbeddedStore { inner });
+        }
+        open.retain(|_, store| store.strong_count() > 0);
+        let store = Self::connect(data_dir)?;
+        open.insert(key, Arc::downgrade(&store.inner));
+        Ok(store)
+    }
+
+    fn connect(data_dir: &Path) -> Result<Self, QueueError> {
         let path = data_dir.join("queues.sqlite3");
         let conn = Connection::open(&path).map_err(storage)?;
         conn.busy_timeout(Duration::from_secs(10))
