@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
+use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// Defaults of a tenant's HTTP limits.
@@ -289,6 +290,16 @@ impl WasiHttpHooks for HttpHooks {
             let addrs = admitted?;
             send(request, &addrs, options, &policy, usage).await
         })
+    }
+
+    /// A request body cut off at its limit reaches the guest as
+    /// `HTTP-request-body-size` (hyper wraps the body's error).
+    fn p2_error_from_hyper(&mut self, err: &hyper::Error) -> ErrorCode {
+        use std::error::Error as _;
+        match err.source().and_then(|cause| cause.downcast_ref::<Error>()) {
+            Some(Error::HttpRequestBodySize(limit)) => ErrorCode::HttpRequestBodySize(*limit),
+            _ => ErrorCode::HttpProtocolError,
+        }
     }
 }
 

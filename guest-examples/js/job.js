@@ -5,7 +5,7 @@
 //                                           (and print it to stdout), ok
 //   {"op": "retry", "delay": S, "reason": R} ask for a retry after S seconds
 //   {"op": "fail", "reason": R}              fatal: dead-letter now
-//   {"op": "fetch", "url": U}                fetch(U) and publish
+//   {"op": "fetch", "url": U[, "post": N]}  fetch(U) (a POST of N bytes with "post") and publish
 //                                           {"status": S, "body": the first 200 characters};
 //                                           a refused or failed request is fatal
 // Malformed JSON or an unknown op is fatal: retrying cannot help.
@@ -56,7 +56,9 @@ export async function run(msg) {
     case "fetch": {
       let status, body;
       try {
-        const response = await fetch(String(job.url));
+        // With "post": N, POST a body of N bytes instead of a GET.
+        const init = job.post === undefined ? {} : { method: "POST", body: "x".repeat(Number(job.post)) };
+        const response = await fetch(String(job.url), init);
         status = response.status;
         body = await response.text();
       } catch (e) {

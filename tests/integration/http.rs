@@ -87,13 +87,17 @@ const LANGS: [&str; 3] = ["js", "python", "rust"];
 /// `exec` an example's `fetch` op for `url` under `policy`: (exit code,
 /// the JSON report).
 fn fetch(lang: &str, policy: &Path, url: &str) -> (i32, serde_json::Value) {
-    let body = serde_json::json!({"op": "fetch", "url": url}).to_string();
+    exec_op(lang, policy, serde_json::json!({"op": "fetch", "url": url}))
+}
+
+/// `exec` an example with the message body `op` under `policy`.
+fn exec_op(lang: &str, policy: &Path, op: serde_json::Value) -> (i32, serde_json::Value) {
     let out = Command::new(bin())
         .arg("exec")
         .arg(example_guest(lang))
         .args(["--json", "--policy"])
         .arg(policy)
-        .args(["--body", &body])
+        .args(["--body", &op.to_string()])
         .env("WASM_JOBS_HOME", data_home())
         .output()
         .unwrap();
@@ -176,6 +180,34 @@ fn each_http_limit_is_hit_and_reported_by_kind() {
             );
         }
     }
+}
+
+/// A request body over `http_max_request_body` is cut off before it is
+/// all sent (the JavaScript example POSTs N bytes); one within it arrives.
+#[test]
+fn a_request_body_over_its_limit_is_cut_off() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let p = grant(
+        dir.path(),
+        &server.url("/"),
+        "http_max_request_body = \"1KiB\"",
+    );
+    let post = |n: u64| serde_json::json!({"op": "fetch", "url": server.url("/hello"), "post": n});
+    let (code, r) = exec_op("js", &p, post(512));
+    assert_eq!(code, 0, "{r}");
+    assert!(
+        server.heads()[0].starts_with("POST /hello"),
+        "{:?}",
+        server.heads()
+    );
+    let (code, r) = exec_op("js", &p, post(4096));
+    assert_eq!(code, 11, "{r}");
+    assert_eq!(
+        r["http"]["limits_hit"],
+        serde_json::json!(["request_body"]),
+        "{r}"
+    );
 }
 
 #[test]
