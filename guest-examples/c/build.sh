@@ -8,7 +8,9 @@
 # (for the adapter; $WASM_JOBS, else `wasm-jobs` on PATH).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-wit="$here/../../wit"
+# The job world plus wasi:http (../wit-http/world.wit), named `job` in the
+# generated code so the example and the test fixtures share one set of names.
+wit="$here/../wit-http"
 if [ $# -ge 2 ]; then out=$1; shift; srcs=("$@"); else out="$here/build/job.wasm"; srcs=("$here/job.c"); fi
 srcs+=("$here/json.c")
 if [ -f "$out" ] && [ -z "$(find "${srcs[@]}" "$here/json.h" "$wit" "$0" -newer "$out" -print -quit)" ]; then
@@ -20,7 +22,7 @@ done
 wasm_jobs=${WASM_JOBS:-wasm-jobs}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-wit-bindgen c "$wit" --world job --out-dir "$work/gen" >/dev/null
+wit-bindgen c "$wit" --world job-with-http --rename-world job --out-dir "$work/gen" >/dev/null
 clang-19 --target=wasm32-wasi -mexec-model=reactor -O2 -s -I"$work" -I"$here" \
   -o "$work/core.wasm" "${srcs[@]}" "$work/gen/job.c" "$work/gen/job_component_type.o"
 "$wasm_jobs" wasi-adapter --reactor -o "$work/adapter.wasm"

@@ -5,6 +5,9 @@
  *                                           (and print it to stdout), ok
  *   {"op": "retry", "delay": S, "reason": R} ask for a retry after S seconds
  *   {"op": "fail", "reason": R}              fatal: dead-letter now
+ *   {"op": "fetch", "url": U}                GET U through wasi:http and publish
+ *                                           {"status": S, "body": the first 200 bytes};
+ *                                           a refused or failed request is fatal
  * Malformed JSON or an unknown op is fatal: retrying cannot help.
  *
  * Ownership (wit-bindgen's C ABI): `msg` is ours to free; strings put in
@@ -32,6 +35,91 @@ static size_t count_words(const char *s) {
     in_word = !space;
   }
   return n;
+}
+
+/* GET `url` through wasi:http: the host sends only what the tenant's policy
+ * grants (`http = [...]`). Returns the status and the body in `*out`
+ * (malloc'd, `*out_len` bytes), or 0 with the reason in `why`. */
+static int http_get(const char *url, char **out, size_t *out_len, char *why, size_t why_len) {
+  const char *rest = strstr(url, "://");
+  if (!rest) { snprintf(why, why_len, "not an absolute URL"); return 0; }
+  bool https = rest - url == 5 && !strncmp(url, "https", 5);
+  rest += 3;
+  const char *slash = strchr(rest, '/');
+  job_string_t authority = {(uint8_t *)rest, slash ? (size_t)(slash - rest) : strlen(rest)};
+  job_string_t path = {(uint8_t *)(slash ? slash : "/"), slash ? strlen(slash) : 1};
+  wasi_http_types_own_outgoing_request_t req =
+      wasi_http_types_constructor_outgoing_request(wasi_http_types_constructor_fields());
+  wasi_http_types_borrow_outgoing_request_t r = wasi_http_types_borrow_outgoing_request(req);
+  wasi_http_types_scheme_t scheme = {.tag = https ? WASI_HTTP_TYPES_SCHEME_HTTPS : WASI_HTTP_TYPES_SCHEME_HTTP};
+  wasi_http_types_method_outgoing_request_set_scheme(r, &scheme);
+  wasi_http_types_method_outgoing_request_set_authority(r, &authority);
+  wasi_http_types_method_outgoing_request_set_path_with_query(r, &path);
+  wasi_http_outgoing_handler_own_future_incoming_response_t fut;
+  wasi_http_outgoing_handler_error_code_t code;
+  if (!wasi_http_outgoing_handler_handle(req, NULL, &fut, &code)) {
+    snprintf(why, why_len, "error code %u", (unsigned)code.tag);
+    return 0;
+  }
+  wasi_http_types_borrow_future_incoming_response_t f = wasi_http_types_borrow_future_incoming_response(fut);
+  wasi_io_poll_own_pollable_t ready = wasi_http_types_method_future_incoming_response_subscribe(f);
+  wasi_io_poll_method_pollable_block(wasi_io_poll_borrow_pollable(ready));
+  wasi_io_poll_pollable_drop_own(ready);
+  wasi_http_types_result_result_own_incoming_response_error_code_void_t got;
+  bool some = wasi_http_types_method_future_incoming_response_get(f, &got);
+  wasi_http_types_future_incoming_response_drop_own(fut);
+  if (!some || got.is_err || got.val.ok.is_err) {
+    unsigned tag = some && !got.is_err ? got.val.ok.val.err.tag : 0;
+    snprintf(why, why_len, "error code %u (wasi:http/types error-code)", tag);
+    return 0;
+  }
+  wasi_http_types_own_incoming_response_t resp = got.val.ok.val.ok;
+  int status = wasi_http_types_method_incoming_response_status(wasi_http_types_borrow_incoming_response(resp));
+  wasi_http_types_own_incoming_body_t body;
+  wasi_http_types_own_input_stream_t stream;
+  if (!wasi_http_types_method_incoming_response_consume(wasi_http_types_borrow_incoming_response(resp), &body)) {
+    snprintf(why, why_len, "the body was taken already");
+    return 0;
+  }
+  if (!wasi_http_types_method_incoming_body_stream(wasi_http_types_borrow_incoming_body(body), &stream)) {
+    snprintf(why, why_len, "the stream was taken already");
+    return 0;
+  }
+  *out = NULL;
+  *out_len = 0;
+  for (;;) {
+    job_list_u8_t chunk;
+    wasi_io_streams_stream_error_t serr;
+    if (!wasi_io_streams_method_input_stream_blocking_read(wasi_io_streams_borrow_input_stream(stream), 65536, &chunk, &serr)) {
+      if (serr.tag == WASI_IO_STREAMS_STREAM_ERROR_CLOSED) break;
+      snprintf(why, why_len, "reading the response failed");
+      status = 0;
+      break;
+    }
+    *out = realloc(*out, *out_len + chunk.len + 1);
+    memcpy(*out + *out_len, chunk.ptr, chunk.len);
+    *out_len += chunk.len;
+    job_list_u8_free(&chunk);
+  }
+  wasi_io_streams_input_stream_drop_own(stream);
+  wasi_http_types_incoming_body_drop_own(body);
+  wasi_http_types_incoming_response_drop_own(resp);
+  return status;
+}
+
+/* `s` (at most `n` bytes) as a JSON string into `out` (room for 6n + 3). */
+static size_t json_string(const char *s, size_t n, char *out) {
+  size_t o = 0;
+  out[o++] = '"';
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c == '"' || c == '\\') { out[o++] = '\\'; out[o++] = (char)c; }
+    else if (c < 0x20) o += (size_t)sprintf(out + o, "\\u%04x", c);
+    else out[o++] = (char)c;
+  }
+  out[o++] = '"';
+  out[o] = 0;
+  return o;
 }
 
 static bool run(job_message_t *msg, job_failure_t *err) {
@@ -64,6 +152,24 @@ static bool run(job_message_t *msg, job_failure_t *err) {
     job_string_dup(&err->val.retry.reason, req.reason ? req.reason : "asked to retry");
     err->val.retry.delay_seconds.is_some = req.has_delay && req.delay >= 0;
     err->val.retry.delay_seconds.val = req.has_delay && req.delay >= 0 ? (uint32_t)req.delay : 0;
+  } else if (req.op && !strcmp(req.op, "fetch")) {
+    char why[160], *body = NULL;
+    size_t len = 0;
+    int status = http_get(req.url ? req.url : "", &body, &len, why, sizeof why);
+    if (!status) {
+      char reason[400];
+      snprintf(reason, sizeof reason, "fetch %s failed: %s", req.url ? req.url : "", why);
+      fatal(err, reason);
+    } else {
+      char quoted[6 * 200 + 3], result[6 * 200 + 64];
+      json_string(body, len < 200 ? len : 200, quoted);
+      int n = snprintf(result, sizeof result, "{\"status\": %d, \"body\": %s}", status, quoted);
+      job_list_u8_t data = {(uint8_t *)result, (size_t)n};
+      job_string_t refused;
+      if (wasm_jobs_job_output_set(&data, &refused)) ok = true;
+      else { err->tag = WASM_JOBS_JOB_TYPES_FAILURE_FATAL; err->val.fatal = refused; }
+    }
+    free(body);
   } else if (req.op && !strcmp(req.op, "fail")) {
     fatal(err, req.reason ? req.reason : "asked to fail");
   } else {

@@ -132,7 +132,7 @@ const char *job_request_parse(const char *s, size_t len, job_request_t *r, size_
     if (!lit(&p, ":")) { free(key); goto bad; }
     ws(&p);
     char **slot = !strcmp(key, "op") ? &r->op : !strcmp(key, "text") ? &r->text
-                : !strcmp(key, "reason") ? &r->reason : NULL;
+                : !strcmp(key, "reason") ? &r->reason : !strcmp(key, "url") ? &r->url : NULL;
     bool ok;
     if (slot && p.pos < len && s[p.pos] == '"') { free(*slot); *slot = NULL; ok = str(&p, slot); }
     else if (!strcmp(key, "delay") && p.pos < len && s[p.pos] != '"' && s[p.pos] != '{' &&
@@ -157,6 +157,6 @@ bad:
 }
 
 void job_request_free(job_request_t *r) {
-  free(r->op); free(r->text); free(r->reason);
-  r->op = r->text = r->reason = NULL;
+  free(r->op); free(r->text); free(r->reason); free(r->url);
+  r->op = r->text = r->reason = r->url = NULL;
 }

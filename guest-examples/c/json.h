@@ -7,7 +7,7 @@
 #include <stddef.h>
 
 typedef struct {
-  char *op, *text, *reason; /* NULL when absent or not a string */
+  char *op, *text, *reason, *url; /* NULL when absent or not a string */
   bool has_delay;
   double delay;
 } job_request_t;

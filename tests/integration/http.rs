@@ -1,6 +1,6 @@
 //! Outbound HTTP (`wasi:http`) as job authors use it: the JavaScript
 //! example, built with componentize-js's defaults, calls `fetch()`, and the
-//! Python and Rust examples make a wasi:http GET, against a local server the
+//! Python, Rust and C examples make a wasi:http GET, against a local server the
 //! test runs. Through `wasm-jobs exec --policy`: a granted
 //! URL works, others are denied inside the guest, each limit is hit and
 //! reported by kind, and a name resolving to 127.0.0.1 is refused unless the
@@ -82,7 +82,7 @@ fn policy_file(dir: &Path, toml: &str) -> PathBuf {
 }
 
 /// The examples that make requests.
-const LANGS: [&str; 3] = ["js", "python", "rust"];
+const LANGS: [&str; 4] = ["js", "python", "rust", "c"];
 
 /// `exec` an example's `fetch` op for `url` under `policy`: (exit code,
 /// the JSON report).
