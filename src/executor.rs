@@ -9,8 +9,8 @@
 //! Loading starts no thread. The first call starts the epoch ticker: a
 //! thread, unless the process chose SIGALRM ticks first (worker children).
 
-use crate::artifact_cache::{ArtifactCache, CacheError, CompileSource, content_digest};
-use crate::capture::{CapturedText, OutputCapture, StreamName};
+use crate::artifact_cache::{ArtifactCache, CompileSource, content_digest};
+use crate::capture::{OutputCapture, StreamName};
 use crate::contract::bindings::{Job, JobPre, wasm_jobs::job::types::Failure};
 use crate::contract::{self, ContractError, JobMessage};
 use crate::engine::{EPOCH_TICK, EngineSettings, EpochTicker, build_engine, deadline_ticks};
