@@ -1,6 +1,7 @@
-//! Machine code in anonymous 2 MiB pages, so forked processes start with
-//! it mapped. Used by the fork server (its own text, at start) and by the
-//! artifact cache (a job's compiled code, when loaded).
+//! Machine code and guest memory in anonymous 2 MiB pages, so forked
+//! processes start with them mapped. Used by the fork server (its own text,
+//! at start), by the artifact cache (a job's compiled code, when loaded)
+//! and by template processes (their instance's linear memory).
 //!
 //! Fork copies no page-table entries for a file mapping without private
 //! pages (the kernel refills them on demand), so every worker child used to
@@ -24,6 +25,14 @@
 //! - [`collapse`]: a compiled component deserialized from memory already
 //!   lives in anonymous memory; its aligned interior is collapsed into huge
 //!   pages in place (`MADV_COLLAPSE`).
+//! - [`move_wasm_memories_to_huge_pages`]: a template process's instance
+//!   has its linear memory mapped from wasmtime's memory image file, which
+//!   instantiation barely touches, so each copy used to fault in every page
+//!   its call read (16 at a time, from the page cache) and copy every page
+//!   it wrote: most of an 18 MB Python guest's call. The template copies
+//!   that memory into anonymous huge pages once; a copy starts with all of
+//!   it mapped (one entry per 2 MiB), reads without faults, and a write
+//!   splits one huge entry and copies one small page.
 //!
 //! Any failure leaves the memory as it was: this is a speed-up, never a
 //! condition for serving.
@@ -45,14 +54,10 @@ pub(crate) enum HugePagesError {
     Call(&'static str, std::io::Error),
 }
 
-/// The program's read-only mappings (text, read-only data), with whether
-/// each is executable: every mapping of the file that holds this function
-/// with no write permission.
-fn program_mappings() -> Result<Vec<(Range<usize>, bool)>, HugePagesError> {
-    let here = program_mappings as *const () as usize;
-    let maps = std::fs::read_to_string("/proc/self/maps").map_err(HugePagesError::Maps)?;
-    let parsed: Vec<(Range<usize>, &str, &str)> = maps
-        .lines()
+/// The mappings of a `/proc/PID/maps` text: range, permissions, path (empty
+/// for anonymous memory).
+fn parse_maps(maps: &str) -> Vec<(Range<usize>, &str, &str)> {
+    maps.lines()
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
             let (start, end) = fields.next()?.split_once('-')?;
@@ -62,7 +67,16 @@ fn program_mappings() -> Result<Vec<(Range<usize>, bool)>, HugePagesError> {
                 usize::from_str_radix(start, 16).ok()?..usize::from_str_radix(end, 16).ok()?;
             Some((range, perms, path))
         })
-        .collect();
+        .collect()
+}
+
+/// The program's read-only mappings (text, read-only data), with whether
+/// each is executable: every mapping of the file that holds this function
+/// with no write permission.
+fn program_mappings() -> Result<Vec<(Range<usize>, bool)>, HugePagesError> {
+    let here = program_mappings as *const () as usize;
+    let maps = std::fs::read_to_string("/proc/self/maps").map_err(HugePagesError::Maps)?;
+    let parsed = parse_maps(&maps);
     let program = parsed
         .iter()
         .find(|(range, perms, _)| perms.starts_with("r-x") && range.contains(&here))
@@ -105,7 +119,28 @@ fn move_to_huge_pages(text: Range<usize>, exec: bool) -> Result<usize, HugePages
     if end <= start {
         return Err(HugePagesError::TooSmall(text.end - text.start));
     }
-    let len = end - start;
+    let prot = if exec {
+        libc::PROT_READ | libc::PROT_EXEC
+    } else {
+        libc::PROT_READ
+    };
+    // SAFETY: [start, end) is readable program text; the same bytes come
+    // back, never writable and executable at once.
+    unsafe { replace_with_huge_pages(start..end, prot) }
+}
+
+/// Replace the mapped bytes `range` with a copy of them in fresh anonymous
+/// memory marked for huge pages (at the same offset within a 2 MiB page, so
+/// aligned parts get huge pages), protected `prot`; returns the length.
+///
+/// # Safety
+/// `range` must be mapped and readable, and nothing may write it while
+/// this runs (it is read once and replaced).
+unsafe fn replace_with_huge_pages(
+    range: Range<usize>,
+    prot: libc::c_int,
+) -> Result<usize, HugePagesError> {
+    let (start, len) = (range.start, range.end - range.start);
     // SAFETY: a fresh private anonymous mapping that nothing else refers to;
     // the extra 2 MiB lets an aligned start be cut out of it.
     let raw = unsafe {
@@ -125,7 +160,7 @@ fn move_to_huge_pages(text: Range<usize>, exec: bool) -> Result<usize, HugePages
         ));
     }
     let raw = raw as usize;
-    let copy = raw.next_multiple_of(HUGE);
+    let copy = raw + (start % HUGE + HUGE - raw % HUGE) % HUGE;
     // SAFETY: the head and tail cut here lie inside the mapping just made
     // and outside [copy, copy + len), which is all that is used below.
     unsafe {
@@ -138,29 +173,19 @@ fn move_to_huge_pages(text: Range<usize>, exec: bool) -> Result<usize, HugePages
         }
     }
     let moved = (|| {
-        // SAFETY: [copy, copy + len) is our writable mapping; [start, end)
-        // is readable program text of the same length; they do not overlap.
+        // SAFETY: [copy, copy + len) is our writable mapping; `range` is
+        // readable memory of the same length (the caller's word); they do
+        // not overlap.
         unsafe {
             check(
                 "madvise(MADV_HUGEPAGE)",
                 libc::madvise(copy as *mut _, len, libc::MADV_HUGEPAGE),
             )?;
             std::ptr::copy_nonoverlapping(start as *const u8, copy as *mut u8, len);
-            check(
-                "mprotect",
-                libc::mprotect(
-                    copy as *mut _,
-                    len,
-                    if exec {
-                        libc::PROT_READ | libc::PROT_EXEC
-                    } else {
-                        libc::PROT_READ
-                    },
-                ),
-            )?;
-            // One call replaces the text with identical bytes: the code
-            // running it, possibly inside the range, returns into the same
-            // instructions now held in the new pages.
+            check("mprotect", libc::mprotect(copy as *mut _, len, prot))?;
+            // One call replaces the range with identical bytes: code
+            // running it, possibly inside a text range, returns into the
+            // same instructions now held in the new pages.
             let to = libc::mremap(
                 copy as *mut _,
                 len,
@@ -183,6 +208,88 @@ fn move_to_huge_pages(text: Range<usize>, exec: bool) -> Result<usize, HugePages
         unsafe { libc::munmap(copy as *mut _, len) };
     }
     moved
+}
+
+/// The name of wasmtime's memory image files, as `/proc/self/maps` shows
+/// their mappings.
+const IMAGE_MAPPING: &str = "/memfd:wasm-memory-image";
+
+/// A linear memory larger than this stays as it is: copying it would make
+/// every template hold that much memory of its own.
+const MAX_MEMORY_MOVED: usize = 64 << 20;
+
+/// The accessible part of each linear memory mapped from a memory image: a
+/// run of contiguous private read-write mappings, anonymous or of an image
+/// file, that holds an image mapping and lies between two inaccessible
+/// ones (the memory's reservation and guard), so it is all one memory.
+fn image_memories(maps: &str) -> Vec<Range<usize>> {
+    let parsed = parse_maps(maps);
+    let part = |i: usize| {
+        let (_, perms, path) = parsed[i];
+        perms == "rw-p" && (path.is_empty() || path.starts_with(IMAGE_MAPPING))
+    };
+    let next_to = |a: usize, b: usize| parsed[a].0.end == parsed[b].0.start;
+    let mut memories = Vec::new();
+    let mut i = 0;
+    while i < parsed.len() {
+        if !(part(i) && parsed[i].2.starts_with(IMAGE_MAPPING)) {
+            i += 1;
+            continue;
+        }
+        let (mut first, mut last) = (i, i);
+        while first > 0 && part(first - 1) && next_to(first - 1, first) {
+            first -= 1;
+        }
+        while last + 1 < parsed.len() && part(last + 1) && next_to(last, last + 1) {
+            last += 1;
+        }
+        let guard = |j: usize| parsed[j].1 == "---p";
+        if first > 0
+            && last + 1 < parsed.len()
+            && guard(first - 1)
+            && next_to(first - 1, first)
+            && guard(last + 1)
+            && next_to(last, last + 1)
+        {
+            memories.push(parsed[first].0.start..parsed[last].0.end);
+        }
+        i = last + 1;
+    }
+    memories
+}
+
+/// Copy each linear memory of this process that is mapped from a memory
+/// image (and is at most [`MAX_MEMORY_MOVED`]) into anonymous huge pages,
+/// as the module doc says; returns how many bytes moved.
+///
+/// `maps` is this process's `/proc/self/maps`, opened before confinement
+/// took the path away (it is read afresh from its start).
+///
+/// # Safety
+/// No other thread may run, and nothing may use the memories while this
+/// runs (a template process between instantiation and its first copy).
+/// The bytes stay the same and so does the protection, so every pointer
+/// into them stays valid.
+pub(crate) unsafe fn move_wasm_memories_to_huge_pages(
+    maps: &mut std::fs::File,
+) -> Result<usize, HugePagesError> {
+    use std::io::{Read, Seek};
+    let mut text = String::new();
+    maps.rewind()
+        .and_then(|_| maps.read_to_string(&mut text))
+        .map_err(HugePagesError::Maps)?;
+    let maps = text;
+    let mut moved = 0;
+    for memory in image_memories(&maps) {
+        if memory.end - memory.start > MAX_MEMORY_MOVED {
+            continue;
+        }
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        // SAFETY: `memory` is mapped read-write (the maps just read) and,
+        // by the caller's word, nothing uses it meanwhile.
+        moved += unsafe { replace_with_huge_pages(memory, prot) }?;
+    }
+    Ok(moved)
 }
 
 /// `MADV_COLLAPSE` (Linux 6.1), which the libc crate does not name yet.
@@ -243,6 +350,38 @@ mod tests {
             }
         }
         0
+    }
+
+    #[test]
+    fn image_memories_are_the_runs_between_guards_that_hold_an_image() {
+        let maps = "\
+7f0013000000-7f0015000000 ---p 00000000 00:00 0
+7f0015000000-7f00150f0000 rw-p 00000000 00:00 0
+7f00150f0000-7f0015cd0000 rw-p 00000000 00:01 41794                      /memfd:wasm-memory-image (deleted)
+7f0015cd0000-7f0015ce0000 rw-p 00000000 00:00 0
+7f0015ce0000-7f0117000000 ---p 00000000 00:00 0
+7f0117118000-7f0117145000 rw-p 00000000 00:00 0
+7f0200000000-7f0200010000 ---p 00000000 00:00 0
+7f0200010000-7f0200020000 rw-p 00000000 00:01 41795                      /memfd:wasm-memory-image (deleted)
+7f0200020000-7f0200030000 rw-p 00000000 00:00 0
+7f0300000000-7f0300010000 ---p 00000000 00:00 0
+7f0300010000-7f0300020000 rw-p 00000000 00:01 41796                      /memfd:wasm-memory-image (deleted)
+7f0300020000-7f0300030000 rw-p 00000000 fe:00 326279                     /usr/lib/x86_64-linux-gnu/libc.so.6
+7f0300030000-7f0300040000 ---p 00000000 00:00 0
+7f0400000000-7f0400010000 ---p 00000000 00:00 0
+7f0400010000-7f0400020000 rw-p 00000000 00:01 41797                      /memfd:wasm-memory-image (deleted)
+7f0400020000-7f0400030000 ---p 00000000 00:00 0
+";
+        // The first is whole; the second has no guard after it (a gap);
+        // the third runs into a file that is not an image; the fourth is
+        // the image alone.
+        assert_eq!(
+            image_memories(maps),
+            vec![
+                0x7f0015000000..0x7f0015ce0000,
+                0x7f0400010000..0x7f0400020000
+            ]
+        );
     }
 
     #[test]

@@ -149,8 +149,9 @@ pub(super) fn run_child(c: ChildSetup<'_>, handed: Option<Handed>) -> ! {
     let Handed { handover, output } = handed;
     let mut store = store;
     store.set_traceparent(handover.trace.traceparent());
-    let prepared = store.for_message(&handover.message, call_of(&handover));
-    let report = runtime.block_on(c.executor.run_prepared(c.job, prepared));
+    let mut prepared = store.for_message(&handover.message, call_of(&handover));
+    let report = runtime.block_on(c.executor.run_prepared(c.job, &mut prepared));
+    // `prepared` is never dropped: the exit unmaps it.
     report_and_exit(&c.channel, report, output)
 }
 

@@ -36,7 +36,11 @@
 //! (`Running::Call`). The copy takes a process group, dies with the fork
 //! server, adds the child's seccomp filter on top of the template's (which
 //! takes `clone`, `setpgid` and `prctl` away again), starts a runtime of its
-//! own, and makes the call.
+//! own, and makes the call. Before it says it is ready, the template copies
+//! its instance's linear memory (mapped from wasmtime's memory image, which
+//! instantiation barely touches) into anonymous huge pages, so a copy reads
+//! it without faults ([`crate::hugepages::move_wasm_memories_to_huge_pages`]);
+//! a copy never drops its instance: exiting unmaps it cheaper.
 //!
 //! A template whose instantiation fails dies before it is ready; its key's
 //! calls fork on demand for [`super::warm::MAX_AGE`], so the failure reaches
@@ -184,6 +188,9 @@ pub(super) fn run_template(c: ChildSetup<'_>) -> ! {
         Ok(s) => s,
         Err(e) => host_error("cannot prepare the template's store", &e),
     };
+    // Opened now: confinement takes the path away, and the memory to move
+    // is only mapped by the instantiation below.
+    let maps = std::fs::File::open("/proc/self/maps");
     if let Err(e) = c.confinement.lock_down_template(c.policy) {
         host_error("cannot confine the template", &e)
     }
@@ -205,6 +212,19 @@ pub(super) fn run_template(c: ChildSetup<'_>) -> ! {
             exit_now(0)
         }
     };
+    // Its linear memory into anonymous huge pages, so copies start with it
+    // mapped ([`crate::hugepages`]).
+    let moved = maps
+        .map_err(crate::hugepages::HugePagesError::Maps)
+        .and_then(|mut maps| {
+            // SAFETY: this process is single-threaded (its runtime is gone)
+            // and no guest code runs until a copy's call.
+            unsafe { crate::hugepages::move_wasm_memories_to_huge_pages(&mut maps) }
+        });
+    match moved {
+        Ok(bytes) => tracing::debug!(bytes, "guest memory in huge pages"),
+        Err(e) => tracing::debug!(error = %e, "guest memory stays where it is"),
+    }
     if send(c.channel.as_raw_fd(), &[READY], MsgFlags::empty()).is_err() {
         exit_now(0)
     }
