@@ -1,11 +1,13 @@
-//! Guest stdout/stderr capture: a WASI output stream that keeps up to a byte
-//! cap, drops the rest (counting it), and forwards each complete line to
-//! `tracing` tagged with the message id, as it is written. What reaches the
-//! log is bounded too: at most [`MAX_FORWARDED_LINES`] lines and
-//! [`MAX_FORWARDED_BYTES`] per stream and call (the rest is counted and
-//! reported once), each line cut at [`MAX_LINE_BYTES`], and control
-//! characters escaped, so a guest can neither flood the log with a million
-//! newlines nor forge log lines or terminal escapes in pretty output.
+//! Guest stdout/stderr capture: a WASI output stream that keeps a stream's
+//! start and end up to a byte cap (half each; what is cut from the middle
+//! is counted), and forwards each complete line to `tracing` tagged with
+//! the message id, as it is written. What reaches the log is bounded too:
+//! at most [`MAX_FORWARDED_LINES`] lines and [`MAX_FORWARDED_BYTES`] per
+//! stream and call, then only the last [`LOG_TAIL_LINES`] lines, logged when
+//! the call ends (so a job's final line is always seen), each line cut at
+//! [`MAX_LINE_BYTES`], and control characters escaped, so a guest can
+//! neither flood the log with a million newlines nor forge log lines or
+//! terminal escapes in pretty output.
 //!
 //! The executor gives one `OutputCapture` per stream to the guest's WASI
 //! context and reads the kept text back with `OutputCapture::finish`. Runs
@@ -13,6 +15,7 @@
 //! `wasm-jobs exec`.
 
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -20,10 +23,12 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-/// Most guest lines forwarded to the log per stream and call.
+/// Most guest lines forwarded to the log per stream and call as written.
 pub(crate) const MAX_FORWARDED_LINES: u64 = 1000;
-/// Most guest bytes forwarded to the log per stream and call.
+/// Most guest bytes forwarded to the log per stream and call as written.
 pub(crate) const MAX_FORWARDED_BYTES: u64 = 256 * 1024;
+/// Lines past those caps of which the last are logged when the call ends.
+pub(crate) const LOG_TAIL_LINES: usize = 20;
 /// Longest guest line forwarded as it is; longer ones are cut.
 pub(crate) const MAX_LINE_BYTES: usize = 4096;
 
@@ -49,9 +54,11 @@ impl StreamName {
 /// What a capture kept once the call is over.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CapturedText {
-    /// The kept bytes, as UTF-8 (invalid sequences replaced).
+    /// The kept bytes, as UTF-8 (invalid sequences replaced): all of them,
+    /// or the start and the end with a line saying how much was cut
+    /// between them.
     pub text: String,
-    /// Bytes the guest wrote past the cap, dropped.
+    /// Bytes the guest wrote past the cap, cut from the middle.
     pub dropped_bytes: u64,
 }
 
@@ -66,15 +73,22 @@ struct CaptureState {
     stream: StreamName,
     message_id: String,
     limit: usize,
-    kept: Vec<u8>,
-    /// Start of the line not yet forwarded to tracing.
-    line_start: usize,
+    /// The stream's first bytes, up to half the cap.
+    head: Vec<u8>,
+    /// Its last bytes after the head, up to the rest of the cap.
+    tail: VecDeque<u8>,
+    /// Bytes cut between the head and the tail.
     dropped: u64,
+    /// The line being written, up to [`MAX_LINE_BYTES`] + 1 bytes, and how
+    /// many more it had.
+    line: Vec<u8>,
+    line_cut: usize,
     /// Lines and bytes forwarded to the log so far.
     forwarded_lines: u64,
     forwarded_bytes: u64,
-    /// Lines kept but not forwarded, past the log caps.
+    /// Lines past the log caps: how many, and the last of them.
     suppressed_lines: u64,
+    last_lines: VecDeque<String>,
 }
 
 impl OutputCapture {
@@ -86,12 +100,15 @@ impl OutputCapture {
                 stream,
                 message_id: String::new(),
                 limit,
-                kept: Vec::new(),
-                line_start: 0,
+                head: Vec::new(),
+                tail: VecDeque::new(),
                 dropped: 0,
+                line: Vec::new(),
+                line_cut: 0,
                 forwarded_lines: 0,
                 forwarded_bytes: 0,
                 suppressed_lines: 0,
+                last_lines: VecDeque::new(),
             })),
         }
     }
@@ -104,71 +121,95 @@ impl OutputCapture {
 
     fn write_bytes(&self, bytes: &[u8]) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let room = st.limit.saturating_sub(st.kept.len());
-        let take = bytes.len().min(room);
-        st.kept.extend_from_slice(&bytes[..take]);
-        let dropped_now = bytes.len() - take;
-        if dropped_now > 0 {
-            if st.dropped == 0 {
-                tracing::warn!(
-                    message_id = %st.message_id,
-                    stream = st.stream.as_str(),
-                    limit_bytes = st.limit,
-                    "guest output over its cap; dropping the rest"
-                );
-            }
-            st.dropped += dropped_now as u64;
-        }
-        st.forward_complete_lines();
+        st.keep(bytes);
+        st.forward_lines(bytes);
     }
 
-    /// Forward any unterminated last line and return what was kept.
+    /// Forward any unterminated last line, and the last lines past the log
+    /// caps, and return what was kept.
     pub(crate) fn finish(&self) -> CapturedText {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.forward_rest();
+        if !st.line.is_empty() || st.line_cut > 0 {
+            st.end_line();
+        }
+        if st.suppressed_lines > 0 {
+            let logged = st.last_lines.len() as u64;
+            tracing::warn!(
+                message_id = %st.message_id,
+                stream = st.stream.as_str(),
+                not_logged = st.suppressed_lines - logged,
+                "guest lines over the log cap were not logged; its last lines follow"
+            );
+            let last = std::mem::take(&mut st.last_lines);
+            for line in last {
+                st.log(&line);
+            }
+        }
+        let mut text = String::from_utf8_lossy(&st.head).into_owned();
         if st.dropped > 0 {
             tracing::warn!(
                 message_id = %st.message_id,
                 stream = st.stream.as_str(),
                 dropped_bytes = st.dropped,
-                "guest output truncated"
+                "guest output over its cap; its start and end are kept"
             );
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&format!("[… {} bytes cut here …]\n", st.dropped));
         }
-        if st.suppressed_lines > 0 {
-            tracing::warn!(
-                message_id = %st.message_id,
-                stream = st.stream.as_str(),
-                suppressed_lines = st.suppressed_lines,
-                "guest lines not forwarded to the log (over the log cap)"
-            );
-        }
+        let (a, b) = st.tail.as_slices();
+        text.push_str(&String::from_utf8_lossy(&[a, b].concat()));
         CapturedText {
-            text: String::from_utf8_lossy(&st.kept).into_owned(),
+            text,
             dropped_bytes: st.dropped,
         }
     }
 }
 
 impl CaptureState {
-    fn forward_complete_lines(&mut self) {
-        while let Some(nl) = self.kept[self.line_start..]
-            .iter()
-            .position(|&b| b == b'\n')
-        {
-            let end = self.line_start + nl;
-            self.emit(self.line_start, end);
-            self.line_start = end + 1;
+    /// Keep `bytes`: into the head while it has room, then into the tail,
+    /// whose oldest bytes are cut when it is full.
+    fn keep(&mut self, mut bytes: &[u8]) {
+        let head_cap = self.limit / 2;
+        let room = head_cap.saturating_sub(self.head.len());
+        let into_head = bytes.len().min(room);
+        self.head.extend_from_slice(&bytes[..into_head]);
+        bytes = &bytes[into_head..];
+        let tail_cap = self.limit - head_cap;
+        if bytes.len() >= tail_cap {
+            self.dropped += (self.tail.len() + bytes.len() - tail_cap) as u64;
+            self.tail.clear();
+            self.tail.extend(&bytes[bytes.len() - tail_cap..]);
+        } else {
+            let over = (self.tail.len() + bytes.len()).saturating_sub(tail_cap);
+            self.tail.drain(..over);
+            self.dropped += over as u64;
+            self.tail.extend(bytes);
         }
     }
 
-    fn forward_rest(&mut self) {
-        if self.line_start < self.kept.len() {
-            self.emit(self.line_start, self.kept.len());
-            self.line_start = self.kept.len();
+    fn forward_lines(&mut self, bytes: &[u8]) {
+        for chunk in bytes.split_inclusive(|&b| b == b'\n') {
+            let (text, ends) = match chunk.strip_suffix(b"\n") {
+                Some(text) => (text, true),
+                None => (chunk, false),
+            };
+            let room = (MAX_LINE_BYTES + 1).saturating_sub(self.line.len());
+            self.line.extend_from_slice(&text[..text.len().min(room)]);
+            self.line_cut += text.len().saturating_sub(room);
+            if ends {
+                self.end_line();
+            }
         }
     }
 
-    fn emit(&mut self, start: usize, end: usize) {
+    /// The line written so far is complete: log it, or past the log caps
+    /// keep it among the last lines.
+    fn end_line(&mut self) {
+        let raw = std::mem::take(&mut self.line);
+        let extra = std::mem::take(&mut self.line_cut);
+        let line = loggable(&raw, extra);
         if self.forwarded_lines >= MAX_FORWARDED_LINES
             || self.forwarded_bytes >= MAX_FORWARDED_BYTES
         {
@@ -178,15 +219,22 @@ impl CaptureState {
                     stream = self.stream.as_str(),
                     max_lines = MAX_FORWARDED_LINES,
                     max_bytes = MAX_FORWARDED_BYTES,
-                    "guest output over the log cap; further lines are kept but not logged"
+                    "guest output over the log cap; only its last lines are logged, when the call ends"
                 );
             }
             self.suppressed_lines += 1;
+            if self.last_lines.len() == LOG_TAIL_LINES {
+                self.last_lines.pop_front();
+            }
+            self.last_lines.push_back(line);
             return;
         }
-        let line = loggable(&self.kept[start..end]);
         self.forwarded_lines += 1;
-        self.forwarded_bytes += (end - start) as u64;
+        self.forwarded_bytes += (raw.len() + extra) as u64;
+        self.log(&line);
+    }
+
+    fn log(&self, line: &str) {
         tracing::info!(
             target: "wasm_jobs::guest",
             message_id = %self.message_id,
@@ -197,16 +245,17 @@ impl CaptureState {
 }
 
 /// A guest line as it may appear in the log: cut at [`MAX_LINE_BYTES`] (on
-/// a character boundary, saying how much was cut), a trailing `\r` dropped,
-/// and control characters other than tab escaped (`\u{1b}`, `\r`, ...).
-fn loggable(raw: &[u8]) -> String {
+/// a character boundary, saying how much was cut, `extra` bytes more than
+/// `raw` holds included), a trailing `\r` dropped, and control characters
+/// other than tab escaped (`\u{1b}`, `\r`, ...).
+fn loggable(raw: &[u8], extra: usize) -> String {
     let text = String::from_utf8_lossy(raw);
     let text = text.trim_end_matches('\r');
     let (kept, cut) = if text.len() > MAX_LINE_BYTES {
         let end = text.floor_char_boundary(MAX_LINE_BYTES);
-        (&text[..end], text.len() - end)
+        (&text[..end], text.len() - end + extra)
     } else {
-        (text, 0)
+        (text, extra)
     };
     let mut out = String::with_capacity(kept.len());
     for c in kept.chars() {
@@ -301,25 +350,66 @@ mod tests {
     }
 
     #[test]
-    fn log_lines_are_cut_and_cannot_forge_lines_or_escapes() {
-        assert_eq!(loggable(b"plain\ttext\r"), "plain\ttext");
-        assert_eq!(
-            loggable(b"a\rINFO forged\x1b[31m"),
-            "a\\rINFO forged\\u{1b}[31m"
-        );
-        let long = loggable(&vec![b'y'; MAX_LINE_BYTES + 10]);
-        assert!(long.starts_with(&"y".repeat(MAX_LINE_BYTES)));
-        assert!(long.ends_with("… (10 bytes cut)"), "{long}");
+    fn past_the_log_cap_the_last_lines_are_kept_for_the_end() {
+        let c = OutputCapture::new(StreamName::Stdout, 64);
+        for i in 0..MAX_FORWARDED_LINES + 100 {
+            c.write_bytes(format!("line {i}\n").as_bytes());
+        }
+        c.write_bytes(b"result: 42");
+        let st = c.state.lock().unwrap();
+        assert_eq!(st.suppressed_lines, 100);
+        assert_eq!(st.last_lines.back().map(String::as_str), Some("line 1099"));
+        drop(st);
+        let out = c.finish();
+        // The unterminated last line is among the last lines logged.
+        let st = c.state.lock().unwrap();
+        assert_eq!(st.suppressed_lines, 101);
+        assert!(st.last_lines.is_empty(), "logged at finish");
+        assert!(out.text.ends_with("line 1099\nresult: 42"), "{}", out.text);
     }
 
     #[test]
-    fn keeps_up_to_the_cap_and_counts_the_rest() {
+    fn log_lines_are_cut_and_cannot_forge_lines_or_escapes() {
+        assert_eq!(loggable(b"plain\ttext\r", 0), "plain\ttext");
+        assert_eq!(
+            loggable(b"a\rINFO forged\x1b[31m", 0),
+            "a\\rINFO forged\\u{1b}[31m"
+        );
+        let long = loggable(&vec![b'y'; MAX_LINE_BYTES + 1], 9);
+        assert!(long.starts_with(&"y".repeat(MAX_LINE_BYTES)));
+        assert!(long.ends_with("… (10 bytes cut)"), "{long}");
+        // A long line written in pieces is held to the bound while written.
+        let c = OutputCapture::new(StreamName::Stdout, 16);
+        for _ in 0..100 {
+            c.write_bytes(&[b'z'; 1000]);
+        }
+        assert!(c.state.lock().unwrap().line.len() <= MAX_LINE_BYTES + 1);
+    }
+
+    #[test]
+    fn keeps_the_start_and_the_end_and_counts_the_middle() {
         let c = OutputCapture::new(StreamName::Stdout, 10);
         c.write_bytes(b"hello\n");
         c.write_bytes(b"world, and more");
         let out = c.finish();
-        assert_eq!(out.text, "hello\nworl");
+        assert_eq!(out.text, "hello\n[… 11 bytes cut here …]\n more");
         assert_eq!(out.dropped_bytes, 11);
+        // Within the cap, everything in order, whatever the writes' sizes.
+        let c = OutputCapture::new(StreamName::Stdout, 10);
+        for b in b"0123456789" {
+            c.write_bytes(&[*b]);
+        }
+        assert_eq!(
+            c.finish(),
+            CapturedText {
+                text: "0123456789".into(),
+                dropped_bytes: 0
+            }
+        );
+        // A write larger than the cap keeps its own end.
+        let c = OutputCapture::new(StreamName::Stdout, 10);
+        c.write_bytes(b"abcdefghijklmnopqrstuvwxyz");
+        assert_eq!(c.finish().text, "abcde\n[… 16 bytes cut here …]\nvwxyz");
     }
 
     #[test]

@@ -361,6 +361,7 @@ impl Executor {
             http: store.data().http_usage(),
             duration: started.elapsed(),
         }
+        .explained()
     }
 
     /// Instantiate `job` in the prepared store, before any message: what a
@@ -406,7 +407,8 @@ impl Executor {
                 output: None,
                 http: None,
                 duration: started.elapsed(),
-            }),
+            }
+            .explained()),
         }
     }
 
@@ -510,5 +512,6 @@ impl Instantiated {
             http: self.store.data().http_usage(),
             duration: started.elapsed(),
         }
+        .explained()
     }
 }

@@ -2,18 +2,35 @@
 //! (embedded queues, module registry) and the compiled-artifact cache in it.
 //!
 //! Resolution order: `--data-dir`, then `$WASM_JOBS_HOME`, then
-//! `$XDG_DATA_HOME/wasm-jobs`, then `~/.local/share/wasm-jobs`.
+//! `$XDG_DATA_HOME/wasm-jobs`, then `~/.local/share/wasm-jobs`. The old
+//! name `$WASM_JOBS_DATA_DIR` still works in `$WASM_JOBS_HOME`'s place,
+//! with a warning.
 //!
 //! Resolved once, in the CLI process; the fork server (which has no
 //! environment) is handed the paths it needs.
 
 use std::path::{Path, PathBuf};
 
+/// The data directory variable's old name, still read (with a warning).
+const OLD_NAME: &str = "WASM_JOBS_DATA_DIR";
+
 /// Resolve the data directory from an explicit flag and the environment.
 pub(crate) fn data_dir(explicit: Option<&Path>) -> PathBuf {
+    let home = std::env::var_os("WASM_JOBS_HOME").filter(|v| !v.is_empty());
+    let old = std::env::var_os(OLD_NAME).filter(|v| !v.is_empty());
+    if old.is_some() {
+        tracing::warn!(
+            "{OLD_NAME} is the old name of WASM_JOBS_HOME{}",
+            if explicit.is_some() || home.is_some() {
+                "; it is ignored"
+            } else {
+                "; it still works, but set WASM_JOBS_HOME instead"
+            }
+        );
+    }
     resolve(
         explicit,
-        std::env::var_os("WASM_JOBS_HOME").map(PathBuf::from),
+        home.or(old).map(PathBuf::from),
         std::env::var_os("XDG_DATA_HOME").map(PathBuf::from),
         std::env::var_os("HOME").map(PathBuf::from),
     )

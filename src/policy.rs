@@ -138,6 +138,9 @@ pub struct TenantPolicy {
     /// prefixes ending in `*`); `None`: the default, the receiving queue's
     /// address followed by `-replies` and anything.
     pub reply_to: Option<Vec<String>>,
+    /// Variables its `env` passes through that were not set when the
+    /// policy was loaded: its jobs do not see them.
+    pub unset_env: Vec<String>,
 }
 
 impl TenantPolicy {
@@ -158,6 +161,7 @@ impl TenantPolicy {
             "key_file": self.key_file,
             "reply_to": self.reply_to.clone().map_or(serde_json::json!("QUEUE-replies*"), |r| serde_json::json!(r)),
             "env": s.env.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+            "env_unset": self.unset_env,
             "http": s.http.grants.iter().map(|g| format!("{}://{}:{}{}", if g.tls { "https" } else { "http" }, g.host, g.port, g.path_prefix)).collect::<Vec<_>>(),
             "http_limits": {
                 "requests": s.http.max_requests,
@@ -207,6 +211,7 @@ impl Policies {
                 queues: Vec::new(),
                 key_file: None,
                 reply_to: None,
+                unset_env: Vec::new(),
             }),
             keys: BTreeMap::new(),
         }
@@ -295,6 +300,22 @@ impl Policies {
         })
     }
 
+    /// Warnings for people: each variable a tenant's `env` passes through
+    /// that was not set when the file was loaded, so its jobs will not see
+    /// it.
+    pub fn unset_env_warnings(&self) -> Vec<String> {
+        let named = self.tenants.iter().map(|(n, t)| (format!("tenant {n}"), t));
+        let default = self.default.iter().map(|t| ("[default]".to_owned(), t));
+        named
+            .chain(default)
+            .flat_map(|(who, t)| {
+                t.unset_env.iter().map(move |var| {
+                    format!("{who} passes through {var}, which is not set here; its jobs will not see it")
+                })
+            })
+            .collect()
+    }
+
     /// The signing key of `tenant`, if its policy names one.
     pub fn signing_key(&self, tenant: &str) -> Option<&SigningKey> {
         self.keys.get(tenant).map(|k| k.as_ref())
@@ -363,13 +384,16 @@ fn effective(
         Some(s) => return Err(format!("timeout_secs must be positive, got {s}")),
     };
     let mut vars = Vec::new();
+    let mut unset_env = Vec::new();
     for name in &e.env {
         if name.is_empty() || name.contains('=') {
             return Err(format!("`{name}` is not an environment variable name"));
         }
-        // A variable the worker does not have is simply not passed.
-        if let Some(value) = env(name) {
-            vars.push((name.clone(), value));
+        // A variable the worker does not have is not passed (and said so:
+        // [`Policies::unset_env`]).
+        match env(name) {
+            Some(value) => vars.push((name.clone(), value)),
+            None => unset_env.push(name.clone()),
         }
     }
     let mut preopens = Vec::new();
@@ -452,6 +476,7 @@ fn effective(
         queues: e.queues,
         key_file: e.key_file,
         reply_to: e.reply_to,
+        unset_env,
     })
 }
 

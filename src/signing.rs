@@ -321,6 +321,14 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    #[test]
+    fn a_redrive_keeps_the_signing_attributes() {
+        assert_eq!(
+            crate::queue::KEPT_ON_REDRIVE,
+            [SIGNATURE_ATTRIBUTE, EXPIRES_ATTRIBUTE]
+        );
+    }
+
     const BODY: &str = r#"{"op":"count","text":"a b c"}"#;
     const EXPIRES: u64 = 1_893_456_000;
     /// Also computed independently with Python's hmac/hashlib.

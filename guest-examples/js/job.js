@@ -5,12 +5,23 @@
 //                                           (and print it to stdout), ok
 //   {"op": "retry", "delay": S, "reason": R} ask for a retry after S seconds
 //   {"op": "fail", "reason": R}              fatal: dead-letter now
+//   {"op": "crash", "reason": R}             throw new Error(R) out of `run`: the call
+//                                           traps ("... received `Error: R` ..."), the
+//                                           message is retried, and on the last attempt
+//                                           the queue allows the worker dead-letters it
+//                                           with that text
 //   {"op": "fetch", "url": U[, "post": N]}  fetch(U) (a POST of N bytes with "post") and publish
 //                                           {"status": S, "body": the first 200 characters};
 //                                           a refused or failed request is fatal
 // Malformed JSON or an unknown op is fatal: retrying cannot help.
 //
-// Returning normally gives `ok`; throwing a `failure` value gives `err`.
+// Returning normally gives `ok`; throwing a `failure` value gives `err`:
+//   throw { tag: "fatal", val: "why" }                             dead-letter now
+//   throw { tag: "retry", val: { reason: "why", delaySeconds: 30 } }  retry later
+// (exactly these field names: `delay_seconds` would be ignored). Anything
+// else thrown traps the call, which is retried like a crash. To decide
+// yourself, catch and rethrow, as `fetch` below does:
+//   try { ... } catch (e) { throw { tag: "retry", val: { reason: String(e) } }; }
 
 // The result goes to whoever asked for the outcome (reply-to, `wasm-jobs
 // send --wait`, `wasm-jobs exec`); `set` throws the reason when it is over
@@ -53,6 +64,8 @@ export async function run(msg) {
       };
     case "fail":
       throw { tag: "fatal", val: String(job.reason ?? "asked to fail") };
+    case "crash":
+      throw new Error(String(job.reason ?? "crash"));
     case "fetch": {
       let status, body;
       try {

@@ -5,10 +5,20 @@ Body: JSON {"op": ...}
                                           (and print it to stdout), ok
   {"op": "retry", "delay": S, "reason": R} ask for a retry after S seconds
   {"op": "fail", "reason": R}              fatal: dead-letter now
+  {"op": "crash", "reason": R}             raise RuntimeError(R): the call traps with
+                                          the traceback as its reason and is retried
   {"op": "fetch", "url": U}                GET U and publish
                                           {"status": S, "body": the first 200 characters};
                                           a refused or failed request is fatal
 Malformed JSON or an unknown op is fatal: retrying cannot help.
+
+Returning gives `ok`; raising Err(Failure_...) gives `err`:
+  raise Err(Failure_Fatal("why"))                    dead-letter now
+  raise Err(Failure_Retry(RetryInfo("why", 30)))     retry after 30 s (None: later)
+Any other exception traps the call, which is retried like a crash. To decide
+yourself, catch and re-raise, as `fetch` below does:
+  try: ...
+  except Exception as e: raise Err(Failure_Retry(RetryInfo(str(e), None)))
 """
 
 import json
@@ -84,6 +94,12 @@ class WitWorld(wit_world.WitWorld):
             raise Err(Failure_Retry(RetryInfo(reason, int(delay) if delay is not None else None)))
         if op == "fail":
             raise Err(Failure_Fatal(str(job.get("reason", "asked to fail"))))
+        if op == "crash":
+            # Any exception but Err(Failure_...) traps the call: Python
+            # prints its traceback to stderr, the worker puts the last lines
+            # in the outcome, the message is retried, and on the last
+            # attempt the queue allows it is dead-lettered with them.
+            raise RuntimeError(str(job.get("reason", "crash")))
         if op == "fetch":
             url = str(job.get("url", ""))
             try:

@@ -13,7 +13,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Args)]
 pub(super) struct Location {
     /// Data directory of embedded queues.
-    #[arg(long, global = true, env = "WASM_JOBS_DATA_DIR")]
+    #[arg(long, global = true, env = "WASM_JOBS_HOME")]
     pub data_dir: Option<PathBuf>,
     /// SQS endpoint (LocalStack, ElasticMQ, moto); AWS_ENDPOINT_URL(_SQS) work too.
     #[arg(long, global = true)]

@@ -27,7 +27,7 @@ pub(super) struct DemoArgs {
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
     /// Data directory (the demo uses its `demo/` subdirectory).
-    #[arg(long, env = "WASM_JOBS_DATA_DIR")]
+    #[arg(long, env = "WASM_JOBS_HOME")]
     data_dir: Option<PathBuf>,
 }
 

@@ -61,12 +61,26 @@ pub(super) struct ExecArgs {
     /// The tenant whose policy applies (with --policy).
     #[arg(long, default_value = "default", requires = "policy")]
     tenant: String,
+    /// An environment variable the job sees, repeatable (added to what a
+    /// --policy passes through; the job sees no other variable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
     /// Data directory (holds the compiled-artifact cache).
-    #[arg(long, env = "WASM_JOBS_DATA_DIR")]
+    #[arg(long, env = "WASM_JOBS_HOME")]
     data_dir: Option<PathBuf>,
+}
+
+/// `KEY=VALUE` for `--env`.
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => {
+            Ok((k.to_owned(), v.to_owned()))
+        }
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
 }
 
 /// Load and call the component; the exit code is the outcome's.
@@ -96,6 +110,11 @@ pub(super) fn run(args: ExecArgs) -> anyhow::Result<u8> {
                     args.tenant
                 );
             };
+            for var in &tenant.unset_env {
+                eprintln!(
+                    "warning: the policy passes through {var}, which is not set here; the job will not see it"
+                );
+            }
             tenant.sandbox.clone()
         }
         None => SandboxPolicy {
@@ -107,6 +126,11 @@ pub(super) fn run(args: ExecArgs) -> anyhow::Result<u8> {
             ..SandboxPolicy::default()
         },
     };
+    let mut policy = policy;
+    for (k, v) in &args.env {
+        policy.env.retain(|(name, _)| name != k);
+        policy.env.push((k.clone(), v.clone()));
+    }
     let settings = EngineSettings {
         fuel_metering: policy.fuel.is_some(),
     };
@@ -167,7 +191,7 @@ fn print_report(
         if captured.dropped_bytes > 0 {
             writeln!(
                 err,
-                "note: guest {name} over its cap; {} bytes dropped",
+                "note: guest {name} over its cap; {} bytes cut from the middle",
                 captured.dropped_bytes
             )?;
         }

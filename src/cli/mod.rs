@@ -9,10 +9,12 @@
 
 mod args;
 mod demo;
+mod dlq_cmds;
 mod exec;
 mod module_cmds;
 mod queue_cmds;
 mod send_wait;
+mod starter;
 mod worker_cmd;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +42,11 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run one call of a job component in-process and print its outcome.
     Exec(exec::ExecArgs),
+    /// Start a job project: source, build script, README and the contract.
+    New(starter::NewArgs),
+    /// Print the job contract (WIT), or write it with --out (and its WASI
+    /// packages with --wasi).
+    Wit(starter::WitArgs),
     /// The module registry: push, list, inspect and remove job components.
     Module {
         #[command(subcommand)]
@@ -62,7 +69,7 @@ enum Command {
     /// Dead-letter queue operations.
     Dlq {
         #[command(subcommand)]
-        command: queue_cmds::DlqCommand,
+        command: dlq_cmds::DlqCommand,
         #[command(flatten)]
         location: args::Location,
     },
@@ -116,6 +123,9 @@ fn policy_command(cmd: PolicyCommand) -> anyhow::Result<u8> {
         .check_dirs_apart(&location.own_dirs())
         .map_err(|why| anyhow::anyhow!("policy file {}: {why}", file.display()))?;
     println!("{}", serde_json::to_string_pretty(&policies.describe())?);
+    for warning in policies.unset_env_warnings() {
+        eprintln!("warning: {warning}");
+    }
     if policies.default.is_none() {
         eprintln!("note: no [default] section: tenants not listed are rejected");
     }
@@ -184,6 +194,8 @@ pub fn main() -> ExitCode {
     let log = crate::logging::init(default_level, cli.log_format);
     let result = match cli.command {
         Command::Exec(args) => exec::run(args),
+        Command::New(args) => starter::new(args),
+        Command::Wit(args) => starter::wit(args),
         Command::WasiAdapter(args) => write_wasi_adapter(args),
         Command::ForkServer(_) => Ok(crate::outcome::exit_code::USAGE),
         Command::Demo(args) => match demo::run(args, &log) {
@@ -205,7 +217,7 @@ pub fn main() -> ExitCode {
             with_runtime(|| queue_cmds::queue_command(&location, command))
         }
         Command::Dlq { command, location } => {
-            with_runtime(|| queue_cmds::dlq_command(&location, command))
+            with_runtime(|| dlq_cmds::dlq_command(&location, command))
         }
         Command::Send { args, location } => with_runtime(|| queue_cmds::send(&location, args)),
         Command::Receive { args, location } => {

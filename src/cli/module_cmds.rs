@@ -15,7 +15,7 @@ pub(super) struct RegistryLocation {
     #[arg(long, global = true, env = "WASM_JOBS_REGISTRY")]
     registry: Option<PathBuf>,
     /// Data directory (holds the compiled-artifact cache).
-    #[arg(long, global = true, env = "WASM_JOBS_DATA_DIR")]
+    #[arg(long, global = true, env = "WASM_JOBS_HOME")]
     data_dir: Option<PathBuf>,
 }
 

@@ -1,10 +1,9 @@
-//! Queue subcommands: `queue create|stats|purge`, `dlq redrive`, `send`,
-//! `receive`. They talk to a queue only through `crate::queue`; `send
+//! Queue subcommands: `queue create|list|stats|purge`, `send`, `receive`
+//! (`dlq` is [`super::dlq_cmds`]). They talk to a queue only through `crate::queue`; `send
 //! --key-file` signs messages with `crate::signing`.
 
 use super::args::{Location, parse_attr, parse_seconds};
 use super::send_wait;
-use crate::queue::address::QueueAddress;
 use crate::queue::embedded::EmbeddedStore;
 use crate::queue::sqs::{self, SqsQueue};
 use crate::queue::{
@@ -29,6 +28,17 @@ pub(super) enum QueueCommand {
     },
     /// Delete every message in the queue.
     Purge { queue: String },
+    /// The data dir's queues with their counts (or SQS queues by prefix).
+    List {
+        /// List SQS queues instead (ListQueues).
+        #[arg(long)]
+        sqs: bool,
+        /// Only SQS queues whose names start with this.
+        #[arg(long, requires = "sqs", default_value = "")]
+        prefix: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,12 +61,6 @@ pub(super) struct CreateArgs {
     /// Create it on SQS (prints the queue URL) instead of embedded.
     #[arg(long)]
     pub sqs: bool,
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub(super) enum DlqCommand {
-    /// Move the messages of QUEUE's dead-letter queue back to QUEUE.
-    Redrive { queue: String },
 }
 
 #[derive(Debug, clap::Args)]
@@ -111,6 +115,9 @@ pub(super) struct ReceiveArgs {
     /// Keep receiving until the queue stays empty for one wait.
     #[arg(long)]
     pub drain: bool,
+    /// Show messages without taking them (see `dlq peek`).
+    #[arg(long, conflicts_with_all = ["delete", "drain", "visibility_timeout", "wait"])]
+    pub peek: bool,
 }
 
 fn parse_seconds_or_zero(s: &str) -> Result<Duration, String> {
@@ -193,69 +200,51 @@ pub(super) async fn queue_command(loc: &Location, cmd: QueueCommand) -> anyhow::
             loc.open(&queue).await?.purge().await?;
             println!("purged {queue}");
         }
+        QueueCommand::List { sqs, prefix, json } => list(loc, sqs, &prefix, json).await?,
     }
     Ok(0)
 }
 
-pub(super) async fn dlq_command(loc: &Location, cmd: DlqCommand) -> anyhow::Result<u8> {
-    let DlqCommand::Redrive { queue } = cmd;
-    let moved = match QueueAddress::parse(&queue)? {
-        QueueAddress::Embedded { name } => {
-            let dir = loc.data_dir();
-            let q = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir)?.queue(&name))
-                .await??;
-            q.redrive_dead_letters().await?
-        }
-        QueueAddress::Sqs { .. } => {
-            let source = loc.open(&queue).await?;
-            let dlq = source
-                .dead_letter_queue()
-                .await?
-                .with_context(|| format!("{queue} has no redrive policy"))?;
-            move_all(dlq.as_ref(), source.as_ref()).await?
-        }
+/// `queue list`: one line per queue with its counts and dead-letter queue.
+async fn list(loc: &Location, sqs: bool, prefix: &str, json: bool) -> anyhow::Result<()> {
+    let names = if sqs {
+        let client = sqs::client(loc.endpoint_url.as_deref()).await;
+        SqsQueue::list(&client, prefix).await?
+    } else {
+        let dir = loc.data_dir();
+        tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir)?.queue_names()).await??
     };
-    println!("moved {moved} messages back to {queue}");
-    Ok(0)
-}
-
-/// Copy every message from `from` to `to` (body, attributes, group), deleting
-/// each original only after its copy was accepted.
-async fn move_all(from: &dyn Queue, to: &dyn Queue) -> anyhow::Result<u64> {
-    let mut moved = 0;
-    loop {
-        let batch = from
-            .receive(ReceiveRequest {
-                max_messages: 10,
-                wait: Duration::ZERO,
-                visibility_timeout: Some(Duration::from_secs(60)),
-            })
-            .await?;
-        if batch.is_empty() {
-            return Ok(moved);
-        }
-        let copies: Vec<OutgoingMessage> = batch
-            .iter()
-            .map(|m| OutgoingMessage {
-                body: m.body.clone(),
-                attributes: m.attributes.clone(),
-                group_id: m.group_id.clone(),
-                dedup_id: m.group_id.as_ref().map(|_| m.message_id.clone()),
-                delay: None,
-            })
-            .collect();
-        let sent = to.send_batch(&copies).await?;
-        let done: Vec<String> = sent
-            .iter()
-            .filter(|r| r.result.is_ok())
-            .map(|r| batch[r.index].receipt_handle.clone())
-            .collect();
-        if let Some(failed) = sent.iter().find_map(|r| r.result.as_ref().err()) {
-            bail!("copying a message back failed: {failed}");
-        }
-        from.delete_batch(&done).await?;
-        moved += done.len() as u64;
+    if names.is_empty() && !json {
+        println!("no queues");
     }
+    for name in names {
+        let q = loc.open(&name).await?;
+        let counts = q.counts().await?;
+        let dlq = q.attributes().await?.redrive;
+        let shown = if sqs {
+            name.rsplit('/').next().unwrap_or(&name)
+        } else {
+            &name
+        };
+        if json {
+            let mut v = serde_json::to_value(counts)?;
+            v["queue"] = serde_json::json!(name);
+            v["dead_letter_queue"] = serde_json::json!(dlq.as_ref().map(|p| &p.dead_letter_target));
+            println!("{v}");
+        } else {
+            let dlq = dlq.map_or(String::new(), |p| {
+                format!(
+                    ", dead letters to {} after {} receives",
+                    p.dead_letter_target, p.max_receive_count
+                )
+            });
+            println!(
+                "{shown}: {} visible, {} in flight, {} delayed{dlq}",
+                counts.visible, counts.in_flight, counts.delayed
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `--key-file`'s key and the expiry it signs with.
@@ -380,8 +369,25 @@ async fn flush_batch(
     Ok(())
 }
 
+/// Print up to `max` of `q`'s visible messages without taking them.
+pub(super) async fn peek(q: &dyn Queue, max: usize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for m in q.peek(max).await? {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"event": "peeked", "message": m})
+        )?;
+    }
+    Ok(())
+}
+
 pub(super) async fn receive(loc: &Location, args: ReceiveArgs) -> anyhow::Result<u8> {
     let q = loc.open(&args.queue).await?;
+    if args.peek {
+        peek(q.as_ref(), args.max.into()).await?;
+        return Ok(0);
+    }
     let mut out = std::io::stdout().lock();
     loop {
         let batch = q

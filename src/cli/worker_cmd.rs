@@ -202,6 +202,9 @@ where
         Some(path) => crate::policy::Policies::load(path)?,
         None => crate::policy::Policies::open(base),
     };
+    for warning in policies.unset_env_warnings() {
+        tracing::warn!("{warning}");
+    }
     let registry_dir = args
         .registry
         .clone()

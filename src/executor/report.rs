@@ -45,6 +45,47 @@ pub struct CallReport {
     pub duration: Duration,
 }
 
+/// Most lines of the guest's stderr a trap's detail ends with.
+const STDERR_TAIL_LINES: usize = 8;
+/// Most bytes of them.
+const STDERR_TAIL_BYTES: usize = 1024;
+
+impl CallReport {
+    /// The report, with a trap's detail ending in the last lines the guest
+    /// wrote to stderr (a Python traceback, a JavaScript error), so the
+    /// log, `exec`, a dead-letter reason and an outcome say what went
+    /// wrong. Metrics still count traps by kind only.
+    pub(crate) fn explained(mut self) -> Self {
+        if let Outcome::Trap { detail, .. } = &mut self.outcome
+            && let Some(tail) = last_lines(&self.stderr.text)
+        {
+            detail.push_str("; the guest's stderr ends: ");
+            detail.push_str(&tail);
+        }
+        self
+    }
+}
+
+/// Up to [`STDERR_TAIL_LINES`] last non-empty lines of `text`, at most
+/// [`STDERR_TAIL_BYTES`] of them (cut at the front), joined by `\n`.
+fn last_lines(text: &str) -> Option<String> {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let tail = lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n");
+    if tail.is_empty() {
+        return None;
+    }
+    let cut = tail.len().saturating_sub(STDERR_TAIL_BYTES);
+    Some(if cut == 0 {
+        tail
+    } else {
+        format!("…{}", &tail[tail.ceil_char_boundary(cut)..])
+    })
+}
+
 fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64() * 1000.0)
 }
@@ -102,4 +143,67 @@ pub enum CallError {
     /// The epoch ticker (thread or SIGALRM timer) could not be started.
     #[error("cannot start the epoch ticker: {0}")]
     Ticker(#[source] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::TrapKind;
+
+    fn report(outcome: Outcome, stderr: &str) -> CallReport {
+        CallReport {
+            outcome,
+            stdout: CapturedText::default(),
+            stderr: CapturedText {
+                text: stderr.into(),
+                dropped_bytes: 0,
+            },
+            output: None,
+            http: None,
+            duration: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_trap_ends_with_the_last_lines_of_stderr() {
+        let trap = Outcome::Trap {
+            kind: TrapKind::Unreachable,
+            detail: "wasm trap: wasm `unreachable` instruction executed".into(),
+        };
+        let traceback = "starting\nTraceback (most recent call last):\n  File \"app.py\", line 9, in run\nRuntimeError: boom\n\n";
+        let explained = report(trap.clone(), traceback).explained();
+        assert_eq!(
+            explained.outcome.to_string(),
+            "trap (unreachable): wasm trap: wasm `unreachable` instruction executed; \
+             the guest's stderr ends: starting\nTraceback (most recent call last):\n  \
+             File \"app.py\", line 9, in run\nRuntimeError: boom"
+        );
+        // Only the last lines, and a bounded number of bytes of them.
+        let many: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let Outcome::Trap { detail, .. } = report(trap.clone(), &many).explained().outcome else {
+            panic!("not a trap")
+        };
+        assert!(
+            detail.ends_with(
+                "line 92\nline 93\nline 94\nline 95\nline 96\nline 97\nline 98\nline 99"
+            ),
+            "{detail}"
+        );
+        assert!(!detail.contains("line 91"));
+        let long = "é".repeat(2000);
+        let Outcome::Trap { detail, .. } = report(trap.clone(), &long).explained().outcome else {
+            panic!("not a trap")
+        };
+        assert!(
+            detail.len() < 1200 && detail.contains('…'),
+            "{}",
+            detail.len()
+        );
+        // Nothing on stderr, or not a trap: unchanged.
+        assert_eq!(report(trap.clone(), "\n").explained().outcome, trap);
+        let fatal = Outcome::Fatal {
+            reason: "bad".into(),
+        };
+        assert_eq!(report(fatal.clone(), "noise").explained().outcome, fatal);
+    }
 }

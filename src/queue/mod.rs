@@ -113,6 +113,9 @@ pub struct ReceivedMessage {
     pub receive_count: u32,
     /// SentTimestamp, milliseconds since the epoch.
     pub sent_timestamp_ms: u64,
+    /// ApproximateFirstReceiveTimestamp, milliseconds since the epoch: when
+    /// the first delivery began (0 when the queue did not say).
+    pub first_received_ms: u64,
     /// MessageGroupId (FIFO queues).
     pub group_id: Option<String>,
     /// MessageDeduplicationId (FIFO queues).
@@ -313,6 +316,37 @@ pub trait Queue: Send + Sync {
     async fn dead_letter_queue(&self) -> Result<Option<Box<dyn Queue>>, QueueError>;
     /// PurgeQueue: delete every message.
     async fn purge(&self) -> Result<(), QueueError>;
+    /// Up to `max` visible messages, shown without taking them. The
+    /// embedded queue changes neither their visibility nor their receive
+    /// counts; SQS has no such call, so this receives at most 10 with
+    /// visibility 0: they stay visible, but each one's receive count rises.
+    async fn peek(&self, max: usize) -> Result<Vec<ReceivedMessage>, QueueError> {
+        self.receive(ReceiveRequest {
+            max_messages: max.clamp(1, limits::MAX_BATCH),
+            wait: Duration::ZERO,
+            visibility_timeout: Some(Duration::ZERO),
+        })
+        .await
+    }
+}
+
+/// The `wasm-jobs.*` attributes a redrive keeps: a shared queue's signing
+/// attributes (`crate::signing`, which checks this list in a test).
+pub(crate) const KEPT_ON_REDRIVE: [&str; 2] = ["wasm-jobs.signature", "wasm-jobs.expires"];
+
+/// The attributes a message redriven from a dead-letter queue goes back
+/// with: those named `wasm-jobs.*` (why it was dead-lettered, its old id,
+/// its failure times) are dropped, so the job does not see a past life's
+/// verdict, except a shared queue's signing attributes, which let it be
+/// verified again.
+pub(crate) fn redriven_attributes(attributes: &Attributes) -> Attributes {
+    attributes
+        .iter()
+        .filter(|(name, _)| {
+            !name.starts_with("wasm-jobs.") || KEPT_ON_REDRIVE.contains(&name.as_str())
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Open the queue at `address`: embedded queues live in `data_dir`; SQS

@@ -27,16 +27,22 @@ fn fatal_reason(report: &CallReport) -> &str {
 
 #[test]
 fn megabytes_of_output_are_capped_not_fatal() {
+    let printed = (3 << 20) + "the last line\n".len();
     let report = hostile("spam", &policy());
     assert_eq!(report.outcome, Outcome::Ok);
-    assert_eq!(report.stdout.text.len(), 1 << 20);
-    assert_eq!(report.stdout.dropped_bytes, (3 << 20) - (1 << 20));
+    // Half the 1 MiB cap from the start, half from the end.
+    let dropped = printed - (1 << 20);
+    assert_eq!(report.stdout.dropped_bytes, dropped as u64);
+    let marker = format!("[… {dropped} bytes cut here …]\n");
+    assert_eq!(report.stdout.text.len(), (1 << 20) + marker.len());
+    assert!(report.stdout.text.contains(&format!("x\n{marker}x")));
+    assert!(report.stdout.text.ends_with("x\nthe last line\n"));
     let roomy = SandboxPolicy {
         max_output: 4 << 20,
         ..policy()
     };
     let report = hostile("spam", &roomy);
-    assert_eq!(report.stdout.text.len(), 3 << 20);
+    assert_eq!(report.stdout.text.len(), printed);
     assert_eq!(report.stdout.dropped_bytes, 0);
 }
 

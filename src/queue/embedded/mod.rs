@@ -276,6 +276,18 @@ impl EmbeddedStore {
         })
     }
 
+    /// The names of this data dir's queues, sorted.
+    pub fn queue_names(&self) -> Result<Vec<String>, QueueError> {
+        self.inner.write_blocking(|tx| {
+            tx.prepare("SELECT name FROM queues ORDER BY name")
+                .map_err(storage)?
+                .query_map([], |r| r.get(0))
+                .map_err(storage)?
+                .collect::<Result<_, _>>()
+                .map_err(storage)
+        })
+    }
+
     /// A handle on an existing queue.
     pub fn queue(&self, name: &str) -> Result<EmbeddedQueue, QueueError> {
         let name = name.to_owned();

@@ -38,7 +38,8 @@ impl EmbeddedQueue {
     }
 
     /// Move every message of this queue's dead-letter queue back to it, with
-    /// body, attributes and group kept, receive count reset. Returns how many.
+    /// body, attributes (but `wasm-jobs.*`: [`crate::queue::redriven_attributes`])
+    /// and group kept, receive count reset. Returns how many.
     pub(crate) async fn redrive_dead_letters(&self) -> Result<u64, QueueError> {
         let Some((dlq, _)) = self.config.dead_letter.clone() else {
             return Err(QueueError::InvalidInput(format!(
@@ -63,6 +64,11 @@ impl Queue for EmbeddedQueue {
     }
     fn is_local(&self) -> bool {
         true
+    }
+
+    async fn peek(&self, max: usize) -> Result<Vec<ReceivedMessage>, QueueError> {
+        let name = self.name.clone();
+        self.store.write(move |tx| sql::peek(tx, &name, max)).await
     }
 
     async fn receive(&self, req: ReceiveRequest) -> Result<Vec<ReceivedMessage>, QueueError> {

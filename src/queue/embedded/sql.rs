@@ -62,7 +62,8 @@ pub(super) fn try_receive(
     };
     let mut st = tx
         .prepare_cached(
-            "SELECT seq, id, body, attributes, receive_count, sent_ms, group_id, dedup_id
+            "SELECT seq, id, body, attributes, receive_count, sent_ms, group_id, dedup_id,
+                    first_received_ms
              FROM messages WHERE queue = ?1 AND visible_at_ms <= ?2
              ORDER BY seq LIMIT 200",
         )
@@ -76,6 +77,7 @@ pub(super) fn try_receive(
         i64,
         Option<String>,
         Option<String>,
+        Option<i64>,
     );
     let rows: Vec<Row> = st
         .query_map(params![name, now], |r| {
@@ -88,6 +90,7 @@ pub(super) fn try_receive(
                 r.get(5)?,
                 r.get(6)?,
                 r.get(7)?,
+                r.get(8)?,
             ))
         })
         .map_err(storage)?
@@ -96,7 +99,7 @@ pub(super) fn try_receive(
     let saw_full_page = rows.len() == 200;
     let mut out = Vec::new();
     let mut dead_lettered = false;
-    for (seq, id, body, attrs, count, sent, group, dedup) in rows {
+    for (seq, id, body, attrs, count, sent, group, dedup, first) in rows {
         if out.len() == max {
             break;
         }
@@ -135,6 +138,7 @@ pub(super) fn try_receive(
             attributes,
             receive_count: count + 1,
             sent_timestamp_ms: sent as u64,
+            first_received_ms: first.unwrap_or(now) as u64,
             group_id: group,
             dedup_id: dedup,
         });
@@ -270,14 +274,76 @@ pub(super) fn remove(tx: &Transaction<'_>, receipt: &str) -> Result<(), QueueErr
 /// Move every message of queue `dlq` to queue `name`, as if never received.
 /// Returns how many moved.
 pub(super) fn redrive(tx: &Transaction<'_>, name: &str, dlq: &str) -> Result<u64, QueueError> {
-    let moved = tx
-        .execute(
-            "UPDATE messages SET queue = ?1, receive_count = 0, receipt = NULL,
-             first_received_ms = NULL, visible_at_ms = ?3 WHERE queue = ?2",
-            params![name, dlq, now_ms()],
+    let rows: Vec<(i64, String)> = tx
+        .prepare_cached("SELECT seq, attributes FROM messages WHERE queue = ?1")
+        .map_err(storage)?
+        .query_map(params![dlq], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(storage)?
+        .collect::<Result<_, _>>()
+        .map_err(storage)?;
+    let now = now_ms();
+    for (seq, attrs) in &rows {
+        let attributes: Attributes = serde_json::from_str(attrs)
+            .map_err(|e| QueueError::Other(format!("stored attributes: {e}")))?;
+        let attributes = serde_json::to_string(&crate::queue::redriven_attributes(&attributes))
+            .map_err(|e| QueueError::Other(format!("attributes: {e}")))?;
+        tx.execute(
+            "UPDATE messages SET queue = ?1, attributes = ?2, receive_count = 0, receipt = NULL,
+             first_received_ms = NULL, visible_at_ms = ?3 WHERE seq = ?4",
+            params![name, attributes, now, seq],
         )
         .map_err(storage)?;
-    Ok(moved as u64)
+    }
+    Ok(rows.len() as u64)
+}
+
+/// Up to `max` visible messages of queue `name`, oldest first, as they
+/// are: nothing about them changes (no receipt handle).
+pub(super) fn peek(
+    tx: &Transaction<'_>,
+    name: &str,
+    max: usize,
+) -> Result<Vec<ReceivedMessage>, QueueError> {
+    let mut st = tx
+        .prepare_cached(
+            "SELECT id, body, attributes, receive_count, sent_ms, group_id, dedup_id,
+                    first_received_ms
+             FROM messages WHERE queue = ?1 AND visible_at_ms <= ?2
+             ORDER BY seq LIMIT ?3",
+        )
+        .map_err(storage)?;
+    let rows = st
+        .query_map(params![name, now_ms(), max as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, u32>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<i64>>(7)?,
+            ))
+        })
+        .map_err(storage)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(storage)?;
+    rows.into_iter()
+        .map(|(id, body, attrs, count, sent, group, dedup, first)| {
+            Ok(ReceivedMessage {
+                message_id: id,
+                receipt_handle: String::new(),
+                body,
+                attributes: serde_json::from_str(&attrs)
+                    .map_err(|e| QueueError::Other(format!("stored attributes: {e}")))?,
+                receive_count: count,
+                sent_timestamp_ms: sent as u64,
+                first_received_ms: first.unwrap_or(0) as u64,
+                group_id: group,
+                dedup_id: dedup,
+            })
+        })
+        .collect()
 }
 
 /// The message counts of queue `name`, from one snapshot.

@@ -31,6 +31,9 @@ pub(super) fn received(m: &Message) -> ReceivedMessage {
         sent_timestamp_ms: sys(MessageSystemAttributeName::SentTimestamp)
             .and_then(|c| c.parse().ok())
             .unwrap_or(0),
+        first_received_ms: sys(MessageSystemAttributeName::ApproximateFirstReceiveTimestamp)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0),
         group_id: sys(MessageSystemAttributeName::MessageGroupId),
         dedup_id: sys(MessageSystemAttributeName::MessageDeduplicationId),
     }

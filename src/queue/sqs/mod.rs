@@ -121,6 +121,29 @@ impl SqsQueue {
             .ok_or_else(|| QueueError::Other("CreateQueue returned no URL".into()))
     }
 
+    /// The URLs of the queues whose names start with `prefix` (ListQueues,
+    /// every page).
+    pub async fn list(client: &Client, prefix: &str) -> Result<Vec<String>, QueueError> {
+        let mut urls = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let mut call = client.list_queues().max_results(1000);
+            if !prefix.is_empty() {
+                call = call.queue_name_prefix(prefix);
+            }
+            let out = call
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(classify)?;
+            urls.extend(out.queue_urls().iter().cloned());
+            match out.next_token() {
+                Some(token) if !token.is_empty() => next = Some(token.to_owned()),
+                _ => return Ok(urls),
+            }
+        }
+    }
+
     /// Delete the queue at `url` (DeleteQueue) and its messages.
     pub async fn delete(client: &Client, url: &str) -> Result<(), QueueError> {
         client

@@ -21,6 +21,12 @@ use crate::worker::protocol::ModuleRef;
 
 /// Attribute a dead-lettered copy carries to say why.
 pub(crate) const DEAD_LETTER_REASON_ATTRIBUTE: &str = "wasm-jobs.dead-letter-reason";
+/// Attribute a dead-lettered copy carries: the message id it had before.
+pub(crate) const ORIGINAL_ID_ATTRIBUTE: &str = "wasm-jobs.original-message-id";
+/// Attribute a dead-lettered copy carries: when its first attempt began.
+pub(crate) const FIRST_ATTEMPT_ATTRIBUTE: &str = "wasm-jobs.first-attempt-at";
+/// Attribute a dead-lettered copy carries: when it failed for the last time.
+pub(crate) const LAST_FAILURE_ATTRIBUTE: &str = "wasm-jobs.last-failure-at";
 /// Message attribute naming the registry module to run.
 pub(crate) const MODULE_ATTRIBUTE: &str = "module";
 /// Message attribute naming the tenant (checked, never trusted on its own).

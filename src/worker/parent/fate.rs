@@ -1,6 +1,7 @@
 //! What happens to a message, decided in the worker parent from how its
-//! job ended: one pure function, [`decide`], and the one for after exit
-//! handling, [`after_exit_handling`]. The README's fate table is this file.
+//! job ended: one pure function, [`decide`], the rule for a message's last
+//! allowed attempt, [`on_attempt`], and the one for after exit handling,
+//! [`after_exit_handling`]. The README's fate table is this file.
 //! A passing failure (the job could not start for reasons that are not the
 //! message's) is never a verdict: the message is left for redelivery.
 
@@ -86,6 +87,36 @@ pub(crate) enum Fate {
     /// The worker died of a signal the parent did not get: run `on-exit` for
     /// this message alone, then requeue or dead-letter it.
     ExitHandling { signal: i32 },
+    /// A failure that would be retried, on the last receive the queue's
+    /// redrive policy allows: dead-letter it now with `why` (which says so),
+    /// rather than leave it for the queue to move without a reason.
+    OutOfAttempts { why: String },
+}
+
+/// Which receive of a message this is, among those its queue allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Attempt {
+    /// The receive count: 1 on the first delivery.
+    pub(crate) number: u32,
+    /// The redrive policy's maxReceiveCount; `None` without one.
+    pub(crate) allowed: Option<u32>,
+}
+
+/// `fate` on `attempt`: a failure that would be left for another try is,
+/// on the last try the queue allows, dead-lettered by the worker with its
+/// reason ("attempt 3 of 3: ..."). Passing failures stay no verdict, and a
+/// queue without a redrive policy changes nothing.
+pub(crate) fn on_attempt(fate: Fate, attempt: Attempt) -> Fate {
+    match (fate, attempt.allowed) {
+        (Fate::Leave { why } | Fate::RetryAfter { why, .. }, Some(allowed))
+            if attempt.number >= allowed =>
+        {
+            Fate::OutOfAttempts {
+                why: format!("attempt {} of {allowed}: {why}", attempt.number),
+            }
+        }
+        (fate, _) => fate,
+    }
 }
 
 /// The fate of a message whose worker ended on its own.
@@ -296,6 +327,46 @@ mod tests {
             decide(&WorkerEnd::Overran(Duration::from_secs(910))),
             Fate::Leave { why } if why.contains("910 s")
         ));
+    }
+
+    #[test]
+    fn the_last_allowed_attempt_dead_letters_what_would_be_retried() {
+        let trap = WorkerEnd::Reported(Outcome::Trap {
+            kind: TrapKind::Unreachable,
+            detail: "Error: boom".into(),
+        });
+        let retry = WorkerEnd::Reported(Outcome::Retry {
+            reason: "busy".into(),
+            delay_seconds: Some(30),
+        });
+        let of = |number, allowed| Attempt { number, allowed };
+        // Before the last attempt, and without a redrive policy: unchanged.
+        assert_eq!(on_attempt(decide(&trap), of(2, Some(3))), decide(&trap));
+        assert_eq!(on_attempt(decide(&trap), of(9, None)), decide(&trap));
+        // On it (or past it, after a policy change): dead-lettered, saying why.
+        assert_eq!(
+            on_attempt(decide(&trap), of(3, Some(3))),
+            Fate::OutOfAttempts {
+                why: "attempt 3 of 3: trap (unreachable): Error: boom".into()
+            }
+        );
+        assert_eq!(
+            on_attempt(decide(&retry), of(4, Some(3))),
+            Fate::OutOfAttempts {
+                why: "attempt 4 of 3: busy".into()
+            }
+        );
+        // Passing failures, verdicts and successes are what they were.
+        for end in [
+            WorkerEnd::NotStarted("fork failed".into()),
+            WorkerEnd::Reported(Outcome::Ok),
+            WorkerEnd::Reported(Outcome::Fatal {
+                reason: "bad".into(),
+            }),
+            WorkerEnd::Killed(15),
+        ] {
+            assert_eq!(on_attempt(decide(&end), of(3, Some(3))), decide(&end));
+        }
     }
 
     #[test]

@@ -205,7 +205,7 @@ async fn run(
         "worker child ended"
     );
     record_failure(ctx, &end);
-    match fate::decide(&end) {
+    match fate::on_attempt(fate::decide(&end), d.attempt()) {
         Fate::ExitHandling { signal } => exit::handle(ctx, d, a, None, signal).await,
         other => {
             // A delete that may wait for a batch gives the slot back first;

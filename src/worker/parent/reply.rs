@@ -96,7 +96,9 @@ pub(crate) enum Told {
     /// Dead-lettered for another reason (refused, not a job component,
     /// stopped by a signal, no retries allowed).
     DeadLettered,
-    /// Left on its last allowed receive: the queue dead-letters it next.
+    /// Failed on its last allowed receive: dead-lettered by the worker (or,
+    /// for a passing failure or after exit handling, left for the queue to
+    /// move next).
     RetriesExhausted,
 }
 

@@ -96,6 +96,14 @@ impl JobContext {
 }
 
 impl Delivery {
+    /// Which receive this is, among those the queue allows.
+    pub(crate) fn attempt(&self) -> fate::Attempt {
+        fate::Attempt {
+            number: self.msg.receive_count,
+            allowed: self.source.max_receives,
+        }
+    }
+
     /// The message as the job sees it (sanitized attributes).
     pub(crate) fn job_message(&self) -> JobMessage {
         JobMessage {
@@ -115,7 +123,8 @@ impl Delivery {
 /// Decide and apply the fate of a message that never ran.
 pub(super) async fn never_ran(ctx: &JobContext, d: &Delivery, end: &WorkerEnd) {
     record_failure(ctx, end);
-    apply(ctx, d, fate::decide(end), &Ending::of(end, None, None)).await;
+    let fate = fate::on_attempt(fate::decide(end), d.attempt());
+    apply(ctx, d, fate, &Ending::of(end, None, None)).await;
 }
 
 /// Tell `d`'s sender how its message ended, if it asked ([`super::reply`]).
@@ -176,6 +185,8 @@ pub(super) async fn apply(ctx: &JobContext, d: &Delivery, fate: Fate, ending: &E
         Fate::Leave { why } | Fate::RetryAfter { why, .. } | Fate::Redeliver { why, .. }
             if last =>
         {
+            // Only a passing failure gets here on the last receive
+            // (`fate::on_attempt`): the queue moves it next.
             tell(ctx, d, Told::RetriesExhausted, Some(why), ending).await;
         }
         _ => {}
@@ -212,6 +223,9 @@ pub(super) async fn apply(ctx: &JobContext, d: &Delivery, fate: Fate, ending: &E
             };
             dead_letter(ctx, d, &why, told, ending).await
         }
+        Fate::OutOfAttempts { why } => {
+            dead_letter(ctx, d, &why, (Told::RetriesExhausted, &why), ending).await
+        }
         Fate::ExitHandling { signal } => {
             tracing::error!(signal, "exit handling is decided by the caller");
             Ok(())
@@ -241,7 +255,9 @@ pub(super) fn report_queue_error(
 /// Copy the message to the dead-letter queue, tell its sender (`told`,
 /// with its reason, and `ending`), then delete the original. The original
 /// is never deleted before the copy was accepted. The copy carries the
-/// sanitized attributes (and a shared queue's signing attributes).
+/// sanitized attributes (and a shared queue's signing attributes), then,
+/// while there is room, why, the original message id, when its first
+/// attempt began and when it failed for the last time.
 pub(super) async fn dead_letter(
     ctx: &JobContext,
     d: &Delivery,
@@ -261,13 +277,27 @@ pub(super) async fn dead_letter(
             attributes.insert(k.clone(), v.clone());
         }
     }
-    if attributes.len() < limits::MAX_ATTRIBUTES {
-        let mut reason: String = why.chars().take(1024).collect();
-        reason.retain(|c| c != '\0');
-        attributes.insert(
-            admit::DEAD_LETTER_REASON_ATTRIBUTE.into(),
-            AttributeValue::String(reason),
-        );
+    let mut reason: String = why.chars().take(1024).collect();
+    reason.retain(|c| c != '\0');
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let about = [
+        (admit::DEAD_LETTER_REASON_ATTRIBUTE, Some(reason)),
+        (admit::ORIGINAL_ID_ATTRIBUTE, Some(msg.message_id.clone())),
+        (
+            admit::FIRST_ATTEMPT_ATTRIBUTE,
+            (msg.first_received_ms > 0).then(|| rfc3339(msg.first_received_ms)),
+        ),
+        (admit::LAST_FAILURE_ATTRIBUTE, Some(rfc3339(now_ms))),
+    ];
+    // In this order while there is room (a queue takes 10 attributes).
+    for (name, value) in about {
+        if let Some(value) = value
+            && attributes.len() < limits::MAX_ATTRIBUTES
+        {
+            attributes.insert(name.into(), AttributeValue::String(value));
+        }
     }
     let copy = OutgoingMessage {
         body: msg.body.clone(),
@@ -283,4 +313,12 @@ pub(super) async fn dead_letter(
     ctx.stats.dead_lettered.inc();
     tracing::warn!(message_id = %msg.message_id, %why, "message dead-lettered");
     Ok(())
+}
+
+/// Milliseconds since the epoch as an RFC 3339 time (UTC, to the second).
+fn rfc3339(ms: u64) -> String {
+    use aws_sdk_sqs::primitives::{DateTime, DateTimeFormat};
+    DateTime::from_secs((ms / 1000) as i64)
+        .fmt(DateTimeFormat::DateTime)
+        .unwrap_or_else(|_| ms.to_string())
 }
