@@ -18,15 +18,18 @@ const OLD_NAME: &str = "WASM_JOBS_DATA_DIR";
 pub(crate) fn data_dir(explicit: Option<&Path>) -> PathBuf {
     let home = std::env::var_os("WASM_JOBS_HOME").filter(|v| !v.is_empty());
     let old = std::env::var_os(OLD_NAME).filter(|v| !v.is_empty());
+    static WARNED: std::sync::Once = std::sync::Once::new();
     if old.is_some() {
-        tracing::warn!(
-            "{OLD_NAME} is the old name of WASM_JOBS_HOME{}",
-            if explicit.is_some() || home.is_some() {
-                "; it is ignored"
-            } else {
-                "; it still works, but set WASM_JOBS_HOME instead"
-            }
-        );
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "{OLD_NAME} is the old name of WASM_JOBS_HOME{}",
+                if explicit.is_some() || home.is_some() {
+                    "; it is ignored"
+                } else {
+                    "; it still works, but set WASM_JOBS_HOME instead"
+                }
+            )
+        });
     }
     resolve(
         explicit,

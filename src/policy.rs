@@ -386,8 +386,14 @@ fn effective(
     let mut vars = Vec::new();
     let mut unset_env = Vec::new();
     for name in &e.env {
-        if name.is_empty() || name.contains('=') {
-            return Err(format!("`{name}` is not an environment variable name"));
+        if name.is_empty()
+            || name.contains('=')
+            || name.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(format!("{name:?} is not an environment variable name"));
+        }
+        if vars.iter().any(|(k, _)| k == name) || unset_env.contains(name) {
+            continue;
         }
         // A variable the worker does not have is not passed (and said so:
         // [`Policies::unset_env`]).

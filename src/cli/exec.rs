@@ -111,6 +111,9 @@ pub(super) fn run(args: ExecArgs) -> anyhow::Result<u8> {
                 );
             };
             for var in &tenant.unset_env {
+                if args.env.iter().any(|(k, _)| k == var) {
+                    continue;
+                }
                 eprintln!(
                     "warning: the policy passes through {var}, which is not set here; the job will not see it"
                 );

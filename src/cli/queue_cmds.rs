@@ -214,8 +214,9 @@ async fn list(loc: &Location, sqs: bool, prefix: &str, json: bool) -> anyhow::Re
         let dir = loc.data_dir();
         tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir)?.queue_names()).await??
     };
+    let mut out = std::io::stdout().lock();
     if names.is_empty() && !json {
-        println!("no queues");
+        writeln!(out, "no queues")?;
     }
     for name in names {
         let q = loc.open(&name).await?;
@@ -230,18 +231,22 @@ async fn list(loc: &Location, sqs: bool, prefix: &str, json: bool) -> anyhow::Re
             let mut v = serde_json::to_value(counts)?;
             v["queue"] = serde_json::json!(name);
             v["dead_letter_queue"] = serde_json::json!(dlq.as_ref().map(|p| &p.dead_letter_target));
-            println!("{v}");
+            v["max_receive_count"] = serde_json::json!(dlq.as_ref().map(|p| p.max_receive_count));
+            writeln!(out, "{v}")?;
         } else {
             let dlq = dlq.map_or(String::new(), |p| {
+                let n = p.max_receive_count;
+                let s = if n == 1 { "" } else { "s" };
                 format!(
-                    ", dead letters to {} after {} receives",
-                    p.dead_letter_target, p.max_receive_count
+                    ", dead letters to {} after {n} receive{s}",
+                    p.dead_letter_target
                 )
             });
-            println!(
+            writeln!(
+                out,
                 "{shown}: {} visible, {} in flight, {} delayed{dlq}",
                 counts.visible, counts.in_flight, counts.delayed
-            );
+            )?;
         }
     }
     Ok(())

@@ -7,6 +7,7 @@
 //! embedded in the binary, so neither needs this repository.
 
 use anyhow::{Context, bail};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The contract.
@@ -186,12 +187,16 @@ pub(super) fn new(args: NewArgs) -> anyhow::Result<u8> {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !valid {
         bail!(
-            "`{name}` is not a project name: lowercase letters, digits and `-`, starting with a letter"
+            "`{name}` is not a project name: up to 64 lowercase letters, digits and `-`, starting with a letter"
         );
     }
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(name));
-    if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
-        bail!("{} already exists and is not empty", dir.display());
+    // Only a folder that is not there, or is there and provably empty.
+    match std::fs::read_dir(&dir).map(|mut entries| entries.next().is_none()) {
+        Ok(true) => {}
+        Ok(false) => bail!("{} already exists and is not empty", dir.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => bail!("{} cannot be used: {e}", dir.display()),
     }
     let (language, source, toolchain) = args.lang.about();
     let fill = |text: &str| {
@@ -206,18 +211,27 @@ pub(super) fn new(args: NewArgs) -> anyhow::Result<u8> {
     write(&dir.join("README.md"), &fill(README), false)?;
     write(&dir.join(".gitignore"), GITIGNORE, false)?;
     write(&dir.join("wit/job.wit"), JOB_WIT, false)?;
-    println!(
-        "wrote a {language} job in {}; next:\n  cd {} && ./build.sh && wasm-jobs exec build/job.wasm --body world",
-        dir.display(),
-        dir.display()
-    );
+    let shown = dir.display().to_string();
+    // Quoted for a shell when it needs to be, so the hint is safe to paste.
+    let quoted = if shown
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c))
+    {
+        shown.clone()
+    } else {
+        format!("'{}'", shown.replace('\'', r"'\''"))
+    };
+    writeln!(
+        std::io::stdout(),
+        "wrote a {language} job in {shown}; next:\n  cd {quoted} && ./build.sh && wasm-jobs exec build/job.wasm --body world"
+    )?;
     Ok(crate::outcome::exit_code::OK)
 }
 
 /// `wasm-jobs wit`.
 pub(super) fn wit(args: WitArgs) -> anyhow::Result<u8> {
     let Some(dir) = args.out else {
-        print!("{JOB_WIT}");
+        std::io::stdout().write_all(JOB_WIT.as_bytes())?;
         return Ok(crate::outcome::exit_code::OK);
     };
     if !args.wasi {

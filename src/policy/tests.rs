@@ -21,7 +21,7 @@ fn a_full_policy_file_parses_to_effective_policies() {
         max_concurrency = 2
         max_job_output = "64KiB"
         modules = ["wc"]
-        env = ["ACME_REGION", "NOT_SET_ANYWHERE"]
+        env = ["ACME_REGION", "NOT_SET_ANYWHERE", "ACME_REGION", "NOT_SET_ANYWHERE"]
         network = ["127.0.0.1:8080"]
         dirs = [{{ host = "{}", guest = "/data" }}]
         "#,
@@ -32,9 +32,17 @@ fn a_full_policy_file_parses_to_effective_policies() {
     assert_eq!(acme.sandbox.max_memory, 64 << 20);
     assert_eq!(acme.sandbox.timeout, Duration::from_secs(60));
     assert_eq!(acme.sandbox.max_job_output, 64 << 10);
+    // Each once, however often listed; the unset one said so.
     assert_eq!(
         acme.sandbox.env,
         vec![("ACME_REGION".into(), "eu-west-1".into())]
+    );
+    assert_eq!(acme.unset_env, ["NOT_SET_ANYWHERE"]);
+    assert_eq!(
+        p.unset_env_warnings(),
+        [
+            "tenant acme passes through NOT_SET_ANYWHERE, which is not set here; its jobs will not see it"
+        ]
     );
     assert!(acme.sandbox.preopens[0].read_only, "read-only unless said");
     assert!(acme.allows_module("wc") && !acme.allows_module("other"));
@@ -104,6 +112,14 @@ fn bad_files_say_what_is_wrong() {
         ),
         ("[tenants.\"Bad Name\"]\n", "not a valid name"),
         ("[tenants.acme]\nweight = 0", "weight must be at least 1"),
+        (
+            "[tenants.acme]\nenv = [\"A B\"]",
+            "\"A B\" is not an environment variable name",
+        ),
+        (
+            "[tenants.acme]\nenv = [\"A\\u0000B\"]",
+            "\"A\\0B\" is not an environment variable name",
+        ),
         (
             "[tenants.a]\nqueues = [\"q\"]\n[tenants.b]\nqueues = [\"q\"]",
             "bound to both a and b",

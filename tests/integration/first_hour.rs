@@ -168,7 +168,27 @@ fn dead_letters_can_be_read_redriven_and_listed() {
         ]
     );
 
-    stdout_of(&cli(&["dlq", "redrive", "work"]));
+    // A dead letter someone holds (received, in flight) stays where it is.
+    let held = stdout_of(&cli(&[
+        "receive",
+        "--queue",
+        "dead",
+        "--visibility-timeout",
+        "1",
+    ]));
+    assert!(held.contains("poison"), "{held}");
+    let moved = stdout_of(&cli(&["dlq", "redrive", "work"]));
+    assert_eq!(moved.trim(), "moved 0 messages back to work");
+    // Once its visibility runs out, it goes back too.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let moved = stdout_of(&cli(&["dlq", "redrive", "work"]));
+        if moved.trim() == "moved 1 messages back to work" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never moved back: {moved}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let received = stdout_of(&cli(&["receive", "--queue", "work"]));
     let v: serde_json::Value = serde_json::from_str(received.trim()).unwrap();
     let attrs = v["message"]["attributes"].as_object().unwrap();
@@ -221,6 +241,15 @@ fn exec_tries_a_tenants_grants_and_policy_check_warns_about_unset_variables() {
     assert!(
         stderr.contains("passes through WASM_JOBS_TEST_UNSET, which is not set here"),
         "{stderr}"
+    );
+
+    // A variable --env gives is no longer missing.
+    let out = exec("env", &["--env", "WASM_JOBS_TEST_UNSET=given"]);
+    assert!(stdout_of(&out).starts_with("GREETING=hi\nWASM_JOBS_TEST_UNSET=given\nenv count: 2\n"));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     let out = run(Command::new(bin())

@@ -147,6 +147,12 @@ fn new_refuses_a_bad_name_and_a_folder_in_use() {
         1,
         "nothing written"
     );
+    let out = wasm_jobs(dir.path(), &["new", "c", "ok", "--dir", "taken/keep.txt"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("taken/keep.txt cannot be used"));
+    // The next steps it prints are safe to paste into a shell.
+    let out = wasm_jobs(dir.path(), &["new", "c", "ok", "--dir", "my dir; x"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("cd 'my dir; x' && ./build.sh"), "{said}");
 }
 
 /// `wit` prints the contract; `wit --out DIR --wasi` writes a world that a

@@ -271,13 +271,18 @@ pub(super) fn remove(tx: &Transaction<'_>, receipt: &str) -> Result<(), QueueErr
     }
 }
 
-/// Move every message of queue `dlq` to queue `name`, as if never received.
-/// Returns how many moved.
+/// Move every message of queue `dlq` that nobody holds to queue `name`, as
+/// if never received, without its `wasm-jobs.*` attributes. Returns how
+/// many moved.
 pub(super) fn redrive(tx: &Transaction<'_>, name: &str, dlq: &str) -> Result<u64, QueueError> {
+    // Not the ones someone has received and holds (in flight).
     let rows: Vec<(i64, String)> = tx
-        .prepare_cached("SELECT seq, attributes FROM messages WHERE queue = ?1")
+        .prepare_cached(
+            "SELECT seq, attributes FROM messages
+             WHERE queue = ?1 AND (receipt IS NULL OR visible_at_ms <= ?2)",
+        )
         .map_err(storage)?
-        .query_map(params![dlq], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_map(params![dlq, now_ms()], |r| Ok((r.get(0)?, r.get(1)?)))
         .map_err(storage)?
         .collect::<Result<_, _>>()
         .map_err(storage)?;
