@@ -30,7 +30,7 @@ fn path_with_bin() -> String {
 
 /// Write a `lang` project with `new` in a fresh folder outside the
 /// repository, build it with its own script, and return the folder.
-fn new_and_build(lang: &str) -> (tempfile::TempDir, PathBuf) {
+fn new_and_build(lang: &str, prepare: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf) {
     let outside = tempfile::tempdir().unwrap();
     assert!(!outside.path().starts_with(repo_root()));
     let name = format!("hello-{lang}");
@@ -49,6 +49,7 @@ fn new_and_build(lang: &str) -> (tempfile::TempDir, PathBuf) {
         readme.starts_with(&format!("# {name}\n")) && !readme.contains("{{"),
         "{readme}"
     );
+    prepare(&project);
     let status = Command::new(project.join("build.sh"))
         .current_dir(&project)
         .env("PATH", path_with_bin())
@@ -78,9 +79,14 @@ fn exec(project: &Path, args: &[&str]) -> (i32, serde_json::Value) {
     (out.status.code().unwrap(), report)
 }
 
-/// What every template does, whatever its language.
-fn template_runs(lang: &str, reads_env: bool) {
-    let (_outside, project) = new_and_build(lang);
+/// What every template does, whatever its language; returns the project
+/// (and the folder holding it) for more checks.
+fn template_runs(
+    lang: &str,
+    reads_env: bool,
+    prepare: impl FnOnce(&Path),
+) -> (tempfile::TempDir, PathBuf) {
+    let (outside, project) = new_and_build(lang, prepare);
     let (code, report) = exec(&project, &["--body", "world", "--env", "GREETING=Hi"]);
     assert_eq!(code, 0, "{lang}: {report}");
     let greeting = if reads_env { "Hi" } else { "Hello" };
@@ -110,26 +116,48 @@ fn template_runs(lang: &str, reads_env: bool) {
     );
     let (code, report) = exec(&project, &["--on-exit", "SIGTERM"]);
     assert_eq!(code, 0, "{lang}: {report}");
+    (outside, project)
 }
 
 #[test]
 fn the_python_template_builds_outside_the_repository_and_runs() {
-    template_runs("python", true);
+    template_runs("python", true, |_| {});
 }
 
 #[test]
 fn the_javascript_template_builds_outside_the_repository_and_runs() {
-    template_runs("js", false);
+    // One line added before the build: a hand-made failure with a
+    // misspelled field, which the template's check must refuse loudly.
+    let typo = |project: &Path| {
+        let job = project.join("job.js");
+        let text = std::fs::read_to_string(&job).unwrap();
+        let anchor = "  if (name === \"retry\")";
+        assert!(text.contains(anchor));
+        let line = "  if (name === \"typo\") throw { tag: \"retry\", val: { reason: \"x\", delay_seconds: 5 } };\n";
+        std::fs::write(&job, text.replacen(anchor, &format!("{line}{anchor}"), 1)).unwrap();
+    };
+    let (_outside, project) = template_runs("js", false, typo);
+    let (code, report) = exec(&project, &["--body", "typo"]);
+    assert_eq!(
+        (code, report["outcome"].as_str()),
+        (20, Some("trap")),
+        "{report}"
+    );
+    let detail = report["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("not a failure") && detail.contains("delay_seconds"),
+        "{detail}"
+    );
 }
 
 #[test]
 fn the_c_template_builds_outside_the_repository_and_runs() {
-    template_runs("c", true);
+    template_runs("c", true, |_| {});
 }
 
 #[test]
 fn the_rust_template_builds_outside_the_repository_and_runs() {
-    template_runs("rust", true);
+    template_runs("rust", true, |_| {});
 }
 
 #[test]
