@@ -2,7 +2,7 @@
 //! artifact cache, fixture components, guest builds, and one-call runners.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 use wasm_jobs::contract::JobMessage;
@@ -18,6 +18,18 @@ pub(crate) fn repo_root() -> &'static Path {
 /// artifacts of the big guests are reused.
 pub(crate) fn data_home() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm-jobs-home")
+}
+
+/// A `wasm-jobs` command on the data directory `data_dir`.
+pub(crate) fn cli_in(data_dir: &Path) -> Command {
+    let mut c = Command::new(bin());
+    c.env("WASM_JOBS_HOME", data_dir);
+    c
+}
+
+/// Run `c` to its end with no input.
+pub(crate) fn run(c: &mut Command) -> Output {
+    c.stdin(Stdio::null()).output().unwrap()
 }
 
 pub(crate) fn bin() -> &'static str {

@@ -5,16 +5,12 @@
 //! capabilities locally (`exec --policy/--env`, `policy check` warnings)
 //! and output that keeps its end.
 
-use crate::common::{bin, data_home, example_guest, hostile_path};
+use crate::common::{bin, cli_in, data_home, example_guest, hostile_path, run};
 use crate::queue_backends::Backend;
 use crate::worker_harness::*;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use wasm_jobs::queue::{OutgoingMessage, Queue};
-
-fn run(c: &mut Command) -> Output {
-    c.stdin(Stdio::null()).output().unwrap()
-}
 
 fn stdout_of(out: &Output) -> String {
     assert!(
@@ -107,11 +103,7 @@ crate::on_both_backends!(an_uncaught_exception_is_dead_lettered_on_the_last_atte
 #[test]
 fn dead_letters_can_be_read_redriven_and_listed() {
     let dir = tempfile::tempdir().unwrap();
-    let cli = |args: &[&str]| {
-        let mut c = Command::new(bin());
-        c.env("WASM_JOBS_HOME", dir.path()).args(args);
-        run(&mut c)
-    };
+    let cli = |args: &[&str]| run(cli_in(dir.path()).args(args));
     stdout_of(&cli(&["queue", "create", "dead"]));
     stdout_of(&cli(&[
         "queue",
@@ -281,14 +273,8 @@ fn exec_tries_a_tenants_grants_and_policy_check_warns_about_unset_variables() {
 fn a_job_printing_3_mib_ends_with_its_last_line_visible() {
     let b = Backend::embedded();
     let dir = b.data_dir().unwrap();
-    let mut c = Command::new(bin());
-    c.env("WASM_JOBS_HOME", &dir)
-        .args(["queue", "create", "spam"]);
-    stdout_of(&run(&mut c));
-    let mut c = Command::new(bin());
-    c.env("WASM_JOBS_HOME", &dir)
-        .args(["send", "--queue", "spam", "spam"]);
-    stdout_of(&run(&mut c));
+    stdout_of(&run(cli_in(&dir).args(["queue", "create", "spam"])));
+    stdout_of(&run(cli_in(&dir).args(["send", "--queue", "spam", "spam"])));
     let w = Worker::start(&b, "spam", &hostile_path(), &["--wait", "0", "--drain"]);
     let (status, log) = w.wait(Duration::from_secs(60));
     assert!(status.success(), "{log}");

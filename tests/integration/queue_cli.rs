@@ -5,21 +5,13 @@
 use crate::queue_backends::{Backend, MOTO_REGION, moto_endpoint};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use wasm_jobs::queue::{Queue, QueueConfig, ReceiveRequest};
 
-fn cli(data_dir: &std::path::Path) -> Command {
-    let mut c = Command::new(crate::common::bin());
-    c.env("WASM_JOBS_HOME", data_dir);
-    c
-}
-
-fn run(c: &mut Command) -> Output {
-    c.stdin(Stdio::null()).output().unwrap()
-}
+use crate::common::{cli_in as cli, run};
 
 fn lines(out: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(out)
