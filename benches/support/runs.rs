@@ -96,7 +96,9 @@ impl Knobs {
 pub(crate) fn config(module: &Path, knobs: Knobs, drain: bool) -> WorkerConfig {
     WorkerConfig {
         module: Some(module.to_owned()),
-        registry: wasm_jobs::registry::Registry::new(module.with_extension("registry")),
+        registry: wasm_jobs::registry::Registry::Dir(wasm_jobs::registry::DirRegistry::new(
+            module.with_extension("registry"),
+        )),
         concurrency: knobs.concurrency,
         visibility_timeout: Duration::from_secs(30),
         heartbeat: Duration::from_secs(1),

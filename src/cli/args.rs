@@ -79,6 +79,19 @@ pub(super) fn parse_signal(s: &str) -> Result<u32, String> {
     Ok(n as u32)
 }
 
+/// Seconds from 0 to `max`; `what` names the limit in the error.
+pub(super) fn seconds_up_to(s: &str, max: Duration, what: &str) -> Result<Duration, String> {
+    let d = if s.trim() == "0" {
+        Duration::ZERO
+    } else {
+        parse_seconds(s)?
+    };
+    if d > max {
+        return Err(format!("{what} at most {} s", max.as_secs()));
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

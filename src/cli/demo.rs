@@ -64,7 +64,7 @@ pub(super) fn run(args: DemoArgs, log: &crate::logging::LogSettings) -> anyhow::
         queue: vec![QUEUE.into()],
         shared_queue: Vec::new(),
         module: Some(module),
-        registry: None,
+        registry: Default::default(),
         policy: None,
         tenant: crate::registry::DEFAULT_TENANT.into(),
         concurrency: args.concurrency,

@@ -120,7 +120,7 @@ fn policy_command(cmd: PolicyCommand) -> anyhow::Result<u8> {
     let PolicyCommand::Check { file, location } = cmd;
     let policies = crate::policy::Policies::load(&file)?;
     policies
-        .check_dirs_apart(&location.own_dirs())
+        .check_dirs_apart(&location.own_dirs()?)
         .map_err(|why| anyhow::anyhow!("policy file {}: {why}", file.display()))?;
     println!("{}", serde_json::to_string_pretty(&policies.describe())?);
     for warning in policies.unset_env_warnings() {
@@ -211,7 +211,9 @@ pub fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
-        Command::Module { command, location } => module_cmds::run(&location, command),
+        Command::Module { command, location } => {
+            with_runtime(|| module_cmds::run(&location, command))
+        }
         Command::Policy { command } => policy_command(command),
         Command::Queue { command, location } => {
             with_runtime(|| queue_cmds::queue_command(&location, command))

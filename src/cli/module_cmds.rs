@@ -1,19 +1,86 @@
 //! `wasm-jobs module push|list|inspect|rm`: the module registry from the
 //! command line (see `crate::registry`), in the CLI process.
 
-use super::args::parse_bytes;
+use super::args::{parse_bytes, seconds_up_to};
 use crate::engine::EngineSettings;
 use crate::executor::Executor;
 use crate::paths;
-use crate::registry::{DEFAULT_MAX_MODULE_BYTES, DEFAULT_TENANT, Registry};
-use std::path::PathBuf;
+use crate::registry::{
+    CacheSettings, DEFAULT_CACHE_BYTES, DEFAULT_MAX_MODULE_BYTES, DEFAULT_TENANT, Location,
+    Registry, RegistryError,
+};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-/// Where the registry and the compiled-artifact cache are.
+/// Which registry: shared by `module`, `policy check` and `worker`.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub(super) struct RegistryArgs {
+    /// Registry: a directory (default: `<data dir>/registry`) or
+    /// `s3://BUCKET[/PREFIX]` (AWS configuration from the environment;
+    /// AWS_ENDPOINT_URL_S3 for S3-compatible servers).
+    #[arg(long, global = true, env = "WASM_JOBS_REGISTRY")]
+    registry: Option<String>,
+    /// How long a remote registry's name resolution is trusted before it is
+    /// read again (seconds): a push reaches every worker within this time.
+    #[arg(long, global = true, value_parser = parse_ttl, default_value = "10")]
+    registry_ttl: Duration,
+    /// Size cap of this host's cache of blobs downloaded from a remote
+    /// registry (least recently used go first).
+    #[arg(long, global = true, value_parser = parse_bytes, default_value_t = DEFAULT_CACHE_BYTES)]
+    registry_cache_size: u64,
+}
+
+impl Default for RegistryArgs {
+    /// The data dir's registry directory.
+    fn default() -> Self {
+        RegistryArgs {
+            registry: None,
+            registry_ttl: crate::registry::DEFAULT_LATEST_TTL,
+            registry_cache_size: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+impl RegistryArgs {
+    fn location(&self, data_dir: &Path) -> Result<Location, RegistryError> {
+        match &self.registry {
+            Some(r) => Location::parse(r),
+            None => Ok(Location::Dir(data_dir.join("registry"))),
+        }
+    }
+
+    /// The registry, caching downloads under `data_dir`.
+    pub(super) fn open(&self, data_dir: &Path) -> Result<Registry, RegistryError> {
+        Ok(Registry::open(
+            self.location(data_dir)?,
+            CacheSettings {
+                dir: data_dir.join("registry-cache"),
+                max_bytes: self.registry_cache_size,
+                latest_ttl: self.registry_ttl,
+            },
+        ))
+    }
+
+    /// wasm-jobs' own directories, which no tenant directory may overlap:
+    /// the data dir, the artifact cache, and the registry directory or the
+    /// remote registry's local cache.
+    pub(super) fn own_dirs(
+        &self,
+        data_dir: &Path,
+    ) -> Result<Vec<(&'static str, PathBuf)>, RegistryError> {
+        let registry = match self.location(data_dir)? {
+            Location::Dir(dir) => dir,
+            Location::S3 { .. } => data_dir.join("registry-cache"),
+        };
+        Ok(paths::own_dirs(data_dir, &registry))
+    }
+}
+
+/// The registry and the data dir (which holds the compiled-artifact cache).
 #[derive(Debug, Clone, clap::Args)]
 pub(super) struct RegistryLocation {
-    /// Registry directory (default: `<data dir>/registry`).
-    #[arg(long, global = true, env = "WASM_JOBS_REGISTRY")]
-    registry: Option<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Data directory (holds the compiled-artifact cache).
     #[arg(long, global = true, env = "WASM_JOBS_HOME")]
     data_dir: Option<PathBuf>,
@@ -24,19 +91,9 @@ impl RegistryLocation {
         paths::data_dir(self.data_dir.as_deref())
     }
 
-    fn registry_dir(&self) -> PathBuf {
-        self.registry
-            .clone()
-            .unwrap_or_else(|| self.data_dir().join("registry"))
-    }
-
-    fn registry(&self) -> Registry {
-        Registry::new(self.registry_dir())
-    }
-
     /// wasm-jobs' own directories, which no tenant directory may overlap.
-    pub(super) fn own_dirs(&self) -> Vec<(&'static str, PathBuf)> {
-        paths::own_dirs(&self.data_dir(), &self.registry_dir())
+    pub(super) fn own_dirs(&self) -> Result<Vec<(&'static str, PathBuf)>, RegistryError> {
+        self.registry.own_dirs(&self.data_dir())
     }
 
     /// An executor whose artifact cache is the data directory's.
@@ -46,6 +103,14 @@ impl RegistryLocation {
             paths::compiled_dir(&self.data_dir()),
         )
     }
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    seconds_up_to(s, Duration::from_secs(3600), "--registry-ttl is")
+}
+
+fn parse_min_age(s: &str) -> Result<Duration, String> {
+    seconds_up_to(s, Duration::from_secs(365 * 86400), "--min-age is")
 }
 
 /// The `wasm-jobs module` subcommands.
@@ -79,17 +144,30 @@ pub(super) enum ModuleCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove a module (all its versions) from a tenant.
+    /// Remove a module (all its versions) from a tenant; its blobs stay
+    /// until `gc`.
     Rm {
         name: String,
         #[arg(long, default_value = DEFAULT_TENANT)]
         tenant: String,
     },
+    /// List blobs no version refers to; with --apply, remove them.
+    Gc {
+        /// Remove them (without it, a dry run).
+        #[arg(long)]
+        apply: bool,
+        /// Keep blobs younger than this (seconds): a push stores its blob
+        /// before the version that refers to it.
+        #[arg(long, value_parser = parse_min_age, default_value = "3600")]
+        min_age: Duration,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Run one `module` subcommand.
-pub(super) fn run(loc: &RegistryLocation, cmd: ModuleCommand) -> anyhow::Result<u8> {
-    let registry = loc.registry();
+pub(super) async fn run(loc: &RegistryLocation, cmd: ModuleCommand) -> anyhow::Result<u8> {
+    let registry = loc.registry.open(&loc.data_dir())?;
     match cmd {
         ModuleCommand::Push {
             file,
@@ -98,7 +176,9 @@ pub(super) fn run(loc: &RegistryLocation, cmd: ModuleCommand) -> anyhow::Result<
             max_size,
         } => {
             let executor = loc.executor()?;
-            let (v, source) = registry.push(&executor, &file, &name, &tenant, max_size)?;
+            let (v, source) = registry
+                .push(&executor, &file, &name, &tenant, max_size)
+                .await?;
             let compiled = match source {
                 crate::artifact_cache::CompileSource::Cached => "already compiled".to_owned(),
                 crate::artifact_cache::CompileSource::Compiled { took } => {
@@ -111,7 +191,7 @@ pub(super) fn run(loc: &RegistryLocation, cmd: ModuleCommand) -> anyhow::Result<
             );
         }
         ModuleCommand::List { tenant, json } => {
-            let modules = registry.list(tenant.as_deref())?;
+            let modules = registry.list(tenant.as_deref()).await?;
             if json {
                 println!("{}", serde_json::to_string(&modules)?);
             } else {
@@ -128,8 +208,8 @@ pub(super) fn run(loc: &RegistryLocation, cmd: ModuleCommand) -> anyhow::Result<
             tenant,
             json,
         } => {
-            let resolved = registry.resolve(&reference, &tenant)?;
-            let bytes = registry.read(&resolved)?;
+            let resolved = registry.resolve(&reference, &tenant).await?;
+            let bytes = crate::registry::read(&resolved)?;
             let executor = loc.executor()?;
             let compiled = executor.cache().contains(executor.engine(), &bytes);
             let (imports, exports) = executor.describe(&bytes)?;
@@ -159,9 +239,62 @@ pub(super) fn run(loc: &RegistryLocation, cmd: ModuleCommand) -> anyhow::Result<
             }
         }
         ModuleCommand::Rm { name, tenant } => {
-            registry.remove(&name, &tenant)?;
+            registry.remove(&name, &tenant).await?;
             println!("removed {name} from tenant {tenant}");
+        }
+        ModuleCommand::Gc {
+            apply,
+            min_age,
+            json,
+        } => {
+            let report = registry.gc(min_age, !apply).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                let verb = if report.removed {
+                    "removed"
+                } else {
+                    "would remove"
+                };
+                for digest in &report.unreferenced {
+                    println!("{verb} sha256:{digest}");
+                }
+                println!(
+                    "{verb} {} unreferenced blob(s), {} bytes; {} younger than {} s kept{}",
+                    report.unreferenced.len(),
+                    report.bytes,
+                    report.too_young.len(),
+                    min_age.as_secs(),
+                    if report.removed {
+                        ""
+                    } else {
+                        " (dry run: --apply removes them)"
+                    }
+                );
+            }
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::DEFAULT_GC_MIN_AGE;
+    use clap::Parser;
+
+    #[test]
+    fn the_flag_defaults_are_the_registrys() {
+        let cli = super::super::Cli::try_parse_from(["wasm-jobs", "module", "gc"]).unwrap();
+        let super::super::Command::Module {
+            command: ModuleCommand::Gc { min_age, apply, .. },
+            location,
+        } = cli.command
+        else {
+            panic!("not module gc");
+        };
+        assert_eq!(location.registry, RegistryArgs::default());
+        assert_eq!(min_age, DEFAULT_GC_MIN_AGE);
+        assert!(!apply, "a dry run by default");
+    }
 }

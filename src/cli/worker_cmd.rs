@@ -4,7 +4,7 @@
 //! by the signal that stopped it).
 
 use super::args::Location;
-use super::args::{parse_bytes, parse_seconds};
+use super::args::{parse_bytes, parse_seconds, seconds_up_to};
 use crate::logging::LogSettings;
 use crate::queue::address::QueueAddress;
 use crate::sandbox::{DEFAULT_MAX_MEMORY, SandboxPolicy};
@@ -36,9 +36,8 @@ pub(super) struct WorkerArgs {
     /// `module` attribute names a registry module (NAME or NAME@sha256:HEX).
     #[arg(long)]
     pub(super) module: Option<PathBuf>,
-    /// Registry directory (default: `<data dir>/registry`).
-    #[arg(long, env = "WASM_JOBS_REGISTRY")]
-    pub(super) registry: Option<PathBuf>,
+    #[command(flatten)]
+    pub(super) registry: super::module_cmds::RegistryArgs,
     /// Tenant policies (TOML; see `wasm-jobs policy check`). Without one every
     /// tenant gets --timeout and --max-memory and nothing else.
     #[arg(long, value_name = "FILE")]
@@ -100,19 +99,6 @@ pub(super) struct WorkerArgs {
     pub(super) compile_memory: u64,
     #[command(flatten)]
     pub(super) location: Location,
-}
-
-/// Seconds from 0 to `max`; `what` names the limit in the error.
-fn seconds_up_to(s: &str, max: Duration, what: &str) -> Result<Duration, String> {
-    let d = if s.trim() == "0" {
-        Duration::ZERO
-    } else {
-        parse_seconds(s)?
-    };
-    if d > max {
-        return Err(format!("{what} at most {} s", max.as_secs()));
-    }
-    Ok(d)
 }
 
 fn parse_window(s: &str) -> Result<Duration, String> {
@@ -205,12 +191,8 @@ where
     for warning in policies.unset_env_warnings() {
         tracing::warn!("{warning}");
     }
-    let registry_dir = args
-        .registry
-        .clone()
-        .unwrap_or_else(|| data_dir.join("registry"));
     policies
-        .check_dirs_apart(&paths::own_dirs(&data_dir, &registry_dir))
+        .check_dirs_apart(&args.registry.own_dirs(&data_dir)?)
         .map_err(|why| anyhow::anyhow!("refusing the policy: {why}"))?;
     let fork_server = ForkServerSettings {
         exe: std::env::current_exe()?,
@@ -224,7 +206,7 @@ where
     let bindings = bindings(args, &policies)?;
     let config = WorkerConfig {
         module: args.module.clone(),
-        registry: crate::registry::Registry::new(registry_dir),
+        registry: args.registry.open(&data_dir)?,
         concurrency: args.concurrency,
         visibility_timeout: args.visibility_timeout,
         heartbeat: args.heartbeat,

@@ -15,6 +15,7 @@ mod deploy;
 mod exec_cli;
 mod executor_outcomes;
 mod first_hour;
+mod fleet;
 mod guests;
 mod host_memory;
 mod http;

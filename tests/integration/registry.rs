@@ -5,9 +5,10 @@
 use crate::common::{bin, hostile_path, modes_path, modes_wasm};
 use std::path::Path;
 use std::process::{Command, Output};
+use wasm_jobs::artifact_cache::CompileSource;
 use wasm_jobs::engine::EngineSettings;
 use wasm_jobs::executor::Executor;
-use wasm_jobs::registry::{Registry, RegistryError};
+use wasm_jobs::registry::{DirRegistry, ModuleVersion, Registry, RegistryError};
 
 fn module(home: &Path, args: &[&str]) -> Output {
     Command::new(bin())
@@ -156,6 +157,20 @@ fn bad_pushes_are_refused_and_store_nothing() {
     );
 }
 
+/// `module push` for tenant `t`, through the registry's one push path.
+fn push(
+    reg: &DirRegistry,
+    ex: &Executor,
+    file: &Path,
+    name: &str,
+) -> Result<(ModuleVersion, CompileSource), RegistryError> {
+    let registry = Registry::Dir(reg.clone());
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(registry.push(ex, file, name, "t", u64::MAX))
+}
+
 fn executor(dir: &Path) -> Executor {
     Executor::new(EngineSettings::default(), dir.join("compiled")).unwrap()
 }
@@ -163,12 +178,10 @@ fn executor(dir: &Path) -> Executor {
 #[test]
 fn a_name_follows_its_latest_push_and_a_digest_pins_a_version() {
     let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::new(dir.path().join("registry"));
+    let reg = DirRegistry::new(dir.path().join("registry"));
     let ex = executor(dir.path());
-    let (v1, _) = reg.push(&ex, &modes_path(), "job", "t", u64::MAX).unwrap();
-    let (v2, _) = reg
-        .push(&ex, &hostile_path(), "job", "t", u64::MAX)
-        .unwrap();
+    let (v1, _) = push(&reg, &ex, &modes_path(), "job").unwrap();
+    let (v2, _) = push(&reg, &ex, &hostile_path(), "job").unwrap();
     assert_ne!(v1.digest, v2.digest);
     assert_eq!(reg.resolve("job", "t").unwrap().version.digest, v2.digest);
     let pinned = reg
@@ -193,11 +206,11 @@ fn a_name_follows_its_latest_push_and_a_digest_pins_a_version() {
 fn corrupt_registry_files_are_refused_not_followed() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("registry");
-    let reg = Registry::new(&root);
+    let reg = DirRegistry::new(&root);
     let ex = executor(dir.path());
-    let (v, _) = reg.push(&ex, &modes_path(), "job", "t", u64::MAX).unwrap();
+    let (v, _) = push(&reg, &ex, &modes_path(), "job").unwrap();
     let resolved = reg.resolve("job", "t").unwrap();
-    assert_eq!(reg.read(&resolved).unwrap(), modes_wasm());
+    assert_eq!(wasm_jobs::registry::read(&resolved).unwrap(), modes_wasm());
 
     let latest = root.join("modules/t/job/latest");
     for bad in ["../../../../etc/passwd", &"A".repeat(64), "abc"] {
@@ -218,14 +231,14 @@ fn corrupt_registry_files_are_refused_not_followed() {
     // A blob whose bytes changed.
     let resolved = reg.resolve("job", "t").unwrap();
     std::fs::write(&resolved.path, b"\0asm changed").unwrap();
-    let e = reg.read(&resolved).unwrap_err();
+    let e = wasm_jobs::registry::read(&resolved).unwrap_err();
     assert!(e.to_string().contains("its bytes have digest"), "{e}");
 }
 
 #[test]
 fn concurrent_pushes_and_removes_leave_the_registry_consistent() {
     let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::new(dir.path().join("registry"));
+    let reg = DirRegistry::new(dir.path().join("registry"));
     // Compile once so the threads race on the registry, not the compiler.
     executor(dir.path()).load_bytes(modes_wasm()).unwrap();
     let threads: Vec<_> = (0..6)
@@ -239,7 +252,7 @@ fn concurrent_pushes_and_removes_leave_the_registry_consistent() {
                     if round % 3 == 2 {
                         let _ = reg.remove(&name, "t");
                     } else {
-                        reg.push(&ex, &modes_path(), &name, "t", u64::MAX).unwrap();
+                        push(&reg, &ex, &modes_path(), &name).unwrap();
                     }
                 }
             })

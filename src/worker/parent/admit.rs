@@ -11,7 +11,9 @@
 //!   consumes and a dead-letter copy keeps so a redrive verifies again.
 //! - Then the tenant's policy, the modules it may run, and the module
 //!   resolved once to a file and digest ([`ModuleRef`]): `run` and `on-exit`
-//!   run exactly that digest.
+//!   run exactly that digest. A registry that fails to answer, or answers
+//!   with bytes that are not what it promised, is not the message's fault:
+//!   such a message is not admitted, and left for redelivery.
 
 use crate::policy::{Policies, TenantPolicy};
 use crate::queue::{AttributeValue, Attributes};
@@ -73,6 +75,21 @@ impl Refusal {
             Refusal::Module(_) => "module",
             Refusal::ReplyTo(_) => "reply_to",
         }
+    }
+}
+
+/// Why a message did not get past admission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NotAdmitted {
+    /// The message may not run: dead-lettered with this reason.
+    Refused(Refusal),
+    /// The registry failed (unreachable, corrupt): left for redelivery.
+    Unavailable(String),
+}
+
+impl From<Refusal> for NotAdmitted {
+    fn from(r: Refusal) -> Self {
+        NotAdmitted::Refused(r)
     }
 }
 
@@ -160,12 +177,12 @@ pub(crate) struct Admitted {
 }
 
 /// Check the tenant's policy and resolve the module, once.
-pub(crate) fn admit(
+pub(crate) async fn admit(
     tenant: String,
     attributes: &Attributes,
     policies: &Policies,
     modules: &Modules,
-) -> Result<Admitted, Refusal> {
+) -> Result<Admitted, NotAdmitted> {
     let policy = policies.for_tenant(&tenant).cloned().ok_or_else(|| {
         Refusal::Policy(format!("tenant `{tenant}` has no policy on this worker"))
     })?;
@@ -177,7 +194,8 @@ pub(crate) fn admit(
                 _ => {
                     return Err(Refusal::Module(format!(
                         "the message has no `{MODULE_ATTRIBUTE}` attribute and the worker has no --module"
-                    )));
+                    ))
+                    .into());
                 }
             };
             let (name, _) = crate::registry::parse_reference(reference)
@@ -185,11 +203,17 @@ pub(crate) fn admit(
             if !policy.allows_module(&name) {
                 return Err(Refusal::Policy(format!(
                     "tenant `{tenant}` may not run module `{name}`"
-                )));
+                ))
+                .into());
             }
-            let resolved = registry
-                .resolve(reference, &tenant)
-                .map_err(|e| Refusal::Module(e.to_string()))?;
+            let resolved =
+                registry
+                    .resolve(reference, &tenant)
+                    .await
+                    .map_err(|e| match e.is_passing() {
+                        true => NotAdmitted::Unavailable(e.to_string()),
+                        false => Refusal::Module(e.to_string()).into(),
+                    })?;
             ModuleRef {
                 path: resolved.path,
                 digest: resolved.version.digest,
@@ -207,6 +231,7 @@ pub(crate) fn admit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::DirRegistry;
 
     fn attrs(pairs: &[(&str, &str)]) -> Attributes {
         pairs
@@ -270,17 +295,41 @@ mod tests {
         );
     }
 
-    #[test]
-    fn admission_checks_the_policy_and_the_module() {
+    #[tokio::test]
+    async fn admission_checks_the_policy_and_the_module() {
         let p = Policies::parse("[tenants.acme]\nmodules = [\"wc\"]\n", |_| None).unwrap();
-        let registry = Modules::Registry(Registry::new("/nonexistent"));
-        let stranger = admit("eve".into(), &attrs(&[("module", "wc")]), &p, &registry);
-        assert!(matches!(stranger, Err(Refusal::Policy(_))));
-        let other = admit("acme".into(), &attrs(&[("module", "x")]), &p, &registry);
-        assert!(matches!(other, Err(Refusal::Policy(_))));
-        let missing = admit("acme".into(), &attrs(&[]), &p, &registry);
-        assert!(matches!(missing, Err(Refusal::Module(_))));
-        let unknown = admit("acme".into(), &attrs(&[("module", "wc")]), &p, &registry);
-        assert!(matches!(unknown, Err(Refusal::Module(_))));
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Modules::Registry(Registry::Dir(DirRegistry::new(dir.path())));
+        let admit = async |tenant: &str, pairs: &[(&str, &str)]| {
+            admit(tenant.into(), &attrs(pairs), &p, &registry).await
+        };
+        let refused = |r: Result<Admitted, NotAdmitted>| match r {
+            Err(NotAdmitted::Refused(r)) => r,
+            other => panic!("{other:?}"),
+        };
+        let stranger = refused(admit("eve", &[("module", "wc")]).await);
+        assert!(matches!(stranger, Refusal::Policy(_)));
+        let other = refused(admit("acme", &[("module", "x")]).await);
+        assert!(matches!(other, Refusal::Policy(_)));
+        let missing = refused(admit("acme", &[]).await);
+        assert!(matches!(missing, Refusal::Module(_)));
+        let unknown = refused(admit("acme", &[("module", "wc")]).await);
+        assert!(matches!(unknown, Refusal::Module(_)));
+
+        // A version whose blob is gone: the registry's fault, not the message's.
+        let digest = "a".repeat(64);
+        let module_dir = dir.path().join("modules/acme/wc");
+        std::fs::create_dir_all(&module_dir).unwrap();
+        std::fs::write(module_dir.join("latest"), &digest).unwrap();
+        let record = serde_json::json!({"name": "wc", "tenant": "acme", "digest": digest, "size": 1, "pushed_at_ms": 0});
+        std::fs::write(
+            module_dir.join(format!("{digest}.json")),
+            record.to_string(),
+        )
+        .unwrap();
+        match admit("acme", &[("module", "wc")]).await {
+            Err(NotAdmitted::Unavailable(why)) => assert!(why.contains("missing"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! reported or crashed, one lost with its fork server, and one killed at the
 //! hard limit. Exit handling after a signal lives in [`exit`].
 
-use super::admit::{self, Admitted};
+use super::admit::{self, Admitted, NotAdmitted};
 use super::exit;
 use super::fate::{self, Fate, WorkerEnd};
 use super::forks::{ProcessEnd, SpawnError, Spawned};
@@ -36,7 +36,7 @@ pub(crate) async fn handle(ctx: Arc<JobContext>, mut d: Delivery, mut ticket: Ti
         .source
         .heartbeats
         .lease(&d.msg.message_id, &d.msg.receipt_handle, d.received);
-    let admitted = admit::identify(
+    let identified = admit::identify(
         &d.source.tenant,
         &d.msg.body,
         &d.msg.attributes,
@@ -51,23 +51,36 @@ pub(crate) async fn handle(ctx: Arc<JobContext>, mut d: Delivery, mut ticket: Ti
             &d.attributes.attributes,
             d.source.queue.name(),
         )?;
-        admit::admit(
-            tenant,
-            &d.attributes.attributes,
-            &ctx.policies,
-            &ctx.modules,
-        )
+        Ok(tenant)
     });
+    let admitted = match identified {
+        Ok(tenant) => {
+            admit::admit(
+                tenant,
+                &d.attributes.attributes,
+                &ctx.policies,
+                &ctx.modules,
+            )
+            .await
+        }
+        Err(refusal) => Err(refusal.into()),
+    };
     if let (Ok(a), Some(reply)) = (&admitted, &mut d.reply) {
         reply.set_module(&a.module);
     }
     let a = match admitted {
         Ok(a) => a,
-        Err(refusal) => {
+        Err(NotAdmitted::Refused(refusal)) => {
             drop((lease, ticket));
             tracing::warn!(message_id = %d.msg.message_id, reason = %refusal, kind = refusal.kind(), "message refused");
             ctx.stats.refused(refusal.kind());
             settle::never_ran(&ctx, &d, &WorkerEnd::Refused(refusal.to_string())).await;
+            return JobResult::default();
+        }
+        Err(NotAdmitted::Unavailable(why)) => {
+            drop((lease, ticket));
+            let end = WorkerEnd::NotStarted(format!("the module registry failed: {why}"));
+            settle::never_ran(&ctx, &d, &end).await;
             return JobResult::default();
         }
     };
@@ -75,6 +88,7 @@ pub(crate) async fn handle(ctx: Arc<JobContext>, mut d: Delivery, mut ticket: Ti
         "job",
         message_id = %d.msg.message_id,
         module = %a.module.label,
+        digest = %a.module.digest,
         tenant = %a.tenant,
         attempt = d.msg.receive_count,
         trace_id = %d.trace.trace_id,

@@ -1,0 +1,400 @@
+//! A fleet on one machine: the module registry's commands on every backend
+//! (one table: a directory and S3 on moto), and two worker "hosts" (separate
+//! data dirs) sharing one SQS queue and one S3 registry: a module pushed from
+//! a third data dir runs on both, a re-push reaches both within the TTL, and
+//! a blob corrupted in the bucket is refused with a clear reason and left for
+//! redelivery, not dead-lettered.
+
+use crate::common::{modes_path, modes_wasm};
+use crate::queue_backends::{Backend, MOTO_REGION, moto_endpoint, unique};
+use crate::worker_harness::{Worker, config, counts, dead_letter_reasons, field, get, message};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+use wasm_jobs::artifact_cache::content_digest;
+use wasm_jobs::queue::{AttributeValue, OutgoingMessage};
+
+/// A bucket on the tests' moto server.
+struct Bucket {
+    name: String,
+    client: aws_sdk_s3::Client,
+}
+
+impl Bucket {
+    async fn new() -> Bucket {
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_s3::config::Region::new(MOTO_REGION))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "testing", "testing", None, None, "tests",
+            ))
+            .endpoint_url(moto_endpoint())
+            .force_path_style(true)
+            .build();
+        let client = aws_sdk_s3::Client::from_conf(config);
+        let name = unique("modules");
+        client.create_bucket().bucket(&name).send().await.unwrap();
+        Bucket { name, client }
+    }
+
+    /// The `--registry` of this bucket, under a prefix.
+    fn url(&self) -> String {
+        format!("s3://{}/fleet", self.name)
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>) {
+        self.client
+            .put_object()
+            .bucket(&self.name)
+            .key(format!("fleet/{key}"))
+            .body(bytes.into())
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+/// A registry backend for the command table.
+enum Backend3 {
+    Dir(tempfile::TempDir),
+    S3(Bucket),
+}
+
+impl Backend3 {
+    fn registry(&self) -> String {
+        match self {
+            Backend3::Dir(d) => d.path().join("registry").display().to_string(),
+            Backend3::S3(b) => b.url(),
+        }
+    }
+}
+
+/// `wasm-jobs ARGS` with data dir `home`, reaching moto for S3 and SQS.
+fn cli(home: &Path) -> Command {
+    let mut cmd = Command::new(crate::common::bin());
+    cmd.env("WASM_JOBS_HOME", home)
+        .env("AWS_ENDPOINT_URL", moto_endpoint())
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", MOTO_REGION)
+        .env_remove("AWS_PROFILE")
+        .env_remove("WASM_JOBS_REGISTRY");
+    cmd
+}
+
+fn module(home: &Path, registry: &str, args: &[&str]) -> Output {
+    cli(home)
+        .arg("module")
+        .args(args)
+        .args(["--registry", registry])
+        .output()
+        .unwrap()
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn json(o: Output) -> serde_json::Value {
+    serde_json::from_str(&ok(o)).unwrap()
+}
+
+/// `modes.wasm` with a custom section appended: the same job under another
+/// digest (a new "version" of it).
+fn variant(tag: &str, dir: &Path) -> (PathBuf, String) {
+    let name = format!("v-{tag}");
+    let mut bytes = modes_wasm().to_vec();
+    let payload = tag.as_bytes();
+    bytes.push(0); // custom section id
+    bytes.push((1 + name.len() + payload.len()) as u8);
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name.as_bytes());
+    bytes.extend_from_slice(payload);
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, &bytes).unwrap();
+    (path, content_digest(&bytes))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_commands_work_the_same_on_every_backend() {
+    let files = tempfile::tempdir().unwrap();
+    let (v2, d2) = variant("two", files.path());
+    let d1 = content_digest(modes_wasm());
+    for backend in [
+        Backend3::Dir(tempfile::tempdir().unwrap()),
+        Backend3::S3(Bucket::new().await),
+    ] {
+        let home = tempfile::tempdir().unwrap();
+        let reg = backend.registry();
+        let m = |args: &[&str]| module(home.path(), &reg, args);
+        let modes = modes_path();
+        let pushed = ok(m(&[
+            "push",
+            modes.to_str().unwrap(),
+            "--name",
+            "job",
+            "--tenant",
+            "acme",
+        ]));
+        assert!(
+            pushed.contains(&format!("job@sha256:{d1}")),
+            "{reg}: {pushed}"
+        );
+        let list = json(m(&["list", "--json"]));
+        assert_eq!(list.as_array().unwrap().len(), 1, "{reg}: {list}");
+        assert_eq!(list[0]["digest"], d1.as_str(), "{reg}");
+        assert_eq!(list[0]["tenant"], "acme", "{reg}");
+        assert_eq!(
+            json(m(&["list", "--tenant", "other", "--json"])),
+            serde_json::json!([])
+        );
+
+        ok(m(&[
+            "push",
+            v2.to_str().unwrap(),
+            "--name",
+            "job",
+            "--tenant",
+            "acme",
+        ]));
+        let inspect = json(m(&["inspect", "job", "--tenant", "acme", "--json"]));
+        assert_eq!(
+            inspect["digest"],
+            d2.as_str(),
+            "{reg}: a name follows its latest push"
+        );
+        assert_eq!(inspect["exports"], serde_json::json!(["run", "on-exit"]));
+        assert_eq!(inspect["compiled"], true, "{reg}: push compiled it");
+        let pinned = format!("job@sha256:{d1}");
+        let inspect = json(m(&["inspect", &pinned, "--tenant", "acme", "--json"]));
+        assert_eq!(
+            inspect["digest"],
+            d1.as_str(),
+            "{reg}: a digest pins a version"
+        );
+        let stranger = m(&["inspect", "job"]);
+        assert_eq!(
+            stranger.status.code(),
+            Some(1),
+            "{reg}: tenants see only their own"
+        );
+        assert!(
+            String::from_utf8_lossy(&stranger.stderr)
+                .contains("no module `job` for tenant `default`"),
+            "{reg}"
+        );
+
+        let gc = json(m(&["gc", "--min-age", "0", "--json"]));
+        assert_eq!(
+            gc["unreferenced"],
+            serde_json::json!([]),
+            "{reg}: both versions are referenced"
+        );
+
+        ok(m(&["rm", "job", "--tenant", "acme"]));
+        assert_eq!(json(m(&["list", "--json"])), serde_json::json!([]), "{reg}");
+        assert_eq!(
+            m(&["rm", "job", "--tenant", "acme"]).status.code(),
+            Some(1),
+            "{reg}"
+        );
+
+        let young = json(m(&["gc", "--json"]));
+        assert_eq!(young["unreferenced"], serde_json::json!([]), "{reg}");
+        assert_eq!(
+            young["too_young"].as_array().unwrap().len(),
+            2,
+            "{reg}: {young}"
+        );
+        let mut both = [d1.clone(), d2.clone()];
+        both.sort();
+        let dry = json(m(&["gc", "--min-age", "0", "--json"]));
+        assert_eq!(dry["unreferenced"], serde_json::json!(both), "{reg}");
+        assert_eq!(dry["removed"], false, "{reg}: a dry run by default");
+        let dry_text = ok(m(&["gc", "--min-age", "0"]));
+        assert!(
+            dry_text.contains("would remove 2 unreferenced blob(s)"),
+            "{reg}: {dry_text}"
+        );
+        let applied = json(m(&["gc", "--min-age", "0", "--apply", "--json"]));
+        assert_eq!(applied["removed"], true, "{reg}");
+        assert_eq!(
+            applied["bytes"],
+            (modes_wasm().len() * 2 + 11) as u64,
+            "{reg}: {applied}"
+        );
+        let after = json(m(&["gc", "--min-age", "0", "--json"]));
+        assert_eq!(
+            after["unreferenced"],
+            serde_json::json!([]),
+            "{reg}: nothing left"
+        );
+        let gone = m(&["inspect", &pinned, "--tenant", "acme"]);
+        assert_eq!(gone.status.code(), Some(1), "{reg}");
+    }
+}
+
+#[test]
+fn a_bad_registry_location_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    for bad in ["oci://localhost/x", "s3://Bad_Bucket", "s3://bucket/../x"] {
+        let out = module(home.path(), bad, &["list"]);
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("use a directory or s3://BUCKET[/PREFIX]"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+fn with_module(reference: &str, body: &str) -> OutgoingMessage {
+    let mut m = OutgoingMessage::new(body);
+    m.attributes
+        .insert("module".into(), AttributeValue::String(reference.into()));
+    m
+}
+
+/// Digests of the modules the worker's jobs succeeded with.
+fn ran(w: &Worker) -> Vec<String> {
+    w.events()
+        .iter()
+        .filter(|e| message(e) == "job succeeded; message deleted")
+        .filter_map(|e| get(e, "digest"))
+        .collect()
+}
+
+/// Keep sending `reference` messages until both workers have run `digest`.
+async fn until_both_run(
+    q: &dyn wasm_jobs::queue::Queue,
+    hosts: &[&Worker],
+    reference: &str,
+    digest: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !hosts.iter().all(|w| ran(w).iter().any(|d| d == digest)) {
+        assert!(
+            Instant::now() < deadline,
+            "not both hosts ran {digest}:\n{}\n---\n{}",
+            hosts[0].log(),
+            hosts[1].log()
+        );
+        q.send(&with_module(reference, "w")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_share_an_s3_registry() {
+    let b = Backend::moto();
+    let bucket = Bucket::new().await;
+    let reg = bucket.url();
+    let (q, dlq) = b.create_with_dlq("fleet", 10, &config(30)).await;
+    let addr = b.address_of(q.as_ref());
+    let (pusher, host_a, host_b, files) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let push = |file: &Path, name: &str| {
+        ok(module(
+            pusher.path(),
+            &reg,
+            &["push", file.to_str().unwrap(), "--name", name],
+        ))
+    };
+    let (v1, d1) = variant("one", files.path());
+    push(&v1, "job");
+    let start = |home: &Path| {
+        let mut cmd = Worker::command(
+            &b,
+            &[
+                "--queue",
+                &addr,
+                "--registry",
+                &reg,
+                "--registry-ttl",
+                "1",
+                "--prefetch",
+                "0",
+                "--wait",
+                "1",
+            ],
+            &[],
+        );
+        cmd.env("WASM_JOBS_HOME", home);
+        Worker::spawn(cmd)
+    };
+    let (a, bw) = (start(host_a.path()), start(host_b.path()));
+    until_both_run(q.as_ref(), &[&a, &bw], "job", &d1).await;
+    for (w, home) in [(&a, host_a.path()), (&bw, host_b.path())] {
+        let e = w.wait_for(
+            "downloaded and verified a module",
+            &[],
+            Duration::from_secs(5),
+        );
+        assert!(
+            field(&e, "blob").ends_with(&format!("blobs/{d1}.wasm")),
+            "{e}"
+        );
+        let cached = home.join(format!("registry-cache/{d1}.wasm"));
+        assert_eq!(content_digest(&std::fs::read(cached).unwrap()), d1);
+    }
+
+    // A re-push under the same name reaches both hosts within the TTL.
+    let (v2, d2) = variant("two", files.path());
+    push(&v2, "job");
+    until_both_run(q.as_ref(), &[&a, &bw], "job", &d2).await;
+
+    // A blob corrupted in the bucket: refused with the reason, left for
+    // redelivery (the registry is at fault, not the message), and run once
+    // the blob is whole again.
+    let (v3, d3) = variant("three", files.path());
+    push(&v3, "flaky");
+    let good = std::fs::read(&v3).unwrap();
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    bucket.put(&format!("blobs/{d3}.wasm"), bad).await;
+    q.send(&with_module("flaky", "o")).await.unwrap();
+    let left = "job could not start; the message is left for redelivery";
+    let refused = Instant::now();
+    let e = loop {
+        let found = [&a, &bw]
+            .iter()
+            .flat_map(|w| w.events())
+            .find(|e| message(e) == left);
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(
+            refused.elapsed() < Duration::from_secs(30),
+            "{}\n---\n{}",
+            a.log(),
+            bw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let why = field(&e, "why");
+    assert!(why.contains("the module registry failed"), "{why}");
+    assert!(why.contains(&format!("blobs/{d3}.wasm")), "{why}");
+    assert!(why.contains("downloaded bytes have digest"), "{why}");
+    bucket.put(&format!("blobs/{d3}.wasm"), good).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ![&a, &bw].iter().any(|w| ran(w).contains(&d3)) {
+        assert!(Instant::now() < deadline, "{}\n---\n{}", a.log(), bw.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(dead_letter_reasons(dlq.as_ref()).await.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counts(q.as_ref()).await != (0, 0, 0) {
+        assert!(
+            Instant::now() < deadline,
+            "messages left: {:?}",
+            counts(q.as_ref()).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
