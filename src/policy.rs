@@ -15,6 +15,8 @@
 //! max_job_output = "64KiB"       # its published result; default and most 256KiB
 //! max_concurrency = 2            # on this worker; default: no cap
 //! modules = ["wc", "resize"]     # default: any module of the tenant
+//! oci = ["ghcr.io/acme"]         # OCI registries (and repository prefixes) its
+//!                                # messages may name as oci://...; default: none
 //! weight = 2                     # share of contended worker slots; default 1
 //! queues = ["acme-jobs"]         # queues bound to this tenant (also: --queue acme=Q)
 //! key_file = "/etc/wasm-jobs/acme.key"   # signs its messages on shared queues
@@ -80,6 +82,8 @@ struct TenantEntry {
     max_job_output: Option<Size>,
     max_concurrency: Option<usize>,
     modules: Option<Vec<String>>,
+    #[serde(default)]
+    oci: Vec<String>,
     weight: Option<u32>,
     #[serde(default)]
     queues: Vec<String>,
@@ -128,6 +132,9 @@ pub struct TenantPolicy {
     pub max_concurrency: Option<usize>,
     /// Module names the tenant may run; `None` for any of its modules.
     pub modules: Option<Vec<String>>,
+    /// OCI registries, optionally with a repository prefix
+    /// (`HOST[:PORT][/PREFIX]`), whose modules its messages may name.
+    pub oci: Vec<String>,
     /// Its share of contended worker slots, relative to other tenants.
     pub weight: u32,
     /// Queues bound to this tenant (embedded names or SQS URLs).
@@ -172,6 +179,7 @@ impl Policies {
                 sandbox: base,
                 max_concurrency: None,
                 modules: None,
+                oci: Vec::new(),
                 weight: 1,
                 queues: Vec::new(),
                 key_file: None,
@@ -395,6 +403,14 @@ fn effective(
             }
         }
     }
+    for grant in &e.oci {
+        let probe = format!("oci://{}/x", grant.trim_end_matches('/'));
+        if grant.contains("://") || crate::registry::oci::OciRef::parse(&probe).is_err() {
+            return Err(format!(
+                "oci `{grant}`: use HOST[:PORT] or HOST[:PORT]/REPOSITORY-PREFIX"
+            ));
+        }
+    }
     Ok(TenantPolicy {
         sandbox: SandboxPolicy {
             max_memory: size(e.max_memory, base.max_memory)?,
@@ -414,6 +430,7 @@ fn effective(
         },
         max_concurrency: e.max_concurrency,
         modules: e.modules,
+        oci: e.oci,
         weight: e.weight.unwrap_or(1),
         queues: e.queues,
         key_file: e.key_file,

@@ -1,7 +1,8 @@
 //! Byte sizes as people write them (`64MiB`, `1G`), for the command line
-//! and policy files alike. Runs in the CLI process (flag parsing, and the
-//! policy files that `worker` and `policy check` load). A leaf: it imports
-//! nothing from the crate.
+//! and policy files alike, and RFC 3339 times (dead-letter attributes, OCI
+//! annotations). Runs in the CLI process (flag parsing, and the policy files
+//! that `worker` and `policy check` load) and the worker parent. A leaf: it
+//! imports nothing from the crate.
 
 /// A byte count: plain digits, or with a K/M/G (or KiB/MiB/GiB) suffix,
 /// powers of 1024.
@@ -21,4 +22,19 @@ pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// Milliseconds since the epoch as an RFC 3339 time (UTC, to the second).
+pub(crate) fn rfc3339(ms: u64) -> String {
+    use aws_sdk_sqs::primitives::{DateTime, DateTimeFormat};
+    DateTime::from_secs((ms / 1000) as i64)
+        .fmt(DateTimeFormat::DateTime)
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+/// An RFC 3339 time as milliseconds since the epoch.
+pub(crate) fn parse_rfc3339_ms(text: &str) -> Option<u64> {
+    use aws_sdk_sqs::primitives::{DateTime, DateTimeFormat};
+    let t = DateTime::from_str(text, DateTimeFormat::DateTime).ok()?;
+    u64::try_from(t.to_millis().ok()?).ok()
 }

@@ -99,6 +99,11 @@ pub(crate) fn config(module: &Path, knobs: Knobs, drain: bool) -> WorkerConfig {
         registry: wasm_jobs::registry::Registry::Dir(wasm_jobs::registry::DirRegistry::new(
             module.with_extension("registry"),
         )),
+        oci: wasm_jobs::registry::oci::OciModules::new(wasm_jobs::registry::CacheSettings {
+            dir: module.with_extension("registry-cache"),
+            max_bytes: 1 << 30,
+            latest_ttl: wasm_jobs::registry::DEFAULT_LATEST_TTL,
+        }),
         concurrency: knobs.concurrency,
         visibility_timeout: Duration::from_secs(30),
         heartbeat: Duration::from_secs(1),

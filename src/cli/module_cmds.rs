@@ -5,6 +5,7 @@ use super::args::{parse_bytes, seconds_up_to};
 use crate::engine::EngineSettings;
 use crate::executor::Executor;
 use crate::paths;
+use crate::registry::oci::{OciModules, OciRef};
 use crate::registry::{
     CacheSettings, DEFAULT_CACHE_BYTES, DEFAULT_MAX_MODULE_BYTES, DEFAULT_TENANT, Location,
     Registry, RegistryError,
@@ -49,16 +50,25 @@ impl RegistryArgs {
         }
     }
 
+    fn cache(&self, data_dir: &Path) -> CacheSettings {
+        CacheSettings {
+            dir: data_dir.join("registry-cache"),
+            max_bytes: self.registry_cache_size,
+            latest_ttl: self.registry_ttl,
+        }
+    }
+
     /// The registry, caching downloads under `data_dir`.
     pub(super) fn open(&self, data_dir: &Path) -> Result<Registry, RegistryError> {
         Ok(Registry::open(
             self.location(data_dir)?,
-            CacheSettings {
-                dir: data_dir.join("registry-cache"),
-                max_bytes: self.registry_cache_size,
-                latest_ttl: self.registry_ttl,
-            },
+            self.cache(data_dir),
         ))
+    }
+
+    /// The OCI client for `oci://` references, caching under `data_dir`.
+    pub(super) fn oci(&self, data_dir: &Path) -> OciModules {
+        OciModules::new(self.cache(data_dir))
     }
 
     /// wasm-jobs' own directories, which no tenant directory may overlap:
@@ -72,7 +82,9 @@ impl RegistryArgs {
             Location::Dir(dir) => dir,
             Location::S3 { .. } => data_dir.join("registry-cache"),
         };
-        Ok(paths::own_dirs(data_dir, &registry))
+        let mut dirs = paths::own_dirs(data_dir, &registry);
+        dirs.push(("registry cache", data_dir.join("registry-cache")));
+        Ok(dirs)
     }
 }
 
@@ -117,10 +129,15 @@ fn parse_min_age(s: &str) -> Result<Duration, String> {
 #[derive(Debug, clap::Subcommand)]
 pub(super) enum ModuleCommand {
     /// Validate, compile and store a component under a name.
+    /// (or push it to an OCI registry with --to).
     Push {
         file: PathBuf,
-        #[arg(long)]
-        name: String,
+        #[arg(long, required_unless_present = "to")]
+        name: Option<String>,
+        /// Push to an OCI registry instead, as a Wasm OCI artifact
+        /// (credentials from the Docker config file).
+        #[arg(long, value_name = "oci://HOST/REPO:TAG", conflicts_with_all = ["name", "tenant"])]
+        to: Option<String>,
         #[arg(long, default_value = DEFAULT_TENANT)]
         tenant: String,
         /// Largest component accepted.
@@ -137,7 +154,7 @@ pub(super) enum ModuleCommand {
     },
     /// Exports, imports, size, digest and compiled-artifact status.
     Inspect {
-        /// NAME or NAME@sha256:HEX.
+        /// NAME, NAME@sha256:HEX, or oci://HOST/REPO:TAG (or @sha256:).
         reference: String,
         #[arg(long, default_value = DEFAULT_TENANT)]
         tenant: String,
@@ -171,10 +188,30 @@ pub(super) async fn run(loc: &RegistryLocation, cmd: ModuleCommand) -> anyhow::R
     match cmd {
         ModuleCommand::Push {
             file,
+            to: Some(to),
+            max_size,
+            ..
+        } => {
+            let to = OciRef::parse(&to)?;
+            let executor = loc.executor()?;
+            let (v, url) = loc
+                .registry
+                .oci(&loc.data_dir())
+                .push(&executor, &file, &to, max_size)
+                .await?;
+            println!(
+                "pushed {to} (component sha256:{}, {} bytes): {url}",
+                v.digest, v.size
+            );
+        }
+        ModuleCommand::Push {
+            file,
             name,
             tenant,
             max_size,
+            ..
         } => {
+            let name = name.expect("clap requires --name without --to");
             let executor = loc.executor()?;
             let (v, source) = registry
                 .push(&executor, &file, &name, &tenant, max_size)
@@ -208,7 +245,15 @@ pub(super) async fn run(loc: &RegistryLocation, cmd: ModuleCommand) -> anyhow::R
             tenant,
             json,
         } => {
-            let resolved = registry.resolve(&reference, &tenant).await?;
+            let resolved = if reference.starts_with("oci://") {
+                let r = OciRef::parse(&reference)?;
+                loc.registry
+                    .oci(&loc.data_dir())
+                    .resolve(&r, &tenant)
+                    .await?
+            } else {
+                registry.resolve(&reference, &tenant).await?
+            };
             let bytes = crate::registry::read(&resolved)?;
             let executor = loc.executor()?;
             let compiled = executor.cache().contains(executor.engine(), &bytes);

@@ -207,6 +207,7 @@ where
     let config = WorkerConfig {
         module: args.module.clone(),
         registry: args.registry.open(&data_dir)?,
+        oci: args.registry.oci(&data_dir),
         concurrency: args.concurrency,
         visibility_timeout: args.visibility_timeout,
         heartbeat: args.heartbeat,

@@ -19,6 +19,7 @@ impl TenantPolicy {
             "max_job_output_bytes": s.max_job_output,
             "max_concurrency": self.max_concurrency,
             "modules": self.modules.clone().map_or(serde_json::json!("any"), |m| serde_json::json!(m)),
+            "oci": self.oci,
             "weight": self.weight,
             "queues": self.queues,
             "key_file": self.key_file,

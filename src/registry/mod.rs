@@ -26,6 +26,8 @@ pub(crate) mod cache;
 pub mod dir;
 mod gc;
 mod location;
+pub mod oci;
+mod remote;
 pub mod s3;
 
 pub use dir::DirRegistry;
@@ -95,6 +97,9 @@ pub enum RegistryError {
         /// The tenant looked in.
         tenant: String,
     },
+    /// An OCI reference names no manifest (or no repository).
+    #[error("no module at {0}")]
+    NoArtifact(String),
     /// The module exists, but not the pinned version.
     #[error("module `{name}` of tenant `{tenant}` has no version {digest}")]
     NoSuchVersion {
@@ -248,20 +253,15 @@ pub(crate) struct Upload {
     pub(crate) source: CompileSource,
 }
 
-/// Check names and size, and validate `file` as a job component (compiling
-/// it into `executor`'s cache); nothing is stored yet.
-fn prepare(
+/// Check the size of `file` and validate it as a job component (compiling
+/// it into `executor`'s cache), to be stored as `name` of `tenant`.
+fn load(
     executor: &Executor,
     file: &Path,
     name: &str,
     tenant: &str,
     max_bytes: u64,
 ) -> Result<Upload, RegistryError> {
-    for n in [name, tenant] {
-        if !valid_name(n) {
-            return Err(RegistryError::BadName(n.to_owned()));
-        }
-    }
     let io = |source| RegistryError::Io {
         path: file.to_owned(),
         source,
@@ -324,7 +324,12 @@ impl Registry {
         tenant: &str,
         max_bytes: u64,
     ) -> Result<(ModuleVersion, CompileSource), RegistryError> {
-        let upload = prepare(executor, file, name, tenant, max_bytes)?;
+        for n in [name, tenant] {
+            if !valid_name(n) {
+                return Err(RegistryError::BadName(n.to_owned()));
+            }
+        }
+        let upload = load(executor, file, name, tenant, max_bytes)?;
         match self {
             Registry::Dir(r) => r.store(&upload)?,
             Registry::S3(r) => r.store(&upload).await?,

@@ -21,7 +21,7 @@
 //! that time without an S3 call per message; blobs are downloaded once,
 //! checked against their digest, and kept in the host's [`BlobCache`].
 
-use super::cache::BlobCache;
+use super::remote::Remote;
 use super::{
     BlobEntry, CacheSettings, GcReport, ModuleVersion, RegistryError, Resolved, Upload,
     checked_latest, checked_record, parse_reference, plan_gc, valid_digest, valid_name,
@@ -29,25 +29,17 @@ use super::{
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_s3::primitives::ByteStream;
-use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// What `(tenant, reference)` resolved to, and when it was read.
-type Remembered = HashMap<(String, String), (ModuleVersion, Instant)>;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A registry in an S3 bucket.
 #[derive(Debug, Clone)]
 pub struct S3Registry {
     bucket: String,
     prefix: String,
-    cache: BlobCache,
-    ttl: Duration,
+    remote: Remote,
     client: Arc<tokio::sync::OnceCell<Client>>,
-    resolved: Arc<Mutex<Remembered>>,
-    /// One download at a time per digest.
-    downloads: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl S3Registry {
@@ -56,11 +48,8 @@ impl S3Registry {
         S3Registry {
             bucket,
             prefix,
-            cache: BlobCache::new(cache.dir, cache.max_bytes),
-            ttl: cache.latest_ttl,
+            remote: Remote::new(cache),
             client: Arc::default(),
-            resolved: Arc::default(),
-            downloads: Arc::default(),
         }
     }
 
@@ -233,83 +222,18 @@ impl S3Registry {
         reference: &str,
         tenant: &str,
     ) -> Result<Resolved, RegistryError> {
-        let key = (tenant.to_owned(), reference.to_owned());
-        let remembered = self
-            .resolved
-            .lock()
-            .expect("resolved map")
-            .get(&key)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
-            .map(|(v, _)| v.clone());
-        let version = match remembered {
-            Some(v) => v,
-            None => {
-                let v = self.version(reference, tenant).await?;
-                let mut map = self.resolved.lock().expect("resolved map");
-                map.retain(|_, (_, at)| at.elapsed() < self.ttl);
-                map.insert(key, (v.clone(), Instant::now()));
-                v
-            }
-        };
-        let path = self.blob_file(&version).await?;
-        Ok(Resolved { version, path })
-    }
-
-    /// The version's blob in this host's cache, downloaded if missing.
-    async fn blob_file(&self, version: &ModuleVersion) -> Result<PathBuf, RegistryError> {
-        let digest = &version.digest;
-        if let Some(path) = self.cache.get(digest) {
-            return Ok(path);
-        }
-        let lock = Arc::clone(
-            self.downloads
-                .lock()
-                .expect("downloads map")
-                .entry(digest.clone())
-                .or_default(),
-        );
-        let _downloading = lock.lock().await;
-        let result = match self.cache.get(digest) {
-            Some(path) => Ok(path),
-            None => self.download(version).await,
-        };
-        self.downloads.lock().expect("downloads map").remove(digest);
-        result
-    }
-
-    async fn download(&self, version: &ModuleVersion) -> Result<PathBuf, RegistryError> {
+        let version = self
+            .remote
+            .version(tenant, reference, self.version(reference, tenant))
+            .await?;
         let key = self.key(&format!("blobs/{}.wasm", version.digest));
-        let started = Instant::now();
-        let bytes = self
-            .get(&key)
-            .await?
-            .ok_or_else(|| RegistryError::Corrupt {
-                path: self.url(&key).into(),
-                why: "missing: a version refers to it".into(),
-            })?;
-        if bytes.len() as u64 != version.size {
-            return Err(RegistryError::Corrupt {
-                path: self.url(&key).into(),
-                why: format!(
-                    "{} bytes, the version records {}",
-                    bytes.len(),
-                    version.size
-                ),
-            });
-        }
-        let cache = self.cache.clone();
-        let digest = version.digest.clone();
-        let source = self.url(&key);
-        let path = tokio::task::spawn_blocking(move || cache.insert(&digest, &bytes, &source))
-            .await
-            .map_err(|e| self.unavailable(&key, e))??;
-        tracing::info!(
-            blob = %self.url(&key),
-            bytes = version.size,
-            took_ms = started.elapsed().as_millis() as u64,
-            "downloaded and verified a module"
-        );
-        Ok(path)
+        let missing = || RegistryError::Corrupt {
+            path: self.url(&key).into(),
+            why: "missing: a version refers to it".into(),
+        };
+        let fetch = async { self.get(&key).await?.ok_or_else(missing) };
+        let path = self.remote.blob(&version, &self.url(&key), fetch).await?;
+        Ok(Resolved { version, path })
     }
 
     /// The latest version of every module (of one tenant, or all).

@@ -7,12 +7,14 @@
 
 use crate::common::{modes_path, modes_wasm};
 use crate::queue_backends::{Backend, MOTO_REGION, moto_endpoint, unique};
-use crate::worker_harness::{Worker, config, counts, dead_letter_reasons, field, get, message};
+use crate::worker_harness::{
+    LogEvent, Worker, config, counts, dead_letter_reasons, field, get, message,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use wasm_jobs::artifact_cache::content_digest;
-use wasm_jobs::queue::{AttributeValue, OutgoingMessage};
+use wasm_jobs::queue::{AttributeValue, OutgoingMessage, Queue};
 
 /// A bucket on the tests' moto server.
 struct Bucket {
@@ -70,7 +72,7 @@ impl Backend3 {
 }
 
 /// `wasm-jobs ARGS` with data dir `home`, reaching moto for S3 and SQS.
-fn cli(home: &Path) -> Command {
+pub(crate) fn cli(home: &Path) -> Command {
     let mut cmd = Command::new(crate::common::bin());
     cmd.env("WASM_JOBS_HOME", home)
         .env("AWS_ENDPOINT_URL", moto_endpoint())
@@ -91,7 +93,7 @@ fn module(home: &Path, registry: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn ok(o: Output) -> String {
+pub(crate) fn ok(o: Output) -> String {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8(o.stdout).unwrap()
 }
@@ -102,7 +104,7 @@ fn json(o: Output) -> serde_json::Value {
 
 /// `modes.wasm` with a custom section appended: the same job under another
 /// digest (a new "version" of it).
-fn variant(tag: &str, dir: &Path) -> (PathBuf, String) {
+pub(crate) fn variant(tag: &str, dir: &Path) -> (PathBuf, String) {
     let name = format!("v-{tag}");
     let mut bytes = modes_wasm().to_vec();
     let payload = tag.as_bytes();
@@ -249,7 +251,7 @@ fn a_bad_registry_location_is_refused() {
     }
 }
 
-fn with_module(reference: &str, body: &str) -> OutgoingMessage {
+pub(crate) fn with_module(reference: &str, body: &str) -> OutgoingMessage {
     let mut m = OutgoingMessage::new(body);
     m.attributes
         .insert("module".into(), AttributeValue::String(reference.into()));
@@ -265,24 +267,119 @@ fn ran(w: &Worker) -> Vec<String> {
         .collect()
 }
 
-/// Keep sending `reference` messages until both workers have run `digest`.
-async fn until_both_run(
-    q: &dyn wasm_jobs::queue::Queue,
-    hosts: &[&Worker],
-    reference: &str,
-    digest: &str,
-) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !hosts.iter().all(|w| ran(w).iter().any(|d| d == digest)) {
+/// Two worker "hosts" with their own data dirs on one queue: one slot
+/// each, no prefetch, names re-read after one second.
+pub(crate) struct Hosts {
+    workers: [Worker; 2],
+    homes: [tempfile::TempDir; 2],
+}
+
+impl Hosts {
+    pub(crate) fn start(b: &Backend, queue: &str, extra: &[&str]) -> Hosts {
+        let homes = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let mut args = vec![
+            "--queue",
+            queue,
+            "--registry-ttl",
+            "1",
+            "--prefetch",
+            "0",
+            "--wait",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let workers = [0, 1].map(|i| {
+            let mut cmd = Worker::command(b, &args, &[]);
+            cmd.env("WASM_JOBS_HOME", homes[i].path());
+            Worker::spawn(cmd)
+        });
+        Hosts {
+            workers,
+            homes: homes,
+        }
+    }
+
+    pub(crate) fn home(&self, i: usize) -> &Path {
+        self.homes[i].path()
+    }
+
+    pub(crate) fn worker(&self, i: usize) -> &Worker {
+        &self.workers[i]
+    }
+
+    fn logs(&self) -> String {
+        format!("{}\n---\n{}", self.workers[0].log(), self.workers[1].log())
+    }
+
+    /// Keep sending `reference` messages until both hosts have run `digest`.
+    pub(crate) async fn until_both_run(&self, q: &dyn Queue, reference: &str, digest: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self
+            .workers
+            .iter()
+            .all(|w| ran(w).iter().any(|d| d == digest))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "not both hosts ran {digest}:\n{}",
+                self.logs()
+            );
+            q.send(&with_module(reference, "w")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The first "left for redelivery" event of either host.
+    pub(crate) async fn until_left_for_redelivery(&self) -> LogEvent {
+        let left = "job could not start; the message is left for redelivery";
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = self
+                .workers
+                .iter()
+                .flat_map(|w| w.events())
+                .find(|e| message(e) == left);
+            if let Some(e) = found {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until either host has run `digest`.
+    pub(crate) async fn until_one_runs(&self, digest: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self
+            .workers
+            .iter()
+            .any(|w| ran(w).iter().any(|d| d == digest))
+        {
+            assert!(Instant::now() < deadline, "{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Wait until nothing is left in `q`.
+pub(crate) async fn until_empty(q: &dyn Queue) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counts(q).await != (0, 0, 0) {
         assert!(
             Instant::now() < deadline,
-            "not both hosts ran {digest}:\n{}\n---\n{}",
-            hosts[0].log(),
-            hosts[1].log()
+            "messages left: {:?}",
+            counts(q).await
         );
-        q.send(&with_module(reference, "w")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A blob's bytes with the last one flipped.
+pub(crate) fn corrupted(good: &[u8]) -> Vec<u8> {
+    let mut bad = good.to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    bad
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,12 +389,7 @@ async fn two_hosts_share_an_s3_registry() {
     let reg = bucket.url();
     let (q, dlq) = b.create_with_dlq("fleet", 10, &config(30)).await;
     let addr = b.address_of(q.as_ref());
-    let (pusher, host_a, host_b, files) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let (pusher, files) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let push = |file: &Path, name: &str| {
         ok(module(
             pusher.path(),
@@ -307,30 +399,10 @@ async fn two_hosts_share_an_s3_registry() {
     };
     let (v1, d1) = variant("one", files.path());
     push(&v1, "job");
-    let start = |home: &Path| {
-        let mut cmd = Worker::command(
-            &b,
-            &[
-                "--queue",
-                &addr,
-                "--registry",
-                &reg,
-                "--registry-ttl",
-                "1",
-                "--prefetch",
-                "0",
-                "--wait",
-                "1",
-            ],
-            &[],
-        );
-        cmd.env("WASM_JOBS_HOME", home);
-        Worker::spawn(cmd)
-    };
-    let (a, bw) = (start(host_a.path()), start(host_b.path()));
-    until_both_run(q.as_ref(), &[&a, &bw], "job", &d1).await;
-    for (w, home) in [(&a, host_a.path()), (&bw, host_b.path())] {
-        let e = w.wait_for(
+    let hosts = Hosts::start(&b, &addr, &["--registry", &reg]);
+    hosts.until_both_run(q.as_ref(), "job", &d1).await;
+    for i in 0..2 {
+        let e = hosts.worker(i).wait_for(
             "downloaded and verified a module",
             &[],
             Duration::from_secs(5),
@@ -339,14 +411,14 @@ async fn two_hosts_share_an_s3_registry() {
             field(&e, "blob").ends_with(&format!("blobs/{d1}.wasm")),
             "{e}"
         );
-        let cached = home.join(format!("registry-cache/{d1}.wasm"));
+        let cached = hosts.home(i).join(format!("registry-cache/{d1}.wasm"));
         assert_eq!(content_digest(&std::fs::read(cached).unwrap()), d1);
     }
 
     // A re-push under the same name reaches both hosts within the TTL.
     let (v2, d2) = variant("two", files.path());
     push(&v2, "job");
-    until_both_run(q.as_ref(), &[&a, &bw], "job", &d2).await;
+    hosts.until_both_run(q.as_ref(), "job", &d2).await;
 
     // A blob corrupted in the bucket: refused with the reason, left for
     // redelivery (the registry is at fault, not the message), and run once
@@ -354,47 +426,16 @@ async fn two_hosts_share_an_s3_registry() {
     let (v3, d3) = variant("three", files.path());
     push(&v3, "flaky");
     let good = std::fs::read(&v3).unwrap();
-    let mut bad = good.clone();
-    let last = bad.len() - 1;
-    bad[last] ^= 0xff;
-    bucket.put(&format!("blobs/{d3}.wasm"), bad).await;
+    bucket
+        .put(&format!("blobs/{d3}.wasm"), corrupted(&good))
+        .await;
     q.send(&with_module("flaky", "o")).await.unwrap();
-    let left = "job could not start; the message is left for redelivery";
-    let refused = Instant::now();
-    let e = loop {
-        let found = [&a, &bw]
-            .iter()
-            .flat_map(|w| w.events())
-            .find(|e| message(e) == left);
-        if let Some(e) = found {
-            break e;
-        }
-        assert!(
-            refused.elapsed() < Duration::from_secs(30),
-            "{}\n---\n{}",
-            a.log(),
-            bw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let why = field(&e, "why");
+    let why = field(&hosts.until_left_for_redelivery().await, "why");
     assert!(why.contains("the module registry failed"), "{why}");
     assert!(why.contains(&format!("blobs/{d3}.wasm")), "{why}");
     assert!(why.contains("downloaded bytes have digest"), "{why}");
     bucket.put(&format!("blobs/{d3}.wasm"), good).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ![&a, &bw].iter().any(|w| ran(w).contains(&d3)) {
-        assert!(Instant::now() < deadline, "{}\n---\n{}", a.log(), bw.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    hosts.until_one_runs(&d3).await;
     assert!(dead_letter_reasons(dlq.as_ref()).await.is_empty());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while counts(q.as_ref()).await != (0, 0, 0) {
-        assert!(
-            Instant::now() < deadline,
-            "messages left: {:?}",
-            counts(q.as_ref()).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_empty(q.as_ref()).await;
 }

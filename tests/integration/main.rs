@@ -21,6 +21,7 @@ mod host_memory;
 mod http;
 mod job_output;
 mod observability;
+mod oci;
 mod outcomes;
 mod prefork;
 mod queue_backends;

@@ -17,7 +17,8 @@
 
 use crate::policy::{Policies, TenantPolicy};
 use crate::queue::{AttributeValue, Attributes};
-use crate::registry::Registry;
+use crate::registry::oci::{OciModules, OciRef};
+use crate::registry::{Registry, RegistryError};
 use crate::signing::{self, EXPIRES_ATTRIBUTE, SIGNATURE_ATTRIBUTE};
 use crate::worker::protocol::ModuleRef;
 
@@ -164,8 +165,9 @@ pub(crate) fn identify(
 pub(crate) enum Modules {
     /// The worker's `--module`, read and hashed once at start.
     Fixed(ModuleRef),
-    /// The `module` attribute, resolved in this registry for the tenant.
-    Registry(Registry),
+    /// The `module` attribute: a name resolved in this registry for the
+    /// tenant, or an `oci://` reference its policy allows.
+    Registry { registry: Registry, oci: OciModules },
 }
 
 /// A message that may run: its tenant's policy and the module to run.
@@ -174,6 +176,16 @@ pub(crate) struct Admitted {
     pub(crate) tenant: String,
     pub(crate) policy: TenantPolicy,
     pub(crate) module: ModuleRef,
+}
+
+/// A registry failure: the message's fault (dead-lettered) or the
+/// registry's (left for redelivery).
+fn not_admitted(e: RegistryError) -> NotAdmitted {
+    if e.is_passing() {
+        NotAdmitted::Unavailable(e.to_string())
+    } else {
+        NotAdmitted::Refused(Refusal::Module(e.to_string()))
+    }
 }
 
 /// Check the tenant's policy and resolve the module, once.
@@ -188,7 +200,7 @@ pub(crate) async fn admit(
     })?;
     let module = match modules {
         Modules::Fixed(m) => m.clone(),
-        Modules::Registry(registry) => {
+        Modules::Registry { registry, oci } => {
             let reference = match attributes.get(MODULE_ATTRIBUTE) {
                 Some(AttributeValue::String(r)) if !r.is_empty() => r,
                 _ => {
@@ -198,22 +210,29 @@ pub(crate) async fn admit(
                     .into());
                 }
             };
-            let (name, _) = crate::registry::parse_reference(reference)
-                .map_err(|e| Refusal::Module(e.to_string()))?;
-            if !policy.allows_module(&name) {
-                return Err(Refusal::Policy(format!(
-                    "tenant `{tenant}` may not run module `{name}`"
-                ))
-                .into());
-            }
-            let resolved =
-                registry
-                    .resolve(reference, &tenant)
-                    .await
-                    .map_err(|e| match e.is_passing() {
-                        true => NotAdmitted::Unavailable(e.to_string()),
-                        false => Refusal::Module(e.to_string()).into(),
-                    })?;
+            let resolved = if reference.starts_with("oci://") {
+                let r = OciRef::parse(reference).map_err(|e| Refusal::Module(e.to_string()))?;
+                if !r.allowed_by(&policy.oci) {
+                    return Err(Refusal::Policy(format!(
+                        "tenant `{tenant}` may not run modules from {} (its policy's `oci` grants: {:?})",
+                        r.repository(),
+                        policy.oci
+                    ))
+                    .into());
+                }
+                oci.resolve(&r, &tenant).await
+            } else {
+                let (name, _) = crate::registry::parse_reference(reference)
+                    .map_err(|e| Refusal::Module(e.to_string()))?;
+                if !policy.allows_module(&name) {
+                    return Err(Refusal::Policy(format!(
+                        "tenant `{tenant}` may not run module `{name}`"
+                    ))
+                    .into());
+                }
+                registry.resolve(reference, &tenant).await
+            };
+            let resolved = resolved.map_err(not_admitted)?;
             ModuleRef {
                 path: resolved.path,
                 digest: resolved.version.digest,
@@ -299,7 +318,14 @@ mod tests {
     async fn admission_checks_the_policy_and_the_module() {
         let p = Policies::parse("[tenants.acme]\nmodules = [\"wc\"]\n", |_| None).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let registry = Modules::Registry(Registry::Dir(DirRegistry::new(dir.path())));
+        let registry = Modules::Registry {
+            registry: Registry::Dir(DirRegistry::new(dir.path())),
+            oci: OciModules::new(crate::registry::CacheSettings {
+                dir: dir.path().join("cache"),
+                max_bytes: 1 << 20,
+                latest_ttl: std::time::Duration::ZERO,
+            }),
+        };
         let admit = async |tenant: &str, pairs: &[(&str, &str)]| {
             admit(tenant.into(), &attrs(pairs), &p, &registry).await
         };
@@ -315,6 +341,32 @@ mod tests {
         assert!(matches!(missing, Refusal::Module(_)));
         let unknown = refused(admit("acme", &[("module", "wc")]).await);
         assert!(matches!(unknown, Refusal::Module(_)));
+
+        // OCI references: only from registries the policy grants.
+        let p =
+            Policies::parse("[tenants.acme]\noci = [\"127.0.0.1:9/acme\"]\n", |_| None).unwrap();
+        let oci = |reference: &str| {
+            let a = attrs(&[("module", reference)]);
+            let (p, registry) = (&p, &registry);
+            async move { super::admit("acme".into(), &a, p, registry).await }
+        };
+        let refused_oci = |r: Result<Admitted, NotAdmitted>| match r {
+            Err(NotAdmitted::Refused(r)) => r,
+            other => panic!("{other:?}"),
+        };
+        match refused_oci(oci("oci://127.0.0.1:9/other/wc:v1").await) {
+            Refusal::Policy(why) => assert!(why.contains("127.0.0.1:9/other/wc"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            refused_oci(oci("oci://acme/wc:v1").await),
+            Refusal::Module(_)
+        ));
+        // Granted, but nothing listens there: the registry's fault.
+        assert!(matches!(
+            oci("oci://127.0.0.1:9/acme/wc:v1").await,
+            Err(NotAdmitted::Unavailable(_))
+        ));
 
         // A version whose blob is gone: the registry's fault, not the message's.
         let digest = "a".repeat(64);

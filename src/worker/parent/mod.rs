@@ -54,6 +54,8 @@ pub struct WorkerConfig {
     pub module: Option<PathBuf>,
     /// Where `module` attributes are looked up.
     pub registry: crate::registry::Registry,
+    /// How `oci://` module references are fetched.
+    pub oci: crate::registry::oci::OciModules,
     /// Jobs at once, over all queues.
     pub concurrency: usize,
     /// Visibility timeout set on every received message.
@@ -226,7 +228,10 @@ pub async fn run(
             Ok(m) => Modules::Fixed(m),
             Err(why) => return WorkerExit::Failed(why),
         },
-        None => Modules::Registry(config.registry.clone()),
+        None => Modules::Registry {
+            registry: config.registry.clone(),
+            oci: config.oci.clone(),
+        },
     };
     let sources = match sources(&config, queues, &stats).await {
         Ok(s) => s,

@@ -287,9 +287,12 @@ pub(super) async fn dead_letter(
         (admit::ORIGINAL_ID_ATTRIBUTE, Some(msg.message_id.clone())),
         (
             admit::FIRST_ATTEMPT_ATTRIBUTE,
-            (msg.first_received_ms > 0).then(|| rfc3339(msg.first_received_ms)),
+            (msg.first_received_ms > 0).then(|| crate::units::rfc3339(msg.first_received_ms)),
         ),
-        (admit::LAST_FAILURE_ATTRIBUTE, Some(rfc3339(now_ms))),
+        (
+            admit::LAST_FAILURE_ATTRIBUTE,
+            Some(crate::units::rfc3339(now_ms)),
+        ),
     ];
     // In this order while there is room (a queue takes 10 attributes).
     for (name, value) in about {
@@ -313,12 +316,4 @@ pub(super) async fn dead_letter(
     ctx.stats.dead_lettered.inc();
     tracing::warn!(message_id = %msg.message_id, %why, "message dead-lettered");
     Ok(())
-}
-
-/// Milliseconds since the epoch as an RFC 3339 time (UTC, to the second).
-fn rfc3339(ms: u64) -> String {
-    use aws_sdk_sqs::primitives::{DateTime, DateTimeFormat};
-    DateTime::from_secs((ms / 1000) as i64)
-        .fmt(DateTimeFormat::DateTime)
-        .unwrap_or_else(|_| ms.to_string())
 }
