@@ -295,7 +295,7 @@ impl Hosts {
         });
         Hosts {
             workers,
-            homes: homes,
+            homes,
         }
     }
 
