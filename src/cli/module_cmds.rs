@@ -58,8 +58,15 @@ impl RegistryArgs {
         }
     }
 
-    /// The registry, caching downloads under `data_dir`.
+    /// The registry, caching downloads under `data_dir`. The default
+    /// directory is created here, so that a registry directory that is
+    /// missing later means one that is not there (an unmounted share).
     pub(super) fn open(&self, data_dir: &Path) -> Result<Registry, RegistryError> {
+        if self.registry.is_none() {
+            let dir = data_dir.join("registry");
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| RegistryError::Io { path: dir, source })?;
+        }
         Ok(Registry::open(
             self.location(data_dir)?,
             self.cache(data_dir),
@@ -309,7 +316,7 @@ pub(super) async fn run(loc: &RegistryLocation, cmd: ModuleCommand) -> anyhow::R
                     report.unreferenced.len(),
                     report.bytes,
                     report.too_young.len(),
-                    min_age.as_secs(),
+                    min_age.as_secs_f64(),
                     if report.removed {
                         ""
                     } else {

@@ -10,6 +10,7 @@ use super::{
     BlobEntry, GcReport, ModuleVersion, RegistryError, Resolved, Upload, checked_latest,
     checked_record, parse_reference, plan_gc, valid_digest, valid_name,
 };
+use crate::artifact_cache::content_digest;
 use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
@@ -69,12 +70,16 @@ impl DirRegistry {
         let version = &upload.version;
         let digest = &version.digest;
         let blob = self.blob(digest);
-        // An existing blob is touched, so `gc` sees it as young as this push.
-        let touched = fs::File::options()
-            .append(true)
-            .open(&blob)
-            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-        if touched.is_err() {
+        // An existing blob with the right bytes is touched, so `gc` sees it
+        // as young as this push; a missing or damaged one is written.
+        let intact = fs::read(&blob).is_ok_and(|b| content_digest(&b) == *digest);
+        let touched = intact
+            && fs::File::options()
+                .append(true)
+                .open(&blob)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+                .is_ok();
+        if !touched {
             self.write_atomically(&blob, &upload.bytes)?;
         }
         let dir = self.module_dir(&version.tenant, &version.name);
@@ -120,24 +125,41 @@ impl DirRegistry {
             name: name.clone(),
             tenant: tenant.to_owned(),
         };
-        if !valid_name(tenant) || !dir.is_dir() {
+        if !valid_name(tenant) {
             return Err(not_found());
         }
-        let digest = match pinned {
-            Some(d) => d,
-            None => {
-                let latest = dir.join("latest");
-                let d = fs::read_to_string(&latest).map_err(|_| not_found())?;
-                checked_latest(&d, latest)?
-            }
+        // A registry that is not there (an unmounted share) is not the
+        // message's fault; a module that is not in it is.
+        fs::metadata(&self.root).map_err(self.io(&self.root))?;
+        let missing = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let latest = dir.join("latest");
+        let digest = match &pinned {
+            Some(d) => d.clone(),
+            None => match fs::read_to_string(&latest) {
+                Ok(d) => checked_latest(&d, latest.clone())?,
+                Err(e) if missing(&e) => return Err(not_found()),
+                Err(e) => return Err(self.io(&latest)(e)),
+            },
         };
         let record_path = dir.join(format!("{digest}.json"));
-        let record = fs::read(&record_path).map_err(|_| RegistryError::NoSuchVersion {
-            name: name.clone(),
-            tenant: tenant.to_owned(),
-            digest: digest.clone(),
-        })?;
-        let version = checked_record(&record, &digest, record_path)?;
+        let record = match fs::read(&record_path) {
+            Ok(r) => r,
+            Err(e) if missing(&e) && pinned.is_none() => {
+                return Err(RegistryError::Corrupt {
+                    path: latest,
+                    why: format!("it names version {digest}, which has no record"),
+                });
+            }
+            Err(e) if missing(&e) => {
+                return Err(RegistryError::NoSuchVersion {
+                    name: name.clone(),
+                    tenant: tenant.to_owned(),
+                    digest: digest.clone(),
+                });
+            }
+            Err(e) => return Err(self.io(&record_path)(e)),
+        };
+        let version = checked_record(&record, (tenant, &name, &digest), record_path)?;
         let path = self.blob(&version.digest);
         if !path.is_file() {
             return Err(RegistryError::Corrupt {
@@ -153,6 +175,7 @@ impl DirRegistry {
         let modules = self.root.join("modules");
         let mut out = Vec::new();
         let tenants: Vec<String> = match tenant {
+            Some(t) if !valid_name(t) => return Err(RegistryError::BadName(t.to_owned())),
             Some(t) => vec![t.to_owned()],
             None => read_dir_names(&modules),
         };
@@ -211,19 +234,8 @@ impl DirRegistry {
     /// Find blobs no version record refers to, and remove those at least
     /// `min_age` old unless `dry_run`.
     pub fn gc(&self, min_age: Duration, dry_run: bool) -> Result<GcReport, RegistryError> {
-        let modules = self.root.join("modules");
-        let mut referenced = HashSet::new();
-        for tenant in read_dir_names(&modules) {
-            for name in read_dir_names(&modules.join(&tenant)) {
-                let dir = self.module_dir(&tenant, &name);
-                for entry in fs::read_dir(&dir).map_err(self.io(&dir))?.flatten() {
-                    let file = entry.file_name().to_string_lossy().into_owned();
-                    if let Some(d) = file.strip_suffix(".json").filter(|d| valid_digest(d)) {
-                        referenced.insert(d.to_owned());
-                    }
-                }
-            }
-        }
+        // Blobs first, then records: a version recorded while we list still
+        // keeps its blob.
         let blobs_dir = self.root.join("blobs");
         let mut blobs = Vec::new();
         for entry in fs::read_dir(&blobs_dir).into_iter().flatten().flatten() {
@@ -232,21 +244,35 @@ impl DirRegistry {
                 continue;
             };
             let meta = entry.metadata().map_err(self.io(&entry.path()))?;
-            let age = meta
-                .modified()
-                .ok()
-                .and_then(|m| m.elapsed().ok())
-                .unwrap_or_default();
+            let age = age(&meta);
             blobs.push(BlobEntry {
                 digest: digest.to_owned(),
                 size: meta.len(),
                 age,
             });
         }
+        let modules = self.root.join("modules");
+        let mut referenced = HashSet::new();
+        for tenant in read_dir_names(&modules) {
+            for name in read_dir_names(&modules.join(&tenant)) {
+                let dir = self.module_dir(&tenant, &name);
+                // A module removed while we look has no records left.
+                for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let file = entry.file_name().to_string_lossy().into_owned();
+                    if let Some(d) = file.strip_suffix(".json").filter(|d| valid_digest(d)) {
+                        referenced.insert(d.to_owned());
+                    }
+                }
+            }
+        }
         let mut report = plan_gc(blobs, &referenced, min_age);
         if !dry_run {
             for digest in &report.unreferenced {
                 let blob = self.blob(digest);
+                // A push that found the blob since it was listed touched it.
+                if fs::metadata(&blob).is_ok_and(|m| age(&m) < min_age) {
+                    continue;
+                }
                 match fs::remove_file(&blob) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -257,6 +283,14 @@ impl DirRegistry {
         }
         Ok(report)
     }
+}
+
+/// How long ago a file was last written.
+fn age(meta: &fs::Metadata) -> Duration {
+    meta.modified()
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .unwrap_or_default()
 }
 
 fn read_dir_names(dir: &Path) -> Vec<String> {

@@ -26,29 +26,41 @@ impl Location {
         let bad = || RegistryError::BadLocation(s.to_owned());
         if let Some(rest) = s.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            let bucket_ok = (3..=63).contains(&bucket.len())
-                && bucket
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
-            let prefix = prefix.trim_matches('/');
-            if !bucket_ok || prefix.split('/').any(|p| p == "." || p == "..") {
+            let parts: Vec<&str> = prefix.split('/').filter(|p| !p.is_empty()).collect();
+            if !valid_bucket(bucket)
+                || parts.iter().any(|p| *p == "." || *p == "..")
+                || prefix.len() > 512
+            {
                 return Err(bad());
             }
-            let prefix = if prefix.is_empty() {
-                String::new()
-            } else {
-                format!("{prefix}/")
-            };
+            let prefix = parts.iter().map(|p| format!("{p}/")).collect();
             return Ok(Location::S3 {
                 bucket: bucket.to_owned(),
                 prefix,
             });
         }
-        if s.is_empty() || s.contains("://") {
+        // `s3:bucket`, `oci://x`, `https://x`: a scheme, not a directory
+        // (write `./name:x` for a directory whose name has a colon).
+        let scheme = s
+            .split_once(':')
+            .is_some_and(|(head, _)| !head.is_empty() && !head.contains('/'));
+        if s.is_empty() || scheme {
             return Err(bad());
         }
         Ok(Location::Dir(PathBuf::from(s)))
     }
+}
+
+/// S3's bucket naming rules: 3-63 of a-z, 0-9, `.`, `-`, starting and
+/// ending with a letter or digit, no `..`.
+fn valid_bucket(b: &str) -> bool {
+    let edge = |c: Option<u8>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (3..=63).contains(&b.len())
+        && b.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
+        && edge(b.bytes().next())
+        && edge(b.bytes().last())
+        && !b.contains("..")
 }
 
 /// How a host keeps what it fetched from a remote registry.
@@ -86,6 +98,15 @@ mod tests {
             Location::parse("/srv/registry").unwrap(),
             Location::Dir("/srv/registry".into())
         );
+        assert_eq!(
+            Location::parse("./name:with-colon").unwrap(),
+            Location::Dir("./name:with-colon".into())
+        );
+        assert_eq!(
+            Location::parse("s3://jobs///a//b//").unwrap(),
+            Location::parse("s3://jobs/a/b").unwrap(),
+            "one registry, however its slashes are written"
+        );
         for bad in [
             "",
             "s3://",
@@ -95,6 +116,11 @@ mod tests {
             "s3://bucket/../x",
             "oci://host/repo",
             "https://x",
+            "s3:bucket",
+            "s3:/bucket",
+            "s3://-bucket",
+            "s3://bucket-",
+            "s3://a..b",
         ] {
             assert!(
                 matches!(Location::parse(bad), Err(RegistryError::BadLocation(_))),

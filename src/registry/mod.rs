@@ -11,7 +11,7 @@
 //!
 //! [`dir`] is a directory (the data dir's by default, or a shared mount);
 //! [`s3`] is `s3://BUCKET/PREFIX`, shared by a fleet of hosts, each of which
-//! downloads a blob once into its verified [`cache`] and re-reads a name's
+//! downloads a blob once into its verified cache (`cache.rs`) and re-reads a name's
 //! `latest` only after a short TTL. Every push validates (and compiles,
 //! caching the artifact) before storing anything, and writes the blob, then
 //! the version record, then `latest`, so a name never points at a version
@@ -57,7 +57,7 @@ pub const DEFAULT_GC_MIN_AGE: Duration = Duration::from_secs(3600);
 pub enum RegistryError {
     /// A module or tenant name breaks the naming rule.
     #[error(
-        "module name `{0}`: use 1-64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
+        "name `{0}`: module and tenant names are 1-64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
     )]
     BadName(String),
     /// A reference is neither `NAME` nor `NAME@sha256:HEX`.
@@ -227,9 +227,10 @@ pub(crate) fn checked_latest(text: &str, path: PathBuf) -> Result<String, Regist
 }
 
 /// Parse a version record and check it is the one its key promises.
+/// `expected` is the `(tenant, name, digest)` its key names.
 pub(crate) fn checked_record(
     bytes: &[u8],
-    digest: &str,
+    expected: (&str, &str, &str),
     path: PathBuf,
 ) -> Result<ModuleVersion, RegistryError> {
     let version: ModuleVersion =
@@ -237,13 +238,21 @@ pub(crate) fn checked_record(
             path: path.clone(),
             why: format!("not a version record: {e}"),
         })?;
-    if version.digest != digest {
-        return Err(RegistryError::Corrupt {
-            path,
-            why: format!("it records digest {:?}", version.digest),
-        });
+    let (tenant, name, digest) = expected;
+    let wrong = if version.digest != digest {
+        Some(format!("it records digest {:?}", version.digest))
+    } else if version.tenant != tenant || version.name != name {
+        Some(format!(
+            "it records module {:?} of tenant {:?}",
+            version.name, version.tenant
+        ))
+    } else {
+        None
+    };
+    match wrong {
+        Some(why) => Err(RegistryError::Corrupt { path, why }),
+        None => Ok(version),
     }
-    Ok(version)
 }
 
 /// A component validated for a push: its bytes and the record to store.

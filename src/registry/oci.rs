@@ -133,8 +133,12 @@ impl OciModules {
     /// Clients caching under `cache`.
     pub fn new(cache: CacheSettings) -> Self {
         let client = |protocol| {
+            // A registry that stops answering fails the admission (the
+            // message is left for redelivery) instead of holding it.
             Arc::new(Client::new(ClientConfig {
                 protocol,
+                connect_timeout: Some(std::time::Duration::from_secs(5)),
+                read_timeout: Some(std::time::Duration::from_secs(30)),
                 ..ClientConfig::default()
             }))
         };

@@ -2,7 +2,9 @@
 //! host, in the worker parent and the CLI process: remember what a
 //! reference resolved to for the TTL, and keep each blob in the verified
 //! [`BlobCache`], fetched once per digest at a time (concurrent admissions
-//! of a new module wait for one download).
+//! of a new module wait for one download). When the registry cannot be
+//! read, a reference resolved before keeps its last answer (stale, and
+//! logged as such) rather than failing every message while it is down.
 
 use super::cache::BlobCache;
 use super::{CacheSettings, ModuleVersion, RegistryError};
@@ -10,6 +12,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// References remembered before expired ones are forgotten.
+const MAX_REMEMBERED: usize = 10_000;
 
 /// What `(tenant, reference)` resolved to, and when it was read.
 type Remembered = HashMap<(String, String), (ModuleVersion, Instant)>;
@@ -34,7 +39,8 @@ impl Remote {
     }
 
     /// What `reference` names for `tenant`: from memory within the TTL,
-    /// else from `look_up` (and remembered).
+    /// else from `look_up` (and remembered); the last answer if `look_up`
+    /// fails because the registry does.
     pub(crate) async fn version(
         &self,
         tenant: &str,
@@ -47,14 +53,29 @@ impl Remote {
             .lock()
             .expect("resolved map")
             .get(&key)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
-            .map(|(v, _)| v.clone());
-        if let Some(v) = remembered {
-            return Ok(v);
+            .cloned();
+        if let Some((v, at)) = &remembered
+            && at.elapsed() < self.ttl
+        {
+            return Ok(v.clone());
         }
-        let v = look_up.await?;
+        let v = match (look_up.await, remembered) {
+            (Ok(v), _) => v,
+            (Err(e), Some((v, at))) if e.is_passing() => {
+                tracing::warn!(
+                    reference,
+                    error = %e,
+                    age_s = at.elapsed().as_secs(),
+                    "the registry cannot be read; using what the reference resolved to before"
+                );
+                return Ok(v);
+            }
+            (Err(e), _) => return Err(e),
+        };
         let mut map = self.resolved.lock().expect("resolved map");
-        map.retain(|_, (_, at)| at.elapsed() < self.ttl);
+        if map.len() >= MAX_REMEMBERED {
+            map.retain(|_, (_, at)| at.elapsed() < self.ttl);
+        }
         map.insert(key, (v.clone(), Instant::now()));
         Ok(v)
     }
@@ -121,5 +142,68 @@ impl Remote {
             "downloaded and verified a module"
         );
         Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(digest: &str) -> ModuleVersion {
+        ModuleVersion {
+            name: "m".into(),
+            tenant: "t".into(),
+            digest: digest.into(),
+            size: 1,
+            pushed_at_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_is_reread_after_its_ttl_and_its_last_answer_serves_while_the_registry_is_down()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = Remote::new(CacheSettings {
+            dir: dir.path().to_owned(),
+            max_bytes: 1 << 20,
+            latest_ttl: Duration::from_millis(50),
+        });
+        let down = || async {
+            Err(RegistryError::Unavailable {
+                location: "s3://b/k".into(),
+                why: "timed out".into(),
+            })
+        };
+        let v1 = remote
+            .version("t", "m", async { Ok(version("1")) })
+            .await
+            .unwrap();
+        assert_eq!(v1.digest, "1");
+        // Within the TTL: no look-up at all.
+        let v = remote
+            .version("t", "m", async { panic!("looked up") })
+            .await
+            .unwrap();
+        assert_eq!(v.digest, "1");
+        // Past it: read again, and a failing registry leaves the last answer.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let v = remote.version("t", "m", down()).await.unwrap();
+        assert_eq!(v.digest, "1", "stale while the registry is down");
+        let v = remote
+            .version("t", "m", async { Ok(version("2")) })
+            .await
+            .unwrap();
+        assert_eq!(v.digest, "2", "a new push, once readable");
+        // Nothing remembered: the failure is the answer.
+        assert!(remote.version("t", "other", down()).await.is_err());
+        // A verdict (no such module) is never papered over.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let gone = async {
+            Err(RegistryError::NotFound {
+                name: "m".into(),
+                tenant: "t".into(),
+            })
+        };
+        assert!(remote.version("t", "m", gone).await.is_err());
     }
 }

@@ -7,19 +7,25 @@
 //!
 //! Consistency between hosts:
 //! - blobs are written with `If-None-Match: *`: content-addressed, so a
-//!   `412` means the same bytes are already there;
+//!   `412` means the same bytes are already there. Such a blob is copied
+//!   onto itself (server-side), so `gc` sees it as young as the push that
+//!   needed it; `gc` lists blobs before records and checks each blob's age
+//!   again just before deleting it;
 //! - a push writes blob, version record, then `latest`, so every `latest` a
 //!   host reads names a version whose record and blob exist;
-//! - the race that remains: two hosts pushing different components under
+//! - the races that remain: two hosts pushing different components under
 //!   one name at once both succeed, both versions stay pinnable, and
 //!   `latest` is whichever `PUT` S3 applied last (S3 has no conditional
 //!   write that orders them without a read first); a concurrent `rm` and
-//!   push may leave the name present (the push wins) or removed.
+//!   push may leave the name present (the push wins), removed, or with a
+//!   `latest` whose record the `rm` deleted, which resolves as a broken
+//!   registry (messages wait for redelivery) until the next push or `rm`.
 //!
 //! Each host re-reads what a reference resolves to only after
 //! [`CacheSettings::latest_ttl`], so a new push reaches every worker within
 //! that time without an S3 call per message; blobs are downloaded once,
-//! checked against their digest, and kept in the host's [`BlobCache`].
+//! checked against their digest, and kept in the host's cache
+//! ([`super::remote`]).
 
 use super::remote::Remote;
 use super::{
@@ -27,7 +33,7 @@ use super::{
     checked_latest, checked_record, parse_reference, plan_gc, valid_digest, valid_name,
 };
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -62,8 +68,17 @@ impl S3Registry {
                 let custom_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
                     .iter()
                     .any(|v| std::env::var_os(v).is_some());
+                // A registry that stops answering fails the admission (the
+                // message is left for redelivery) instead of holding it.
+                let timeouts = aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .read_timeout(Duration::from_secs(30))
+                    .operation_attempt_timeout(Duration::from_secs(20))
+                    .operation_timeout(Duration::from_secs(45))
+                    .build();
                 let config = aws_sdk_s3::config::Builder::from(&shared)
                     .force_path_style(custom_endpoint)
+                    .timeout_config(timeouts)
                     .build();
                 Client::from_conf(config)
             })
@@ -78,15 +93,20 @@ impl S3Registry {
         format!("s3://{}/{key}", self.bucket)
     }
 
-    fn unavailable(&self, key: &str, e: impl std::error::Error) -> RegistryError {
+    fn unavailable<E, R>(&self, key: &str, e: SdkError<E, R>) -> RegistryError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
         RegistryError::Unavailable {
             location: self.url(key),
-            why: DisplayErrorContext(e).to_string(),
+            why: brief(&e),
         }
     }
 
-    /// The object's bytes, or `None` when there is no such key.
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, RegistryError> {
+    /// The object's bytes (at most `max` of them, else `Corrupt`), or `None`
+    /// when there is no such key.
+    async fn get(&self, key: &str, max: u64) -> Result<Option<Vec<u8>>, RegistryError> {
         match self
             .client()
             .await
@@ -97,12 +117,22 @@ impl S3Registry {
             .await
         {
             Ok(out) => {
+                let len = out.content_length().unwrap_or(0).max(0) as u64;
+                if len > max {
+                    return Err(RegistryError::Corrupt {
+                        path: self.url(key).into(),
+                        why: format!("{len} bytes; at most {max} expected"),
+                    });
+                }
                 let body = out
                     .body
                     .collect()
                     .await
-                    .map_err(|e| self.unavailable(key, e))?;
-                Ok(Some(body.into_bytes().to_vec()))
+                    .map_err(|e| RegistryError::Unavailable {
+                        location: self.url(key),
+                        why: e.to_string(),
+                    })?;
+                Ok(Some(body.to_vec()))
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
             Err(e) => Err(self.unavailable(key, e)),
@@ -123,7 +153,40 @@ impl S3Registry {
         }
         match req.send().await {
             Ok(_) => Ok(()),
-            Err(e) if only_new && e.code() == Some("PreconditionFailed") => Ok(()),
+            Err(e) if only_new && e.code() == Some("PreconditionFailed") => self.touch(key).await,
+            Err(e) => Err(self.unavailable(key, e)),
+        }
+    }
+
+    /// Give an existing object a new modification time (a copy onto itself,
+    /// server-side), so `gc` sees it as young as the push that found it.
+    async fn touch(&self, key: &str) -> Result<(), RegistryError> {
+        self.client()
+            .await
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .copy_source(format!("{}/{key}", self.bucket))
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.unavailable(key, e))
+    }
+
+    /// How long ago the object was last written; `None` if it is gone.
+    async fn age(&self, key: &str) -> Result<Option<Duration>, RegistryError> {
+        match self
+            .client()
+            .await
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(age_of(out.last_modified()))),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
             Err(e) => Err(self.unavailable(key, e)),
         }
     }
@@ -138,20 +201,13 @@ impl S3Registry {
             .prefix(prefix)
             .into_paginator()
             .send();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs() as i64;
         let mut keys = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.unavailable(prefix, e))?;
             for object in page.contents() {
                 let Some(key) = object.key() else { continue };
-                let age = object
-                    .last_modified()
-                    .map_or(0, |t| (now - t.secs()).max(0) as u64);
                 let size = object.size().unwrap_or(0).max(0) as u64;
-                keys.push((key.to_owned(), size, Duration::from_secs(age)));
+                keys.push((key.to_owned(), size, age_of(object.last_modified())));
             }
         }
         Ok(keys)
@@ -196,17 +252,22 @@ impl S3Registry {
         if !valid_name(tenant) {
             return Err(not_found());
         }
-        let digest = match pinned {
-            Some(d) => d,
+        let latest = self.module_key(tenant, &name, "latest");
+        let digest = match &pinned {
+            Some(d) => d.clone(),
             None => {
-                let key = self.module_key(tenant, &name, "latest");
-                let text = self.get(&key).await?.ok_or_else(not_found)?;
-                checked_latest(&String::from_utf8_lossy(&text), self.url(&key).into())?
+                let text = self.get(&latest, SMALL).await?.ok_or_else(not_found)?;
+                checked_latest(&String::from_utf8_lossy(&text), self.url(&latest).into())?
             }
         };
         let key = self.module_key(tenant, &name, &format!("{digest}.json"));
-        match self.get(&key).await? {
-            Some(record) => checked_record(&record, &digest, self.url(&key).into()),
+        let expected = (tenant, name.as_str(), digest.as_str());
+        match self.get(&key, SMALL).await? {
+            Some(record) => checked_record(&record, expected, self.url(&key).into()),
+            None if pinned.is_none() => Err(RegistryError::Corrupt {
+                path: self.url(&latest).into(),
+                why: format!("it names version {digest}, which has no record"),
+            }),
             None => Err(RegistryError::NoSuchVersion {
                 name,
                 tenant: tenant.to_owned(),
@@ -231,7 +292,7 @@ impl S3Registry {
             path: self.url(&key).into(),
             why: "missing: a version refers to it".into(),
         };
-        let fetch = async { self.get(&key).await?.ok_or_else(missing) };
+        let fetch = async { self.get(&key, version.size).await?.ok_or_else(missing) };
         let path = self.remote.blob(&version, &self.url(&key), fetch).await?;
         Ok(Resolved { version, path })
     }
@@ -242,7 +303,7 @@ impl S3Registry {
         tenant: Option<&str>,
     ) -> Result<Vec<ModuleVersion>, RegistryError> {
         let under = match tenant {
-            Some(t) if !valid_name(t) => return Ok(Vec::new()),
+            Some(t) if !valid_name(t) => return Err(RegistryError::BadName(t.to_owned())),
             Some(t) => self.key(&format!("modules/{t}/")),
             None => self.key("modules/"),
         };
@@ -295,17 +356,8 @@ impl S3Registry {
         min_age: Duration,
         dry_run: bool,
     ) -> Result<GcReport, RegistryError> {
-        let referenced: HashSet<String> = self
-            .list_keys(&self.key("modules/"))
-            .await?
-            .into_iter()
-            .filter_map(|(k, _, _)| {
-                let file = k.rsplit('/').next()?;
-                file.strip_suffix(".json")
-                    .filter(|d| valid_digest(d))
-                    .map(str::to_owned)
-            })
-            .collect();
+        // Blobs first, then records: a version recorded while we list still
+        // keeps its blob.
         let blobs_prefix = self.key("blobs/");
         let blobs = self
             .list_keys(&blobs_prefix)
@@ -320,14 +372,69 @@ impl S3Registry {
                 })
             })
             .collect();
+        let referenced: HashSet<String> = self
+            .list_keys(&self.key("modules/"))
+            .await?
+            .into_iter()
+            .filter_map(|(k, _, _)| {
+                let file = k.rsplit('/').next()?;
+                file.strip_suffix(".json")
+                    .filter(|d| valid_digest(d))
+                    .map(str::to_owned)
+            })
+            .collect();
         let mut report = plan_gc(blobs, &referenced, min_age);
         if !dry_run {
             for digest in &report.unreferenced {
-                self.delete(&self.key(&format!("blobs/{digest}.wasm")))
-                    .await?;
+                let key = self.key(&format!("blobs/{digest}.wasm"));
+                // A push that found the blob since it was listed touched it.
+                if self.age(&key).await?.is_some_and(|age| age >= min_age) {
+                    self.delete(&key).await?;
+                }
             }
             report.removed = true;
         }
         Ok(report)
+    }
+}
+
+/// Largest `latest` or version record read: they are a few hundred bytes.
+const SMALL: u64 = 64 * 1024;
+
+/// How long ago an S3 time was.
+fn age_of(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    Duration::from_secs(t.map_or(0, |t| (now - t.secs()).max(0) as u64))
+}
+
+/// An SDK error in one line: the service's code and message, or what kept
+/// the request from being answered.
+fn brief<E, R>(e: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match e {
+        SdkError::ServiceError(s) => {
+            let err = s.err();
+            match (err.code(), err.message()) {
+                (Some(code), Some(msg)) => format!("{code}: {msg}"),
+                (Some(code), None) => code.to_owned(),
+                _ => err.to_string(),
+            }
+        }
+        SdkError::TimeoutError(_) => "timed out".to_owned(),
+        other => {
+            let mut why = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                why = format!("{why}: {s}");
+                source = s.source();
+            }
+            why
+        }
     }
 }

@@ -293,10 +293,7 @@ impl Hosts {
             cmd.env("WASM_JOBS_HOME", homes[i].path());
             Worker::spawn(cmd)
         });
-        Hosts {
-            workers,
-            homes,
-        }
+        Hosts { workers, homes }
     }
 
     pub(crate) fn home(&self, i: usize) -> &Path {

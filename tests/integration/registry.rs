@@ -145,7 +145,7 @@ fn bad_pushes_are_refused_and_store_nothing() {
         home.path(),
         &["push", modes.to_str().unwrap(), "--name", "Bad/Name"],
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("module name"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("name `Bad/Name`"));
     assert_eq!(
         stdout(&module(home.path(), &["list", "--json"])).trim(),
         "[]"
@@ -226,13 +226,43 @@ fn corrupt_registry_files_are_refused_not_followed() {
     std::fs::write(&record, text.replace(&v.digest, &"0".repeat(64))).unwrap();
     let e = reg.resolve("job", "t").unwrap_err();
     assert!(matches!(e, RegistryError::Corrupt { .. }), "{e}");
-    std::fs::write(&record, text).unwrap();
+    std::fs::write(&record, &text).unwrap();
 
-    // A blob whose bytes changed.
+    // A record of another tenant's module, copied in.
+    std::fs::write(
+        &record,
+        text.replace("\"tenant\": \"t\"", "\"tenant\": \"root\""),
+    )
+    .unwrap();
+    let e = reg.resolve("job", "t").unwrap_err();
+    assert!(e.to_string().contains("of tenant \"root\""), "{e}");
+    std::fs::write(&record, &text).unwrap();
+
+    // `latest` naming a version with no record: the registry is broken (the
+    // message is left for redelivery), unlike a pin to a version that never was.
+    std::fs::write(&latest, "b".repeat(64)).unwrap();
+    let e = reg.resolve("job", "t").unwrap_err();
+    assert!(
+        e.is_passing() && e.to_string().contains("has no record"),
+        "{e}"
+    );
+    let pinned = reg.resolve(&format!("job@sha256:{}", "b".repeat(64)), "t");
+    assert!(matches!(pinned, Err(RegistryError::NoSuchVersion { .. })));
+    std::fs::write(&latest, &v.digest).unwrap();
+
+    // A blob whose bytes changed; a push of the same file writes it again.
     let resolved = reg.resolve("job", "t").unwrap();
     std::fs::write(&resolved.path, b"\0asm changed").unwrap();
     let e = wasm_jobs::registry::read(&resolved).unwrap_err();
     assert!(e.to_string().contains("its bytes have digest"), "{e}");
+    push(&reg, &ex, &modes_path(), "job").unwrap();
+    assert_eq!(wasm_jobs::registry::read(&resolved).unwrap(), modes_wasm());
+
+    // A registry that is not there (an unmounted share) is not the
+    // message's fault either.
+    std::fs::rename(&root, dir.path().join("away")).unwrap();
+    let e = reg.resolve("job", "t").unwrap_err();
+    assert!(e.is_passing(), "{e}");
 }
 
 #[test]
