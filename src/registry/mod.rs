@@ -10,12 +10,18 @@
 //! - `modules/<tenant>/<name>/latest`: the digest `NAME` resolves to.
 //!
 //! [`dir`] is a directory (the data dir's by default, or a shared mount);
-//! [`s3`] is `s3://BUCKET/PREFIX`, shared by a fleet of hosts, each of which
-//! downloads a blob once into its verified cache (`cache.rs`) and re-reads a name's
-//! `latest` only after a short TTL. Every push validates (and compiles,
-//! caching the artifact) before storing anything, and writes the blob, then
-//! the version record, then `latest`, so a name never points at a version
-//! whose bytes are missing. `NAME@sha256:HEX` pins a version.
+//! [`s3`] is `s3://BUCKET/PREFIX`, shared by a fleet of hosts. Every push
+//! validates (and compiles, caching the artifact) before storing anything,
+//! and writes the blob, then the version record, then `latest`, so a name
+//! never points at a version whose bytes are missing. `NAME@sha256:HEX`
+//! pins a version. Beside the registry, [`oci`] runs components kept in OCI
+//! registries, named `oci://HOST/REPO:TAG` by a message.
+//!
+//! The other parts: `location` (parsing `--registry`, cache settings),
+//! `remote` (what S3 and OCI share on a host: names re-read after a TTL,
+//! stale answers while a registry is down, one download per digest),
+//! `cache` (the host's verified, size-capped blob cache), `gc` (which blobs
+//! `module gc` may remove).
 //!
 //! [`RegistryError::is_passing`] splits failures in two: a reference that
 //! names nothing is the message's fault (it is dead-lettered); a registry
