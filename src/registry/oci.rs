@@ -25,7 +25,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The layer media type of a Wasm component.
 const WASM_LAYER: &str = "application/wasm";
@@ -97,9 +97,22 @@ impl std::fmt::Display for OciRef {
 /// with its cache.
 #[derive(Clone)]
 pub struct OciModules {
-    http: Arc<Client>,
-    https: Arc<Client>,
+    /// Made on first use: a worker whose messages never name `oci://`
+    /// never builds them.
+    http: Arc<OnceLock<Client>>,
+    https: Arc<OnceLock<Client>>,
     remote: Remote,
+}
+
+/// A client for one protocol. A registry that stops answering fails the
+/// admission (the message is left for redelivery) instead of holding it.
+fn client(protocol: ClientProtocol) -> Client {
+    Client::new(ClientConfig {
+        protocol,
+        connect_timeout: Some(std::time::Duration::from_secs(5)),
+        read_timeout: Some(std::time::Duration::from_secs(30)),
+        ..ClientConfig::default()
+    })
 }
 
 impl std::fmt::Debug for OciModules {
@@ -132,19 +145,9 @@ fn auth(registry: &str) -> RegistryAuth {
 impl OciModules {
     /// Clients caching under `cache`.
     pub fn new(cache: CacheSettings) -> Self {
-        let client = |protocol| {
-            // A registry that stops answering fails the admission (the
-            // message is left for redelivery) instead of holding it.
-            Arc::new(Client::new(ClientConfig {
-                protocol,
-                connect_timeout: Some(std::time::Duration::from_secs(5)),
-                read_timeout: Some(std::time::Duration::from_secs(30)),
-                ..ClientConfig::default()
-            }))
-        };
         OciModules {
-            http: client(ClientProtocol::Http),
-            https: client(ClientProtocol::Https),
+            http: Arc::default(),
+            https: Arc::default(),
             remote: Remote::new(cache),
         }
     }
@@ -152,9 +155,9 @@ impl OciModules {
     /// The client for the reference's registry.
     fn client_for(&self, r: &OciRef) -> &Client {
         if loopback(r.reference.registry()) {
-            &self.http
+            self.http.get_or_init(|| client(ClientProtocol::Http))
         } else {
-            &self.https
+            self.https.get_or_init(|| client(ClientProtocol::Https))
         }
     }
 
