@@ -10,8 +10,8 @@
 //!   instantiated the job once) and the wire protocol between them.
 //! - [`queue`]: the queue interface with SQS semantics; the embedded
 //!   (SQLite) and SQS backends.
-//! - [`registry`]: content-addressed modules per tenant, in a directory or
-//!   S3, with a verified per-host download cache.
+//! - [`registry`]: content-addressed modules per tenant, in a directory,
+//!   S3 or an OCI registry, with a verified per-host download cache.
 //! - [`policy`]: tenant policy files (sandbox, caps, weights, keys, queues).
 //! - [`signing`]: HMAC signatures of messages on shared queues.
 //! - `trace_context`: a message's W3C `traceparent` as the job's parent span.

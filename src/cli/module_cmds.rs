@@ -16,9 +16,11 @@ use std::time::Duration;
 /// Which registry: shared by `module`, `policy check` and `worker`.
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 pub(super) struct RegistryArgs {
-    /// Registry: a directory (default: `<data dir>/registry`) or
+    /// Registry: a directory (default: `<data dir>/registry`),
     /// `s3://BUCKET[/PREFIX]` (AWS configuration from the environment;
-    /// AWS_ENDPOINT_URL_S3 for S3-compatible servers).
+    /// AWS_ENDPOINT_URL_S3 for S3-compatible servers) or
+    /// `oci://HOST[:PORT][/PREFIX]` (a repository per module; credentials
+    /// from the Docker config file).
     #[arg(long, global = true, env = "WASM_JOBS_REGISTRY")]
     registry: Option<String>,
     /// How long a remote registry's name resolution is trusted before it is
@@ -87,7 +89,7 @@ impl RegistryArgs {
     ) -> Result<Vec<(&'static str, PathBuf)>, RegistryError> {
         let registry = match self.location(data_dir)? {
             Location::Dir(dir) => dir,
-            Location::S3 { .. } => data_dir.join("registry-cache"),
+            Location::S3 { .. } | Location::Oci { .. } => data_dir.join("registry-cache"),
         };
         let mut dirs = paths::own_dirs(data_dir, &registry);
         dirs.push(("registry cache", data_dir.join("registry-cache")));
@@ -175,7 +177,8 @@ pub(super) enum ModuleCommand {
         #[arg(long, default_value = DEFAULT_TENANT)]
         tenant: String,
     },
-    /// List blobs no version refers to; with --apply, remove them.
+    /// List blobs no version refers to; with --apply, remove them (an OCI
+    /// registry collects its own).
     Gc {
         /// Remove them (without it, a dry run).
         #[arg(long)]

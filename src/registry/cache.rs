@@ -64,6 +64,12 @@ impl BlobCache {
         }
     }
 
+    /// Whether this process has checked the cached bytes of `digest` (so
+    /// [`BlobCache::get`] only opens and touches the file).
+    pub(crate) fn is_checked(&self, digest: &str) -> bool {
+        self.checked.lock().expect("checked set").contains(digest)
+    }
+
     /// The cached blob with this digest, marked as just used; `None` if it
     /// is not cached, or its bytes no longer have the digest (then removed).
     pub(crate) fn get(&self, digest: &str) -> Option<PathBuf> {

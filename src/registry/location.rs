@@ -1,12 +1,14 @@
-//! Where a registry is (`--registry`: a directory or `s3://BUCKET[/PREFIX]`)
-//! and how a host caches what it fetches from a remote one. Parsed in the
-//! CLI process.
+//! Where a registry is (`--registry`: a directory, `s3://BUCKET[/PREFIX]`
+//! or `oci://HOST[:PORT][/PREFIX]`) and how a host caches what it fetches
+//! from a remote one. Parsed in the CLI process.
 
 use super::RegistryError;
+use super::oci::OciRef;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Where a registry is: a directory or `s3://BUCKET[/PREFIX]`.
+/// Where a registry is: a directory, `s3://BUCKET[/PREFIX]` or
+/// `oci://HOST[:PORT][/PREFIX]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     /// A directory.
@@ -18,12 +20,38 @@ pub enum Location {
         /// The key prefix.
         prefix: String,
     },
+    /// Repositories of an OCI registry.
+    Oci {
+        /// `HOST[:PORT]`.
+        registry: String,
+        /// The repository path prefix (empty, or ending in `/`).
+        prefix: String,
+    },
 }
 
 impl Location {
-    /// Parse `--registry`: `s3://BUCKET[/PREFIX]`, or a directory path.
+    /// Parse `--registry`: `s3://BUCKET[/PREFIX]`,
+    /// `oci://HOST[:PORT][/PREFIX]`, or a directory path.
     pub fn parse(s: &str) -> Result<Location, RegistryError> {
         let bad = || RegistryError::BadLocation(s.to_owned());
+        if let Some(rest) = s.strip_prefix("oci://") {
+            let (registry, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let prefix: String = prefix
+                .split('/')
+                .filter(|p| !p.is_empty())
+                .map(|p| format!("{p}/"))
+                .collect();
+            // The prefix and host must make valid repository names: try
+            // one (the host rule is the references' own).
+            let probe = format!("oci://{registry}/{prefix}t/n:latest");
+            if registry.is_empty() || prefix.len() > 200 || OciRef::parse(&probe).is_err() {
+                return Err(bad());
+            }
+            return Ok(Location::Oci {
+                registry: registry.to_owned(),
+                prefix,
+            });
+        }
         if let Some(rest) = s.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             let parts: Vec<&str> = prefix.split('/').filter(|p| !p.is_empty()).collect();
@@ -107,14 +135,32 @@ mod tests {
             Location::parse("s3://jobs/a/b").unwrap(),
             "one registry, however its slashes are written"
         );
+        assert_eq!(
+            Location::parse("oci://127.0.0.1:5000/jobs//fleet/").unwrap(),
+            Location::Oci {
+                registry: "127.0.0.1:5000".into(),
+                prefix: "jobs/fleet/".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("oci://ghcr.io").unwrap(),
+            Location::Oci {
+                registry: "ghcr.io".into(),
+                prefix: String::new()
+            }
+        );
         for bad in [
             "",
             "s3://",
+            "oci://",
+            "oci://acme/jobs",
+            "oci://ghcr.io/Jobs",
+            "oci://ghcr.io/jobs:v1",
+            "oci://ghcr.io/jobs/../x",
             "s3://UPPER",
             "s3://ab",
             "s3://b_u",
             "s3://bucket/../x",
-            "oci://host/repo",
             "https://x",
             "s3:bucket",
             "s3:/bucket",

@@ -4,7 +4,7 @@
 //! worker parent when it admits a message; the fork server only reads the
 //! resolved blob files.
 //!
-//! Two backends keep the same layout of keys:
+//! Three backends. A directory and S3 keep the same layout of keys:
 //! - `blobs/<hex>.wasm`: component bytes, by sha256;
 //! - `modules/<tenant>/<name>/<hex>.json`: one pushed version ([`ModuleVersion`]);
 //! - `modules/<tenant>/<name>/latest`: the digest `NAME` resolves to.
@@ -14,8 +14,10 @@
 //! validates (and compiles, caching the artifact) before storing anything,
 //! and writes the blob, then the version record, then `latest`, so a name
 //! never points at a version whose bytes are missing. `NAME@sha256:HEX`
-//! pins a version. Beside the registry, [`oci`] runs components kept in OCI
-//! registries, named `oci://HOST/REPO:TAG` by a message.
+//! pins a version. [`oci_registry`] keeps the same names in an OCI
+//! registry (`oci://HOST[:PORT][/PREFIX]`: a repository per module, a tag
+//! per version, `latest`). Beside the registry, [`oci`] runs components
+//! kept in OCI registries, named `oci://HOST/REPO:TAG` by a message.
 //!
 //! The other parts: `location` (parsing `--registry`, cache settings),
 //! `remote` (what S3 and OCI share on a host: names re-read after a TTL,
@@ -33,6 +35,7 @@ pub mod dir;
 mod gc;
 mod location;
 pub mod oci;
+pub mod oci_registry;
 mod remote;
 pub mod s3;
 
@@ -69,9 +72,13 @@ pub enum RegistryError {
     /// A reference is neither `NAME` nor `NAME@sha256:HEX`.
     #[error("`{0}` is not NAME or NAME@sha256:HEX (64 hex digits)")]
     BadReference(String),
-    /// A `--registry` that is neither a directory nor `s3://BUCKET[/PREFIX]`.
-    #[error("registry `{0}`: use a directory or s3://BUCKET[/PREFIX]")]
+    /// A `--registry` that is not a directory, `s3://BUCKET[/PREFIX]` or
+    /// `oci://HOST[:PORT][/PREFIX]`.
+    #[error("registry `{0}`: use a directory, s3://BUCKET[/PREFIX] or oci://HOST[:PORT][/PREFIX]")]
     BadLocation(String),
+    /// An operation this kind of registry does not offer, and why.
+    #[error("{0}")]
+    Unsupported(String),
     /// The file to push is over the size limit.
     #[error("{path} is {size} bytes; the limit is {limit}")]
     TooLarge {
@@ -308,13 +315,15 @@ fn load(
     })
 }
 
-/// A registry: a directory or an S3 bucket.
+/// A registry: a directory, an S3 bucket or an OCI registry.
 #[derive(Debug, Clone)]
 pub enum Registry {
     /// A directory.
     Dir(DirRegistry),
     /// An S3 bucket shared by a fleet.
     S3(s3::S3Registry),
+    /// Repositories of an OCI registry shared by a fleet.
+    Oci(oci_registry::OciRegistry),
 }
 
 impl Registry {
@@ -324,6 +333,9 @@ impl Registry {
             Location::Dir(dir) => Registry::Dir(DirRegistry::new(dir)),
             Location::S3 { bucket, prefix } => {
                 Registry::S3(s3::S3Registry::new(bucket, prefix, cache))
+            }
+            Location::Oci { registry, prefix } => {
+                Registry::Oci(oci_registry::OciRegistry::new(registry, prefix, cache))
             }
         }
     }
@@ -348,6 +360,7 @@ impl Registry {
         match self {
             Registry::Dir(r) => r.store(&upload)?,
             Registry::S3(r) => r.store(&upload).await?,
+            Registry::Oci(r) => r.store(executor, &upload).await?,
         }
         Ok((upload.version, upload.source))
     }
@@ -358,6 +371,7 @@ impl Registry {
         match self {
             Registry::Dir(r) => r.resolve(reference, tenant),
             Registry::S3(r) => r.resolve(reference, tenant).await,
+            Registry::Oci(r) => r.resolve(reference, tenant).await,
         }
     }
 
@@ -366,6 +380,7 @@ impl Registry {
         match self {
             Registry::Dir(r) => r.list(tenant),
             Registry::S3(r) => r.list(tenant).await,
+            Registry::Oci(r) => r.list(tenant).await,
         }
     }
 
@@ -375,6 +390,7 @@ impl Registry {
         match self {
             Registry::Dir(r) => r.remove(name, tenant),
             Registry::S3(r) => r.remove(name, tenant).await,
+            Registry::Oci(r) => r.remove(name, tenant).await,
         }
     }
 
@@ -384,6 +400,7 @@ impl Registry {
         match self {
             Registry::Dir(r) => r.gc(min_age, dry_run),
             Registry::S3(r) => r.gc(min_age, dry_run).await,
+            Registry::Oci(r) => r.gc(),
         }
     }
 }

@@ -39,7 +39,7 @@ const MAX_LAYER_BYTES: u64 = 256 * 1024 * 1024;
 /// A parsed `oci://` reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OciRef {
-    reference: Reference,
+    pub(super) reference: Reference,
     text: String,
 }
 
@@ -121,7 +121,7 @@ impl std::fmt::Debug for OciModules {
     }
 }
 
-fn loopback(registry: &str) -> bool {
+pub(super) fn loopback(registry: &str) -> bool {
     let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
     host == "localhost"
         || host
@@ -130,7 +130,7 @@ fn loopback(registry: &str) -> bool {
 }
 
 /// The Docker config's credentials for `registry`, or anonymous.
-fn auth(registry: &str) -> RegistryAuth {
+pub(super) fn auth(registry: &str) -> RegistryAuth {
     match docker_credential::get_credential(registry) {
         Ok(docker_credential::DockerCredential::UsernamePassword(user, password)) => {
             RegistryAuth::Basic(user, password)
@@ -153,7 +153,7 @@ impl OciModules {
     }
 
     /// The client for the reference's registry.
-    fn client_for(&self, r: &OciRef) -> &Client {
+    pub(super) fn client_for(&self, r: &OciRef) -> &Client {
         if loopback(r.reference.registry()) {
             self.http.get_or_init(|| client(ClientProtocol::Http))
         } else {
@@ -161,7 +161,7 @@ impl OciModules {
         }
     }
 
-    fn error(r: &OciRef, e: OciDistributionError) -> RegistryError {
+    pub(super) fn error(r: &OciRef, e: OciDistributionError) -> RegistryError {
         let not_found = match &e {
             OciDistributionError::ImageManifestNotFoundError(_) => true,
             OciDistributionError::RegistryError { envelope, .. } => {
@@ -197,17 +197,24 @@ impl OciModules {
     ) -> Result<(ModuleVersion, String), RegistryError> {
         let upload = super::load(executor, file, &to.repository(), "oci", max_bytes)?;
         let (imports, exports) = executor.describe(&upload.bytes)?;
-        let url = self.push_upload(&upload, to, imports, exports).await?;
+        let url = self
+            .push_upload(&upload, to, &[], (imports, exports))
+            .await?;
         Ok((upload.version, url))
     }
 
-    async fn push_upload(
+    /// Push `upload` as a Wasm OCI artifact to `to`, then tag the same
+    /// manifest as each of `also` (in order). `described` is the
+    /// component's imports and exports, for the config. Returns the
+    /// manifest's URL at `to`.
+    pub(super) async fn push_upload(
         &self,
         upload: &Upload,
         to: &OciRef,
-        imports: Vec<String>,
-        exports: Vec<String>,
+        also: &[&OciRef],
+        described: (Vec<String>, Vec<String>),
     ) -> Result<String, RegistryError> {
+        let (imports, exports) = described;
         let created = crate::units::rfc3339(upload.version.pushed_at_ms);
         let layer_digest = format!("sha256:{}", upload.version.digest);
         let config = serde_json::json!({
@@ -231,21 +238,33 @@ impl OciModules {
         let manifest = OciImageManifest::build(&layers, &config, Some(annotations));
         let client = self.client_for(to);
         let registry = to.reference.registry().to_owned();
-        client
+        let url = client
             .push(
                 &to.reference,
                 &layers,
                 config,
                 &auth(&registry),
-                Some(manifest),
+                Some(manifest.clone()),
             )
             .await
             .map(|r| r.manifest_url)
-            .map_err(|e| Self::error(to, e))
+            .map_err(|e| Self::error(to, e))?;
+        let manifest = manifest.into();
+        for tag in also {
+            client
+                .push_manifest(&tag.reference, &manifest)
+                .await
+                .map_err(|e| Self::error(tag, e))?;
+        }
+        Ok(url)
     }
 
     /// The component a reference names: its layer digest and size.
-    async fn version(&self, r: &OciRef, tenant: &str) -> Result<ModuleVersion, RegistryError> {
+    pub(super) async fn version(
+        &self,
+        r: &OciRef,
+        tenant: &str,
+    ) -> Result<ModuleVersion, RegistryError> {
         let client = self.client_for(r);
         let registry = r.reference.registry().to_owned();
         let (manifest, _digest) = client

@@ -5,6 +5,7 @@
 //! both within the TTL, a registry the policy does not grant is refused
 //! (dead-lettered with the reason), and a blob corrupted in the registry's
 //! storage is refused and left for redelivery, then runs once it is whole.
+//! And the same registry as the module registry (`--registry oci://...`).
 
 use crate::fleet::{Hosts, cli, corrupted, ok, until_empty, variant, with_module};
 use crate::queue_backends::Backend;
@@ -15,14 +16,14 @@ use std::time::{Duration, Instant};
 
 /// A `docker-registry` on a free port, storing under a temporary directory;
 /// killed when dropped.
-struct OciRegistry {
+pub(crate) struct OciRegistry {
     child: Child,
     port: u16,
     storage: tempfile::TempDir,
 }
 
 impl OciRegistry {
-    fn start() -> OciRegistry {
+    pub(crate) fn start() -> OciRegistry {
         let storage = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -57,8 +58,36 @@ impl OciRegistry {
         }
     }
 
+    /// The `--registry` of this registry, under a prefix.
+    pub(crate) fn location(&self) -> String {
+        format!("oci://127.0.0.1:{}/fleet", self.port)
+    }
+
     fn reference(&self, repo_tag: &str) -> String {
         format!("oci://127.0.0.1:{}/{repo_tag}", self.port)
+    }
+
+    /// An OCI client for this registry, and `REPO:TAG` in it.
+    fn client(&self, repo_tag: &str) -> (oci_client::Client, oci_client::Reference) {
+        let client = oci_client::Client::new(oci_client::client::ClientConfig {
+            protocol: oci_client::client::ClientProtocol::Http,
+            ..Default::default()
+        });
+        let reference = format!("127.0.0.1:{}/{repo_tag}", self.port);
+        (client, reference.parse().unwrap())
+    }
+
+    /// The tags of `repo`, sorted.
+    pub(crate) async fn tags(&self, repo: &str) -> Vec<String> {
+        let (client, reference) = self.client(&format!("{repo}:latest"));
+        let anonymous = oci_client::secrets::RegistryAuth::Anonymous;
+        let mut tags = client
+            .list_tags(&reference, &anonymous, None, None)
+            .await
+            .unwrap()
+            .tags;
+        tags.sort();
+        tags
     }
 
     /// Where the registry keeps a blob's bytes.
@@ -100,13 +129,7 @@ async fn push_to_and_inspect_an_oci_reference() {
 
     // The Wasm OCI artifact layout: one application/wasm layer with the
     // component's digest, the wasm config media type, a wasip2 config.
-    let client = oci_client::Client::new(oci_client::client::ClientConfig {
-        protocol: oci_client::client::ClientProtocol::Http,
-        ..Default::default()
-    });
-    let reference: oci_client::Reference = format!("127.0.0.1:{}/acme/job:v1", registry.port)
-        .parse()
-        .unwrap();
+    let (client, reference) = registry.client("acme/job:v1");
     let (manifest, _) = client
         .pull_image_manifest(&reference, &oci_client::secrets::RegistryAuth::Anonymous)
         .await
@@ -215,5 +238,41 @@ async fn two_hosts_run_modules_from_an_oci_registry() {
         registry.port
     );
     assert!(reasons[0].contains(&refused), "{reasons:?}");
+    until_empty(q.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_use_an_oci_registry_as_their_module_registry() {
+    let registry = OciRegistry::start();
+    let reg = registry.location();
+    let b = Backend::moto();
+    let (q, _dlq) = b.create_with_dlq("oci-names", 10, &config(30)).await;
+    let addr = b.address_of(q.as_ref());
+    let (pusher, files) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let push = |file: &Path| {
+        ok(cli(pusher.path())
+            .args(["module", "push"])
+            .arg(file)
+            .args(["--name", "job", "--registry", &reg])
+            .output()
+            .unwrap())
+    };
+    let (v1, d1) = variant("one", files.path());
+    push(&v1);
+    let hosts = Hosts::start(&b, &addr, &["--registry", &reg]);
+    hosts.until_both_run(q.as_ref(), "job", &d1).await;
+    // A re-push under the same name reaches both within the TTL, and the
+    // first version stays pinnable.
+    let (v2, d2) = variant("two", files.path());
+    push(&v2);
+    hosts.until_both_run(q.as_ref(), "job", &d2).await;
+    let before = hosts.runs(&d1);
+    let pinned = format!("job@sha256:{d1}");
+    q.send(&with_module(&pinned, "p")).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hosts.runs(&d1) == before {
+        assert!(Instant::now() < deadline, "{pinned} did not run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     until_empty(q.as_ref()).await;
 }
