@@ -44,7 +44,10 @@ impl Location {
             // The prefix and host must make valid repository names: try
             // one (the host rule is the references' own).
             let probe = format!("oci://{registry}/{prefix}t/n:latest");
-            if registry.is_empty() || prefix.len() > 200 || OciRef::parse(&probe).is_err() {
+            let port_ok = registry
+                .split_once(':')
+                .is_none_or(|(_, port)| port.parse::<u16>().is_ok_and(|p| p > 0));
+            if !port_ok || prefix.len() > 200 || OciRef::parse(&probe).is_err() {
                 return Err(bad());
             }
             return Ok(Location::Oci {
@@ -157,6 +160,8 @@ mod tests {
             "oci://ghcr.io/Jobs",
             "oci://ghcr.io/jobs:v1",
             "oci://ghcr.io/jobs/../x",
+            "oci://127.0.0.1:99999/jobs",
+            "oci://127.0.0.1:0/jobs",
             "s3://UPPER",
             "s3://ab",
             "s3://b_u",

@@ -79,6 +79,14 @@ pub enum RegistryError {
     /// An operation this kind of registry does not offer, and why.
     #[error("{0}")]
     Unsupported(String),
+    /// An `oci://` reference or location that is not one (the text says
+    /// which and why).
+    #[error("{0}")]
+    BadOciReference(String),
+    /// What an OCI reference names is not a Wasm component artifact (or one
+    /// over the size limit); the text says what it is.
+    #[error("{0}")]
+    NotAComponent(String),
     /// The file to push is over the size limit.
     #[error("{path} is {size} bytes; the limit is {limit}")]
     TooLarge {
@@ -315,6 +323,21 @@ fn load(
     })
 }
 
+/// An error and its causes, on one line: what a client library's error
+/// leaves to its sources ("connection refused") is what an operator needs.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text = format!("{text}: {s_text}");
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// A registry: a directory, an S3 bucket or an OCI registry.
 #[derive(Debug, Clone)]
 pub enum Registry {
@@ -391,6 +414,18 @@ impl Registry {
             Registry::Dir(r) => r.remove(name, tenant),
             Registry::S3(r) => r.remove(name, tenant).await,
             Registry::Oci(r) => r.remove(name, tenant).await,
+        }
+    }
+
+    /// The tenant whose module an `oci://` reference names when it points
+    /// into this registry (an OCI module registry's `PREFIX/TENANT/NAME`);
+    /// `None` for a reference elsewhere. Admission refuses another
+    /// tenant's: an `oci` grant on the registry's host is no way around
+    /// "a tenant names only its own modules".
+    pub fn owner_of(&self, r: &oci::OciRef) -> Option<String> {
+        match self {
+            Registry::Oci(reg) => reg.owner_of(r),
+            Registry::Dir(_) | Registry::S3(_) => None,
         }
     }
 

@@ -48,7 +48,7 @@ impl OciRef {
     /// explicit (a name with a dot, a port, or `localhost`): nothing is
     /// resolved against Docker Hub by default.
     pub fn parse(text: &str) -> Result<OciRef, RegistryError> {
-        let bad = |why: &str| RegistryError::BadReference(format!("{text}: {why}"));
+        let bad = |why: &str| RegistryError::BadOciReference(format!("{text}: {why}"));
         let rest = text
             .strip_prefix("oci://")
             .ok_or_else(|| bad("not oci://"))?;
@@ -106,13 +106,27 @@ pub struct OciModules {
 
 /// A client for one protocol. A registry that stops answering fails the
 /// admission (the message is left for redelivery) instead of holding it.
+/// From an image index, the Wasm entry (`architecture: wasm`) is the one.
 fn client(protocol: ClientProtocol) -> Client {
     Client::new(ClientConfig {
         protocol,
         connect_timeout: Some(std::time::Duration::from_secs(5)),
         read_timeout: Some(std::time::Duration::from_secs(30)),
+        platform_resolver: Some(Box::new(wasm_entry)),
         ..ClientConfig::default()
     })
+}
+
+/// The digest of an image index's Wasm entry, if it has one.
+fn wasm_entry(entries: &[oci_client::manifest::ImageIndexEntry]) -> Option<String> {
+    entries
+        .iter()
+        .find(|e| {
+            e.platform
+                .as_ref()
+                .is_some_and(|p| p.architecture.to_string() == "wasm")
+        })
+        .map(|e| e.digest.clone())
 }
 
 impl std::fmt::Debug for OciModules {
@@ -123,7 +137,7 @@ impl std::fmt::Debug for OciModules {
 
 pub(super) fn loopback(registry: &str) -> bool {
     let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
-    host == "localhost"
+    host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|a| a.is_loopback())
@@ -162,8 +176,20 @@ impl OciModules {
     }
 
     pub(super) fn error(r: &OciRef, e: OciDistributionError) -> RegistryError {
+        match &e {
+            // Made by the client for an image index without a Wasm entry.
+            OciDistributionError::ImageManifestNotFoundError(why) => {
+                return RegistryError::NotAComponent(format!("{r}: an image index: {why}"));
+            }
+            OciDistributionError::DigestError(_) => {
+                return RegistryError::Corrupt {
+                    path: r.text.clone().into(),
+                    why: super::error_chain(&e),
+                };
+            }
+            _ => {}
+        }
         let not_found = match &e {
-            OciDistributionError::ImageManifestNotFoundError(_) => true,
             OciDistributionError::RegistryError { envelope, .. } => {
                 envelope.errors.iter().any(|e| {
                     matches!(
@@ -180,7 +206,7 @@ impl OciModules {
         } else {
             RegistryError::Unavailable {
                 location: r.text.clone(),
-                why: e.to_string(),
+                why: super::error_chain(&e),
             }
         }
     }
@@ -271,7 +297,7 @@ impl OciModules {
             .pull_image_manifest(&r.reference, &auth(&registry))
             .await
             .map_err(|e| Self::error(r, e))?;
-        let bad = |why: String| RegistryError::BadReference(format!("{r}: {why}"));
+        let bad = |why: String| RegistryError::NotAComponent(format!("{r}: {why}"));
         let wasm: Vec<_> = manifest
             .layers
             .iter()
@@ -325,9 +351,14 @@ impl OciModules {
             self.client_for(r)
                 .pull_blob(&r.reference, &layer, &mut bytes)
                 .await
-                .map_err(|e| RegistryError::Unavailable {
-                    location: r.text.clone(),
-                    why: e.to_string(),
+                // A manifest whose blob is missing or damaged: the
+                // registry's fault, whatever the status says.
+                .map_err(|e| match Self::error(r, e) {
+                    RegistryError::NoArtifact(_) => RegistryError::Unavailable {
+                        location: format!("{r} (layer sha256:{})", version.digest),
+                        why: "the registry has no such blob".into(),
+                    },
+                    e => e,
                 })?;
             Ok(bytes)
         };
@@ -374,6 +405,7 @@ mod tests {
         assert!(loopback("127.0.0.1:5000"));
         assert!(loopback("localhost:5000"));
         assert!(loopback("localhost"));
+        assert!(loopback("LocalHost:5000"));
         assert!(!loopback("ghcr.io"));
         assert!(!loopback("10.0.0.1:5000"));
         assert!(!loopback("127.0.0.1.nip.io:5000"));

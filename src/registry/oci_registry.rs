@@ -34,8 +34,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-/// Page size asked of the catalog and tag lists.
-const PAGE: usize = 1000;
+/// The most repositories or tags one listing reads.
+const MAX_NAMES: usize = 100_000;
 
 /// An OCI registry's repositories under a prefix.
 #[derive(Debug, Clone)]
@@ -75,6 +75,27 @@ impl OciRegistry {
         format!("oci://{}/{}", self.registry, self.prefix)
     }
 
+    /// The tenant whose repositories hold `r`, if `r` is in this registry
+    /// under its prefix.
+    pub(crate) fn owner_of(&self, r: &OciRef) -> Option<String> {
+        let repo = r.repository();
+        let (host, path) = repo.split_once('/')?;
+        if !host.eq_ignore_ascii_case(&self.registry) {
+            return None;
+        }
+        let rest = path.strip_prefix(&self.prefix)?;
+        Some(rest.split('/').next().unwrap_or(rest).to_owned())
+    }
+
+    /// Check a tenant name as the other backends do.
+    fn tenant(tenant: &str) -> Result<(), RegistryError> {
+        if valid_name(tenant) {
+            Ok(())
+        } else {
+            Err(RegistryError::BadName(tenant.to_owned()))
+        }
+    }
+
     /// Push a validated upload: its version's tag, then `latest`.
     pub(crate) async fn store(
         &self,
@@ -82,7 +103,17 @@ impl OciRegistry {
         upload: &Upload,
     ) -> Result<(), RegistryError> {
         let v = &upload.version;
-        let version = self.reference(&v.tenant, &v.name, &format!("sha256-{}", v.digest))?;
+        let unfit = |e: RegistryError| {
+            RegistryError::BadOciReference(format!(
+                "module `{}` of tenant `{}` cannot be kept in {}: {e} (OCI repository names are lowercase letters and digits joined by single `.`, `_`, `__` or `-` runs, at most 255 characters with the host)",
+                v.name,
+                v.tenant,
+                self.location()
+            ))
+        };
+        let version = self
+            .reference(&v.tenant, &v.name, &format!("sha256-{}", v.digest))
+            .map_err(unfit)?;
         let latest = self.reference(&v.tenant, &v.name, "latest")?;
         let described = executor.describe(&upload.bytes)?;
         self.modules
@@ -99,6 +130,7 @@ impl OciRegistry {
         tenant: &str,
     ) -> Result<Resolved, RegistryError> {
         let (name, pin) = parse_reference(reference)?;
+        Self::tenant(tenant)?;
         let not_found = || RegistryError::NotFound {
             name: name.clone(),
             tenant: tenant.to_owned(),
@@ -145,6 +177,9 @@ impl OciRegistry {
         &self,
         tenant: Option<&str>,
     ) -> Result<Vec<ModuleVersion>, RegistryError> {
+        if let Some(t) = tenant {
+            Self::tenant(t)?;
+        }
         let mut out = Vec::new();
         for repo in self.catalog().await? {
             let Some((t, name)) = repo
@@ -168,6 +203,10 @@ impl OciRegistry {
                 }
                 // A repository whose manifests were removed.
                 Err(RegistryError::NoArtifact(_)) => {}
+                // Something else lives there (a shared registry): not ours.
+                Err(e) if !e.is_passing() => {
+                    tracing::warn!(repository = %repo, error = %e, "not a module; left out of the list");
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -183,7 +222,7 @@ impl OciRegistry {
         let auth = auth(&self.registry);
         let (r, a) = (&probe.reference, &auth);
         let mut repos = all_pages(move |last| async move {
-            let page = client.catalog(r, a, Some(PAGE), last.as_deref()).await;
+            let page = client.catalog(r, a, None, last.as_deref()).await;
             page.map(|p| p.repositories)
         })
         .await
@@ -197,6 +236,7 @@ impl OciRegistry {
 
     /// Remove a module: delete every manifest its repository's tags name.
     pub(crate) async fn remove(&self, name: &str, tenant: &str) -> Result<(), RegistryError> {
+        Self::tenant(tenant)?;
         let not_found = || RegistryError::NotFound {
             name: name.to_owned(),
             tenant: tenant.to_owned(),
@@ -208,7 +248,7 @@ impl OciRegistry {
         let auth = auth(&self.registry);
         let (r, a) = (&latest.reference, &auth);
         let tags = all_pages(move |last| async move {
-            let page = client.list_tags(r, a, Some(PAGE), last.as_deref()).await;
+            let page = client.list_tags(r, a, None, last.as_deref()).await;
             page.map(|p| p.tags)
         })
         .await
@@ -296,26 +336,107 @@ impl OciRegistry {
     /// `module gc` has nothing a client can do on an OCI registry.
     pub(crate) fn gc(&self) -> Result<super::GcReport, RegistryError> {
         Err(RegistryError::Unsupported(format!(
-            "{}: an OCI registry reclaims the blobs no manifest refers to with its own garbage collector (docker-registry: `registry garbage-collect CONFIG`); `module rm` has already removed the manifests, and the distribution API cannot list blobs",
+            "{}: module gc does not apply to an OCI registry: the distribution API cannot list blobs, and the registry reclaims those no manifest refers to (after `module rm` deletes a module's manifests) with its own garbage collector (Debian's docker-registry: `docker-registry garbage-collect CONFIG`)",
             self.location()
         )))
     }
 }
 
-/// Every name of a list the registry hands out in pages (`n`, `last`):
-/// asks for pages of [`PAGE`] until one comes back short.
+/// Every name of a list the registry hands out in pages (`last`, and the
+/// registry's own page size: some refuse a larger `n` than theirs). Asks
+/// for the page after the last name seen until one brings nothing new: a
+/// registry that ignores `last` and sends everything each time ends the
+/// loop on its second answer, one that pages ends it on an empty page.
+/// At most [`MAX_NAMES`] names.
 async fn all_pages<F, Fut, E>(mut page: F) -> Result<Vec<String>, E>
 where
     F: FnMut(Option<String>) -> Fut,
     Fut: Future<Output = Result<Vec<String>, E>>,
 {
+    let mut seen = BTreeSet::new();
     let mut all = Vec::new();
-    loop {
-        let names = page(all.last().cloned()).await?;
-        let n = names.len();
-        all.extend(names);
-        if n < PAGE {
-            return Ok(all);
+    let mut last = None;
+    while all.len() < MAX_NAMES {
+        let names = page(last.take()).await?;
+        let before = all.len();
+        for name in names {
+            if seen.insert(name.clone()) {
+                all.push(name);
+            }
         }
+        if all.len() == before {
+            break;
+        }
+        last = all.last().cloned();
+    }
+    all.truncate(MAX_NAMES);
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registry's list of `total` names, served `per_page` at a time
+    /// after `last` (or, `ignores_last`, everything every time).
+    async fn serve(total: usize, per_page: usize, ignores_last: bool) -> (Vec<String>, usize) {
+        let names: Vec<String> = (0..total).map(|i| format!("n{i:05}")).collect();
+        let calls = std::cell::Cell::new(0);
+        let all = all_pages(|last: Option<String>| {
+            calls.set(calls.get() + 1);
+            let page: Vec<String> = if ignores_last {
+                names.clone()
+            } else {
+                names
+                    .iter()
+                    .filter(|n| last.as_ref().is_none_or(|l| *n > l))
+                    .take(per_page)
+                    .cloned()
+                    .collect()
+            };
+            async move { Ok::<_, ()>(page) }
+        })
+        .await
+        .unwrap();
+        (all, calls.get())
+    }
+
+    #[tokio::test]
+    async fn paged_lists_end_whatever_the_registry_does_with_last() {
+        // Pages of 100 (a registry's own cap): all 250, then an empty page.
+        let (all, calls) = serve(250, 100, false).await;
+        assert_eq!((all.len(), calls), (250, 4));
+        // A registry that ignores `last`: everything, on the second answer.
+        let (all, calls) = serve(1500, 0, true).await;
+        assert_eq!((all.len(), calls), (1500, 2));
+        assert_eq!(all[1499], "n01499");
+        let (all, calls) = serve(0, 100, false).await;
+        assert_eq!((all.len(), calls), (0, 1));
+    }
+
+    #[test]
+    fn references_into_the_registry_belong_to_the_tenant_after_the_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheSettings {
+            dir: dir.path().into(),
+            max_bytes: 1,
+            latest_ttl: Duration::ZERO,
+        };
+        let reg = OciRegistry::new("127.0.0.1:5000".into(), "jobs/".into(), cache.clone());
+        let owner = |r: &str| reg.owner_of(&OciRef::parse(r).unwrap());
+        assert_eq!(
+            owner("oci://127.0.0.1:5000/jobs/acme/wc:latest"),
+            Some("acme".into())
+        );
+        assert_eq!(
+            owner("oci://127.0.0.1:5000/jobs/acme:v1"),
+            Some("acme".into())
+        );
+        assert_eq!(owner("oci://127.0.0.1:5000/other/acme/wc:v1"), None);
+        assert_eq!(owner("oci://127.0.0.1:5001/jobs/acme/wc:v1"), None);
+        assert_eq!(owner("oci://127.0.0.1:5000/jobsx/acme/wc:v1"), None);
+        let whole = OciRegistry::new("127.0.0.1:5000".into(), String::new(), cache);
+        let r = OciRef::parse("oci://127.0.0.1:5000/eve/wc:v1").unwrap();
+        assert_eq!(whole.owner_of(&r), Some("eve".into()));
     }
 }

@@ -180,10 +180,14 @@ async fn module_commands_work_the_same_on_every_backend() {
                 "{reg}: not an OCI repository name"
             );
             assert!(
-                String::from_utf8_lossy(&bad.stderr).contains("/fleet/default/job-:"),
+                String::from_utf8_lossy(&bad.stderr).contains("cannot be kept in oci://"),
                 "{}",
                 String::from_utf8_lossy(&bad.stderr)
             );
+            // What else a shared registry holds is left out of the list.
+            r.push_foreign("fleet/library/busybox:latest").await;
+            let list = json(m(&["list", "--json"]));
+            assert_eq!(list.as_array().unwrap().len(), 1, "{reg}: {list}");
         }
         let inspect = json(m(&["inspect", "job", "--tenant", "acme", "--json"]));
         assert_eq!(

@@ -90,6 +90,24 @@ impl OciRegistry {
         tags
     }
 
+    /// Push an ordinary (non-Wasm) image to `repo_tag`, as a shared
+    /// registry holds beside modules.
+    pub(crate) async fn push_foreign(&self, repo_tag: &str) {
+        use oci_client::client::{Config, ImageLayer};
+        let (client, reference) = self.client(repo_tag);
+        let layer = ImageLayer::new(
+            b"not a component".to_vec(),
+            "application/vnd.oci.image.layer.v1.tar".into(),
+            None,
+        );
+        let config = Config::oci_v1(b"{}".to_vec(), None);
+        let anonymous = oci_client::secrets::RegistryAuth::Anonymous;
+        client
+            .push(&reference, &[layer], config, &anonymous, None)
+            .await
+            .unwrap();
+    }
+
     /// Where the registry keeps a blob's bytes.
     fn blob_file(&self, digest: &str) -> PathBuf {
         self.storage.path().join(format!(

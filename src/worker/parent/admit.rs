@@ -220,6 +220,14 @@ pub(crate) async fn admit(
                     ))
                     .into());
                 }
+                if let Some(owner) = registry.owner_of(&r)
+                    && owner != tenant
+                {
+                    return Err(Refusal::Policy(format!(
+                        "tenant `{tenant}` may not run {r}: it is tenant `{owner}`'s module in the module registry"
+                    ))
+                    .into());
+                }
                 oci.resolve(&r, &tenant).await
             } else {
                 let (name, _) = crate::registry::parse_reference(reference)
@@ -382,6 +390,51 @@ mod tests {
         match admit("acme", &[("module", "wc")]).await {
             Err(NotAdmitted::Unavailable(why)) => assert!(why.contains("missing"), "{why}"),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oci_grant_on_the_module_registry_reaches_only_the_tenants_own_modules() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = crate::registry::CacheSettings {
+            dir: dir.path().join("cache"),
+            max_bytes: 1 << 20,
+            latest_ttl: std::time::Duration::ZERO,
+        };
+        let modules = Modules::Registry {
+            registry: Registry::Oci(crate::registry::oci_registry::OciRegistry::new(
+                "127.0.0.1:9".into(),
+                "jobs/".into(),
+                cache.clone(),
+            )),
+            oci: OciModules::new(cache),
+        };
+        let p = Policies::parse("[tenants.acme]\noci = [\"127.0.0.1:9\"]\n", |_| None).unwrap();
+        let admit = async |reference: &str| {
+            admit(
+                "acme".into(),
+                &attrs(&[("module", reference)]),
+                &p,
+                &modules,
+            )
+            .await
+        };
+        match admit("oci://127.0.0.1:9/jobs/eve/wc:latest").await {
+            Err(NotAdmitted::Refused(Refusal::Policy(why))) => {
+                assert!(why.contains("tenant `eve`'s module"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Its own, and repositories outside the registry's prefix, are
+        // looked up (nothing listens there: the registry's fault).
+        for own in [
+            "oci://127.0.0.1:9/jobs/acme/wc:latest",
+            "oci://127.0.0.1:9/elsewhere/wc:v1",
+        ] {
+            assert!(
+                matches!(admit(own).await, Err(NotAdmitted::Unavailable(_))),
+                "{own}"
+            );
         }
     }
 }
