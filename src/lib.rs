@@ -14,6 +14,8 @@
 //!   S3 or an OCI registry, with a verified per-host download cache.
 //! - [`policy`]: tenant policy files (sandbox, caps, weights, keys, queues).
 //! - [`signing`]: HMAC signatures of messages on shared queues.
+//! - `dashboard`: the operator's web pages (`wasm-jobs dashboard`): queues,
+//!   dead letters and their actions, modules; access by token and CSRF.
 //! - `trace_context`: a message's W3C `traceparent` as the job's parent span.
 //! - [`contract`]: the `wasm-jobs:job/job` world on the host side.
 //! - [`executor`]: load (validate, compile, cache) and call a job in a sandbox.
@@ -39,6 +41,7 @@ pub mod capture;
 pub mod cli;
 pub mod componentize;
 pub mod contract;
+pub(crate) mod dashboard;
 pub mod engine;
 pub mod executor;
 pub(crate) mod guest_random;

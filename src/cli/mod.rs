@@ -8,6 +8,7 @@
 //! hands over to `crate::worker::forkserver::main` at once.
 
 mod args;
+mod dashboard_cmd;
 mod demo;
 mod dlq_cmds;
 mod exec;
@@ -89,6 +90,9 @@ enum Command {
     },
     /// Run jobs from a queue: one fresh forked process per message.
     Worker(worker_cmd::WorkerArgs),
+    /// Serve the operator's web pages: queues, dead letters (with redrive,
+    /// delete and purge), modules.
+    Dashboard(dashboard_cmd::DashboardArgs),
     /// Write the WASI preview1 adapter that matches this host, for turning a
     /// wasip1 core module into a component (`wasm-tools component new --adapt`).
     WasiAdapter(WasiAdapterArgs),
@@ -187,7 +191,7 @@ pub fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     let default_level = match &cli.command {
-        Command::Worker(_) => "info",
+        Command::Worker(_) | Command::Dashboard(_) => "info",
         Command::Demo(_) => "error",
         _ => "warn",
     };
@@ -211,6 +215,7 @@ pub fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
+        Command::Dashboard(args) => with_runtime(|| args.execute()),
         Command::Module { command, location } => {
             with_runtime(|| module_cmds::run(&location, command))
         }

@@ -75,6 +75,14 @@ impl RegistryArgs {
         ))
     }
 
+    /// The registry as an operator would name it.
+    pub(super) fn shown(&self, data_dir: &Path) -> String {
+        match &self.registry {
+            Some(r) => r.clone(),
+            None => data_dir.join("registry").display().to_string(),
+        }
+    }
+
     /// The OCI client for `oci://` references, caching under `data_dir`.
     pub(super) fn oci(&self, data_dir: &Path) -> OciModules {
         OciModules::new(self.cache(data_dir))

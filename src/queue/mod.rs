@@ -4,13 +4,15 @@
 //!
 //! Two backends implement it: [`embedded`] (SQLite in the data directory, the
 //! zero-setup default) and [`sqs`] (AWS SQS or any SQS-compatible endpoint).
-//! `open` picks one from a `--queue` address (see `address`).
+//! `open` picks one from a `--queue` address (see `address`); `redrive`
+//! moves dead letters back (all, or one found by id) on either.
 //!
 //! Queues are used by the worker parent and by the CLI process (queue
 //! commands, `demo`); the fork server and worker children never touch one.
 
 pub(crate) mod address;
 pub mod embedded;
+pub(crate) mod redrive;
 pub(crate) mod retry;
 pub mod sqs;
 pub(crate) mod validate;

@@ -38,7 +38,8 @@ impl DirRegistry {
         }
     }
 
-    fn blob(&self, digest: &str) -> PathBuf {
+    /// Where the blob `digest` is kept.
+    pub(crate) fn blob(&self, digest: &str) -> PathBuf {
         self.root.join("blobs").join(format!("{digest}.wasm"))
     }
 

@@ -4,8 +4,9 @@
 //! ahead of a free slot, are heartbeated while they wait and released at
 //! once on an exit signal.
 
+use crate::common::free_port;
 use crate::common::{hostile_path, modes_path};
-use crate::observability::{free_port, metric_opt, try_get};
+use crate::observability::{metric_opt, try_get};
 use crate::queue_backends::Backend;
 use crate::worker_harness::*;
 use std::os::unix::process::ExitStatusExt;

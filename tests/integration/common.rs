@@ -194,3 +194,22 @@ pub(crate) fn push_module(home: &Path, name: &str, tenant: Option<&str>, file: &
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A free port on 127.0.0.1 (for a server a test starts).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Wait until something listens on 127.0.0.1:`port` (`what`, for the
+/// failure message).
+pub(crate) fn until_listening(port: u16, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -251,7 +251,7 @@ fn https_refuses_a_certificate_no_root_vouches_for() {
         .output()
         .unwrap();
     assert!(made.status.success(), "{made:?}");
-    let port = crate::observability::free_port();
+    let port = crate::common::free_port();
     let mut server = Command::new("openssl")
         .args([
             "s_server",

@@ -11,6 +11,7 @@ mod artifacts;
 mod batching;
 mod common;
 mod confinement;
+mod dashboard;
 mod deploy;
 mod exec_cli;
 mod executor_outcomes;

@@ -3,7 +3,7 @@
 //! endpoint under 500 idle connections), and `--log-format json` lines
 //! checked field by field.
 
-use crate::common::{example_guest, modes_path};
+use crate::common::{example_guest, free_port, modes_path};
 use crate::queue_backends::Backend;
 use crate::worker_harness::{LogEvent, Worker, events_of, get, is, message};
 use std::io::{Read, Write};
@@ -117,14 +117,6 @@ fn wait_for_status(w: &Worker, addr: &str, path: &str, status: &str, timeout: Du
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A series' value, if the text has it.

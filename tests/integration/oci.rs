@@ -25,11 +25,7 @@ pub(crate) struct OciRegistry {
 impl OciRegistry {
     pub(crate) fn start() -> OciRegistry {
         let storage = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::common::free_port();
         let config = storage.path().join("config.yml");
         std::fs::write(
             &config,
@@ -46,11 +42,7 @@ impl OciRegistry {
             .stderr(Stdio::null())
             .spawn()
             .expect("docker-registry (scripts/install-test-deps installs it)");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::common::until_listening(port, "docker-registry");
         OciRegistry {
             child,
             port,

@@ -1,0 +1,354 @@
+//! `wasm-jobs dashboard`: a job dead-lettered by a real worker is listed
+//! with its reason and redriven from the page in headless Chromium (driven
+//! through chromedriver), the queue counts change, and a body with
+//! `<script>` in it is shown as text; on both queue backends, one dead
+//! letter is redriven or deleted by id; off loopback a token is required,
+//! and actions need the form's CSRF token.
+
+use crate::common::modes_path;
+use crate::queue_backends::Backend;
+use crate::worker_harness::{Worker, config, counts, field};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use wasm_jobs::queue::OutgoingMessage;
+
+/// A running dashboard and its address.
+struct Dashboard {
+    process: Worker,
+    url: String,
+}
+
+impl Dashboard {
+    fn start(b: &Backend, args: &[&str]) -> Dashboard {
+        let mut cmd = b.cli();
+        cmd.args([
+            "dashboard",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        let process = Worker::spawn(cmd);
+        let e = process.wait_for("dashboard listening", &[], Duration::from_secs(30));
+        let url = format!("http://{}", field(&e, "addr"));
+        Dashboard { process, url }
+    }
+}
+
+/// Click what `locator` finds.
+async fn click(browser: &fantoccini::Client, locator: fantoccini::Locator<'_>) {
+    browser
+        .find(locator)
+        .await
+        .unwrap_or_else(|e| panic!("{locator:?}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+/// The text of the first element `css` selects.
+async fn text(browser: &fantoccini::Client, css: &str) -> String {
+    browser
+        .find(fantoccini::Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Run a worker over `queue` until it is drained (fatal jobs are
+/// dead-lettered).
+fn drain(b: &Backend, queue: &str) {
+    let modes = modes_path();
+    let cmd = Worker::command(
+        b,
+        &[
+            "--queue",
+            queue,
+            "--module",
+            modes.to_str().unwrap(),
+            "--drain",
+            "--wait",
+            "0",
+        ],
+        &[],
+    );
+    let (status, log) = Worker::spawn(cmd).wait(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+}
+
+/// Plain HTTP, redirects not followed.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The CSRF token in a page's form.
+fn csrf_of(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 19;
+    page[at..].split('"').next().unwrap().to_owned()
+}
+
+/// chromedriver on a free port, killed when dropped.
+struct Chromedriver {
+    child: Child,
+    port: u16,
+}
+
+impl Chromedriver {
+    fn start() -> Chromedriver {
+        let port = crate::common::free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (scripts/install-test-deps installs chromium-driver)");
+        crate::common::until_listening(port, "chromedriver");
+        Chromedriver { child, port }
+    }
+
+    async fn browser(&self) -> fantoccini::Client {
+        let caps = serde_json::json!({
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,800"],
+            }
+        });
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        fantoccini::ClientBuilder::new(connector)
+            .capabilities(caps.as_object().unwrap().clone())
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("a chromium session")
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_listed_with_its_reason_and_redriven_from_the_page() {
+    use fantoccini::Locator;
+    let b = Backend::embedded();
+    let (q, dlq) = b.create_with_dlq("dash", 1, &config(30)).await;
+    let queue = b.address_of(q.as_ref());
+    // `e`: the job fails with its body as the reason.
+    let script = "e<script>document.title='pwned'</script>";
+    q.send(&OutgoingMessage::new(script)).await.unwrap();
+    drain(&b, &queue);
+    assert_eq!(counts(dlq.as_ref()).await, (1, 0, 0));
+
+    let dash = Dashboard::start(&b, &[]);
+    let driver = Chromedriver::start();
+    let browser = driver.browser().await;
+    browser.goto(&format!("{}/", dash.url)).await.unwrap();
+    click(&browser, Locator::LinkText("1")).await;
+    let row = text(&browser, "tbody tr").await;
+    assert!(row.contains("fatal"), "the reason is listed: {row}");
+    assert!(row.contains(script), "the body is shown as text: {row}");
+    assert_eq!(
+        browser.title().await.unwrap(),
+        "wasm-jobs · dead letters",
+        "no script from a message ran"
+    );
+
+    click(&browser, Locator::LinkText("Redrive all")).await;
+    click(&browser, Locator::XPath("//button[text()='Yes, do it']")).await;
+    let flash = text(&browser, ".flash").await;
+    assert!(flash.contains("moved 1 dead letters back"), "{flash}");
+    assert_eq!(counts(dlq.as_ref()).await, (0, 0, 0));
+    assert_eq!(counts(q.as_ref()).await, (1, 0, 0), "back in its queue");
+    browser.goto(&format!("{}/", dash.url)).await.unwrap();
+    let cells = text(&browser, "tbody tr").await;
+    assert!(
+        cells.contains(&format!("{queue} – 1 0 0")),
+        "the page's counts: {cells}"
+    );
+    browser.close().await.unwrap();
+    dash.process.wait_for(
+        "dashboard action",
+        &[("action", "redrive-all")],
+        Duration::from_secs(5),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_dead_letter_is_redriven_or_deleted_by_id_on_both_backends() {
+    for b in [Backend::embedded(), Backend::moto()] {
+        let (q, dlq) = b.create_with_dlq("dash-one", 1, &config(30)).await;
+        let queue = b.address_of(q.as_ref());
+        let mut ids = Vec::new();
+        for body in ["one", "two", "three"] {
+            let mut m = OutgoingMessage::new(body);
+            m.attributes.insert(
+                "wasm-jobs.dead-letter-reason".into(),
+                wasm_jobs::queue::AttributeValue::String(format!("fatal: {body}")),
+            );
+            ids.push(dlq.send(&m).await.unwrap());
+        }
+        let dash = Dashboard::start(&b, &["--queue", &format!("acme={queue}")]);
+        let c = http();
+        let list = page(
+            &c,
+            format!("{}/dead-letters?queue={}", dash.url, urlencode(&queue)),
+        )
+        .await;
+        for id in &ids {
+            assert!(list.contains(id.as_str()), "{queue}: {list}");
+        }
+        let confirm = page(
+            &c,
+            format!(
+                "{}/confirm?action=redrive-one&queue={}&id={}",
+                dash.url,
+                urlencode(&queue),
+                ids[0]
+            ),
+        )
+        .await;
+        let csrf = csrf_of(&confirm);
+        let act = |action: &str, id: &str, csrf: &str| {
+            let fields = [
+                ("action", action),
+                ("queue", queue.as_str()),
+                ("id", id),
+                ("csrf", csrf),
+            ];
+            post_form(&c, format!("{}/act", dash.url), &fields)
+        };
+        let forged = act("delete-one", &ids[1], "forged").await;
+        assert_eq!(forged.status(), 403, "{queue}: no CSRF token, no action");
+        let done = act("redrive-one", &ids[0], &csrf).await;
+        assert_eq!(done.status(), 303, "{queue}");
+        let done = act("delete-one", &ids[1], &csrf).await;
+        assert_eq!(done.status(), 303, "{queue}");
+        let back: Vec<String> = crate::worker_harness::all(q.as_ref())
+            .await
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
+        assert_eq!(back, ["one"], "{queue}");
+        let left: Vec<String> = crate::worker_harness::all(dlq.as_ref())
+            .await
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
+        assert_eq!(
+            left,
+            ["three"],
+            "{queue}: two left, and the third is visible again"
+        );
+    }
+}
+
+/// The page at `url`.
+async fn page(c: &reqwest::Client, url: String) -> String {
+    c.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// POST a form to `url`.
+fn post_form(
+    c: &reqwest::Client,
+    url: String,
+    pairs: &[(&str, &str)],
+) -> impl Future<Output = reqwest::Response> + use<> {
+    let sent = c
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(pairs))
+        .send();
+    async move { sent.await.unwrap() }
+}
+
+/// An `application/x-www-form-urlencoded` body.
+fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn off_loopback_a_token_is_required() {
+    let b = Backend::embedded();
+    let refused = b
+        .cli()
+        .args(["dashboard", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("needs --token-file"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let token = "s3cret-token-0123456789";
+    std::fs::write(&token_file, token).unwrap();
+    let dash = Dashboard::start(&b, &["--token-file", token_file.to_str().unwrap()]);
+    let c = http();
+    let anonymous = c.get(format!("{}/", dash.url)).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let browser = c
+        .get(format!("{}/", dash.url))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(browser.status(), 303, "a browser is sent to the login form");
+    assert_eq!(browser.headers()["location"], "/login");
+    let bearer = c
+        .get(format!("{}/", dash.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), 200);
+    let wrong = post_form(&c, format!("{}/login", dash.url), &[("token", "guess")]).await;
+    assert_eq!(wrong.status(), 401);
+    let login = post_form(&c, format!("{}/login", dash.url), &[("token", token)]).await;
+    assert_eq!(login.status(), 303);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(
+        !cookie.contains(token),
+        "the cookie is not the token: {cookie}"
+    );
+    let session = cookie.split(';').next().unwrap();
+    let with_cookie = c
+        .get(format!("{}/modules", dash.url))
+        .header("cookie", session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_cookie.status(), 200);
+}
