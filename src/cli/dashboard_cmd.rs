@@ -24,6 +24,10 @@ pub(super) struct DashboardArgs {
     /// URL or an embedded name, with the tenant it serves. Repeatable.
     #[arg(long = "queue", value_name = "[TENANT=]QUEUE")]
     queues: Vec<String>,
+    /// A worker whose running jobs to show: its --metrics-addr, as
+    /// http://HOST:PORT. Repeatable.
+    #[arg(long = "worker", value_name = "URL", value_parser = parse_worker)]
+    workers: Vec<String>,
     /// A file holding the access token (at least 16 characters): asked of
     /// every request (Authorization: Bearer, or a login form's cookie).
     #[arg(long, value_name = "FILE")]
@@ -32,6 +36,17 @@ pub(super) struct DashboardArgs {
     registry: RegistryArgs,
     #[command(flatten)]
     location: Location,
+}
+
+/// `http://HOST:PORT`.
+fn parse_worker(s: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(s).map_err(|e| format!("{s}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!(
+            "{s}: give a worker's metrics address as http://HOST:PORT"
+        ));
+    }
+    Ok(s.trim_end_matches('/').to_owned())
 }
 
 /// `[TENANT=]QUEUE`: the tenant is what comes before a `=` that is not
@@ -83,6 +98,12 @@ impl DashboardArgs {
             registry,
             executor: Arc::new(executor),
             access: Arc::new(Access::new(token)),
+            workers: self.workers.clone(),
+            http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(2))
+                .timeout(std::time::Duration::from_secs(5))
+                .build()?,
+            history: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind(self.listen)
             .await

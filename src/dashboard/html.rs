@@ -58,7 +58,7 @@ form.inline{display:inline}.muted{color:#6b7383}code{font-size:13px}";
 
 /// A whole page: `title`, the navigation with `here` marked, and `body`.
 pub(crate) fn page(title: &str, here: &str, refresh: bool, body: &str) -> String {
-    let nav: String = [("/", "Queues"), ("/modules", "Modules")]
+    let nav: String = [("/", "Queues"), ("/jobs", "Jobs"), ("/modules", "Modules")]
         .iter()
         .map(|(href, label)| {
             let class = if *label == here {

@@ -11,6 +11,9 @@
 //! checked against CSRF and logged, and go through the same queue calls
 //! as the CLI's `dlq` commands ([`crate::queue::redrive`]).
 //!
+//! Running jobs come from the workers it is pointed at (`--worker URL`:
+//! their `GET /jobs`; see [`workers`]).
+//!
 //! The queues it knows: every embedded queue of the data directory, and the
 //! queues `--queue [TENANT=]QUEUE` names (SQS URLs, or embedded names with a
 //! tenant to show). It acts on no other queue.
@@ -18,6 +21,7 @@
 pub(crate) mod access;
 pub(crate) mod html;
 mod pages;
+mod workers;
 
 use crate::executor::Executor;
 use crate::queue::address::QueueAddress;
@@ -41,6 +45,12 @@ pub(crate) struct Dashboard {
     /// For "compiled here": the data directory's artifact cache.
     pub(crate) executor: Arc<Executor>,
     pub(crate) access: Arc<Access>,
+    /// `--worker` URLs (their metrics addresses).
+    pub(crate) workers: Vec<String>,
+    /// For the workers' `/jobs`.
+    pub(crate) http: reqwest::Client,
+    /// The workers' totals over time.
+    pub(crate) history: workers::History,
 }
 
 /// One queue's line on the queues page.
@@ -203,6 +213,7 @@ pub(crate) fn router(dashboard: Arc<Dashboard>) -> Router {
         .route("/confirm", get(pages::confirm))
         .route("/act", post(pages::act))
         .route("/modules", get(pages::modules))
+        .route("/jobs", get(workers::jobs))
         .route("/login", get(pages::login_form).post(pages::login))
         .layer(axum::middleware::from_fn_with_state(
             access,
@@ -217,7 +228,10 @@ pub(crate) async fn serve(
     dashboard: Arc<Dashboard>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(dashboard))
+    let sampler = tokio::spawn(workers::sample(Arc::clone(&dashboard)));
+    let served = axum::serve(listener, router(dashboard))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    sampler.abort();
+    served
 }

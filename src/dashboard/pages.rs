@@ -47,6 +47,19 @@ pub(crate) async fn queues(State(d): State<Arc<Dashboard>>) -> Response {
         Ok(rows) => rows,
         Err(why) => return failed(StatusCode::BAD_GATEWAY, &why),
     };
+    // Which queue each dead-letter queue serves (embedded targets are
+    // names; SQS ones are ARNs, which end in the queue's name).
+    let serves = |address: &str| {
+        let name = address.rsplit('/').next().unwrap_or(address);
+        rows.iter()
+            .filter(|r| {
+                r.dlq
+                    .as_ref()
+                    .is_some_and(|(t, _)| t == name || t.ends_with(&format!(":{name}")))
+            })
+            .map(|r| r.address.as_str())
+            .collect::<Vec<_>>()
+    };
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r: &QueueRow| {
@@ -60,7 +73,16 @@ pub(crate) async fn queues(State(d): State<Arc<Dashboard>>) -> Response {
                         c.visible + c.in_flight + c.delayed
                     ),
                 ),
-                None => ("<span class=\"muted\">none</span>".into(), "–".into()),
+                None => match serves(&r.address)[..] {
+                    [] => ("<span class=\"muted\">none</span>".into(), "–".into()),
+                    ref of => (
+                        format!(
+                            "<span class=\"muted\">is the dead-letter queue of {}</span>",
+                            escape(&of.join(", "))
+                        ),
+                        "–".into(),
+                    ),
+                },
             };
             vec![
                 format!("<code>{}</code>", escape(&r.address)),

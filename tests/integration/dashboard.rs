@@ -1,11 +1,12 @@
 //! `wasm-jobs dashboard`: a job dead-lettered by a real worker is listed
 //! with its reason and redriven from the page in headless Chromium (driven
 //! through chromedriver), the queue counts change, and a body with
-//! `<script>` in it is shown as text; on both queue backends, one dead
-//! letter is redriven or deleted by id; off loopback a token is required,
-//! and actions need the form's CSRF token.
+//! `<script>` in it is shown as text; a running job appears on the jobs
+//! page while it runs; on both queue backends, one dead letter is redriven
+//! or deleted by id; off loopback a token is required, and actions need the
+//! form's CSRF token.
 
-use crate::common::modes_path;
+use crate::common::{free_port, modes_path};
 use crate::queue_backends::Backend;
 use crate::worker_harness::{Worker, config, counts, field};
 use std::process::{Child, Command, Stdio};
@@ -185,6 +186,44 @@ async fn a_dead_letter_is_listed_with_its_reason_and_redriven_from_the_page() {
         &[("action", "redrive-all")],
         Duration::from_secs(5),
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_appears_while_it_runs() {
+    let b = Backend::embedded();
+    let (q, _dlq) = b.create_with_dlq("dash-run", 3, &config(30)).await;
+    let queue = b.address_of(q.as_ref());
+    // `l`: loops until its timeout.
+    let id = q.send(&OutgoingMessage::new("l")).await.unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let modes = modes_path();
+    let worker = Worker::spawn(Worker::command(
+        &b,
+        &[
+            "--queue",
+            &queue,
+            "--module",
+            modes.to_str().unwrap(),
+            "--metrics-addr",
+            &metrics,
+            "--timeout",
+            "120",
+        ],
+        &[],
+    ));
+    let pid = worker.child_pid(Duration::from_secs(30));
+    let dash = Dashboard::start(&b, &["--worker", &format!("http://{metrics}")]);
+    let driver = Chromedriver::start();
+    let browser = driver.browser().await;
+    browser.goto(&format!("{}/jobs", dash.url)).await.unwrap();
+    let row = text(&browser, "tbody tr").await;
+    for shown in [id.as_str(), "default", "1", &pid.to_string(), &queue] {
+        assert!(row.contains(shown), "{shown} in {row}");
+    }
+    let totals = text(&browser, "main p").await;
+    assert!(totals.contains("1 received"), "{totals}");
+    browser.close().await.unwrap();
+    drop(worker);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ use super::exit;
 use super::fate::{self, Fate, WorkerEnd};
 use super::forks::{ProcessEnd, SpawnError, Spawned};
 use super::reply::Ending;
+use super::running::RunningJob;
 use super::settle::{
     self, Delivery, JobContext, JobResult, apply, record_failure, report_queue_error,
 };
@@ -172,6 +173,15 @@ async fn run(
         .receive_to_start
         .observe(started.duration_since(d.received).as_secs_f64());
     let _in_flight = ctx.stats.job_started(&a.module.label, &a.tenant);
+    let _running = ctx.stats.running.add(RunningJob {
+        message_id: d.msg.message_id.clone(),
+        queue: d.source.queue.name().to_owned(),
+        tenant: a.tenant.clone(),
+        module: a.module.label.clone(),
+        attempt: d.msg.receive_count,
+        pid: spawned.pid.as_raw(),
+        started_ms: 0,
+    });
     if d.msg.sent_timestamp_ms > 0 {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

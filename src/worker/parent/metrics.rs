@@ -1,8 +1,9 @@
 //! The worker's HTTP endpoint, in the worker parent process on its tokio
 //! runtime (started by `wasm-jobs worker --metrics-addr`): `GET /metrics`
-//! ([`WorkerStats::render`]), `GET /healthz` (200 while the process runs) and
+//! ([`WorkerStats::render`]), `GET /healthz` (200 while the process runs),
 //! `GET /readyz` (200 while a fork server is up and every queue's last call
-//! succeeded, else 503 and why). Any other path is 404; another method on
+//! succeeded, else 503 and why) and `GET /jobs` (the jobs running now and
+//! the totals so far, as JSON, for `wasm-jobs dashboard --worker`). Any other path is 404; another method on
 //! these paths is 405.
 //!
 //! hyper's HTTP/1 server, kept safe from clients that hold connections: a
@@ -176,11 +177,11 @@ async fn connection(stream: TcpStream, endpoints: Endpoints, limits: Limits) {
 
 fn answer<B>(endpoints: &Endpoints, request: &Request<B>) -> Response<Full<Bytes>> {
     let path = request.uri().path();
-    let known = matches!(path, "/metrics" | "/healthz" | "/readyz");
+    let known = matches!(path, "/metrics" | "/healthz" | "/readyz" | "/jobs");
     let (status, body) = if !known {
         (
             StatusCode::NOT_FOUND,
-            "not found: GET /metrics, /healthz or /readyz\n".to_owned(),
+            "not found: GET /metrics, /healthz, /readyz or /jobs\n".to_owned(),
         )
     } else if request.method() != Method::GET {
         (
@@ -190,6 +191,7 @@ fn answer<B>(endpoints: &Endpoints, request: &Request<B>) -> Response<Full<Bytes
     } else {
         match path {
             "/metrics" => (StatusCode::OK, endpoints.stats.render()),
+            "/jobs" => (StatusCode::OK, endpoints.stats.jobs_json()),
             "/readyz" => match (endpoints.ready)() {
                 Ok(()) => (StatusCode::OK, "ready\n".into()),
                 Err(why) => (
@@ -200,10 +202,10 @@ fn answer<B>(endpoints: &Endpoints, request: &Request<B>) -> Response<Full<Bytes
             _ => (StatusCode::OK, "ok\n".into()),
         }
     };
-    let content_type = if path == "/metrics" && status == StatusCode::OK {
-        prometheus_text::CONTENT_TYPE
-    } else {
-        "text/plain; charset=utf-8"
+    let content_type = match (path, status) {
+        ("/metrics", StatusCode::OK) => prometheus_text::CONTENT_TYPE,
+        ("/jobs", StatusCode::OK) => "application/json",
+        _ => "text/plain; charset=utf-8",
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;

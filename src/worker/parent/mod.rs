@@ -13,7 +13,7 @@
 //!   [`deletes`]: batched deletes, per queue; [`counted`]: every queue call
 //!   counted by kind.
 //! - [`stats`] and [`metrics`]: counters, and the endpoint that serves them
-//!   with the health checks.
+//!   with the health checks; [`running`]: the jobs running now (`/jobs`).
 
 pub(crate) mod admit;
 mod counted;
@@ -26,6 +26,7 @@ mod intake;
 mod job;
 pub(crate) mod metrics;
 pub(crate) mod reply;
+pub(crate) mod running;
 mod settle;
 mod slots;
 pub(crate) mod stats;

@@ -100,6 +100,8 @@ pub struct WorkerStats {
     /// From the message's receive to its worker child's start.
     pub(crate) receive_to_start: Histogram,
     in_flight: Family<Job, Gauge>,
+    /// The jobs running now, for `GET /jobs`.
+    pub(crate) running: super::running::Running,
     /// From learning that a worker child exited to its message's fate being
     /// applied.
     exit_to_settled: Histogram,
@@ -135,6 +137,7 @@ impl Default for WorkerStats {
             queue_to_start: seconds(),
             receive_to_start: Histogram::new(FAST_BUCKETS),
             in_flight: Family::default(),
+            running: super::running::Running::default(),
             exit_to_settled: Histogram::new(FAST_BUCKETS),
             queues: Mutex::new(BTreeMap::new()),
         };
@@ -291,6 +294,21 @@ impl WorkerStats {
         let gauge = self.in_flight.get_or_create_owned(&labels);
         gauge.inc();
         InFlight(gauge)
+    }
+
+    /// What `GET /jobs` serves: the running jobs and the totals so far.
+    pub(crate) fn jobs_json(&self) -> String {
+        serde_json::json!({
+            "running": self.running.snapshot(),
+            "totals": {
+                "received": self.received.get(),
+                "succeeded": self.succeeded.get(),
+                "left_for_redelivery": self.left.get(),
+                "dead_lettered": self.dead_lettered.get(),
+                "requeued_on_signal": self.requeued.get(),
+            },
+        })
+        .to_string()
     }
 
     /// Jobs of `module` for `tenant` running now.
