@@ -4,7 +4,7 @@
 use super::args::Location;
 use super::module_cmds::RegistryArgs;
 use crate::dashboard::access::Access;
-use crate::dashboard::{Dashboard, serve};
+use crate::dashboard::{Dashboard, WorkerSource, serve};
 use crate::engine::EngineSettings;
 use crate::executor::Executor;
 use crate::queue::address::QueueAddress;
@@ -65,46 +65,72 @@ fn watched(spec: &str) -> anyhow::Result<(Option<String>, String)> {
     Ok((tenant, queue.trim().to_owned()))
 }
 
+/// The token `token_file` holds; none is allowed only on loopback.
+pub(super) fn token_for(
+    listen: SocketAddr,
+    token_file: Option<&std::path::Path>,
+    flag: &str,
+) -> anyhow::Result<Option<String>> {
+    let token = token_file.map(Access::read_token).transpose()?;
+    if token.is_none() && !listen.ip().is_loopback() {
+        bail!("{listen}: pages served on an address other than loopback need {flag}");
+    }
+    Ok(token)
+}
+
+/// What a dashboard reads: the data directory's queues and `watched`, the
+/// registry `registry` names, the running jobs of `workers`.
+pub(super) fn dashboard(
+    location: &Location,
+    registry: &RegistryArgs,
+    watched: Vec<(Option<String>, String)>,
+    workers: Vec<WorkerSource>,
+    token: Option<String>,
+) -> anyhow::Result<Dashboard> {
+    let data_dir = location.data_dir();
+    let executor = Executor::new(
+        EngineSettings::default(),
+        crate::paths::compiled_dir(&data_dir),
+    )?;
+    Ok(Dashboard {
+        registry_name: registry.shown(&data_dir),
+        registry: registry.open(&data_dir)?,
+        data_dir,
+        endpoint: location.endpoint_url.clone(),
+        watched,
+        executor: Arc::new(executor),
+        access: Arc::new(Access::new(token)),
+        workers,
+        http: reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .timeout(std::time::Duration::from_secs(5))
+            .build()?,
+        history: Default::default(),
+    })
+}
+
 impl DashboardArgs {
     /// Serve until SIGINT or SIGTERM.
     pub(super) async fn execute(self) -> anyhow::Result<u8> {
-        let token = self
-            .token_file
-            .as_deref()
-            .map(Access::read_token)
-            .transpose()?;
-        if token.is_none() && !self.listen.ip().is_loopback() {
-            bail!(
-                "--listen {}: an address other than loopback needs --token-file",
-                self.listen
-            );
-        }
+        let token = token_for(self.listen, self.token_file.as_deref(), "--token-file")?;
         let watched = self
             .queues
             .iter()
             .map(|q| watched(q))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let data_dir = self.location.data_dir();
-        let registry = self.registry.open(&data_dir)?;
-        let executor = Executor::new(
-            EngineSettings::default(),
-            crate::paths::compiled_dir(&data_dir),
-        )?;
-        let dashboard = Arc::new(Dashboard {
-            registry_name: self.registry.shown(&data_dir),
-            data_dir,
-            endpoint: self.location.endpoint_url.clone(),
+        let workers = self
+            .workers
+            .iter()
+            .cloned()
+            .map(WorkerSource::Remote)
+            .collect();
+        let dashboard = Arc::new(dashboard(
+            &self.location,
+            &self.registry,
             watched,
-            registry,
-            executor: Arc::new(executor),
-            access: Arc::new(Access::new(token)),
-            workers: self.workers.clone(),
-            http: reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(2))
-                .timeout(std::time::Duration::from_secs(5))
-                .build()?,
-            history: Default::default(),
-        });
+            workers,
+            token,
+        )?);
         let listener = tokio::net::TcpListener::bind(self.listen)
             .await
             .with_context(|| format!("--listen {}", self.listen))?;

@@ -79,6 +79,8 @@ pub(super) fn run(args: DemoArgs, log: &crate::logging::LogSettings) -> anyhow::
         prefetch: super::worker_cmd::DEFAULT_PREFETCH,
         delete_window: None,
         metrics_addr: None,
+        ui: false,
+        ui_token_file: None,
         compile_timeout: Duration::from_secs(300),
         compile_memory: 4 << 30,
         location: Location {

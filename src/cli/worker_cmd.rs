@@ -90,6 +90,14 @@ pub(super) struct WorkerArgs {
     /// and health checks at /healthz and /readyz.
     #[arg(long, value_name = "ADDR")]
     pub(super) metrics_addr: Option<std::net::SocketAddr>,
+    /// Also serve the dashboard's pages (see `wasm-jobs dashboard`) on the
+    /// metrics address, over this worker's queues, registry and jobs.
+    #[arg(long, requires = "metrics_addr")]
+    pub(super) ui: bool,
+    /// The dashboard's access token (see `dashboard --token-file`): needed
+    /// when the metrics address is not loopback.
+    #[arg(long, value_name = "FILE", requires = "ui")]
+    pub(super) ui_token_file: Option<std::path::PathBuf>,
     /// A compile helper is killed after this long (seconds); the message
     /// is left for redelivery.
     #[arg(long, value_parser = parse_seconds, default_value = "300")]
@@ -226,6 +234,24 @@ where
         eprintln!("error: {why}");
         return Ok(Ending::Code(exit_code::USAGE));
     }
+    let ui = match args.metrics_addr.filter(|_| args.ui) {
+        None => None,
+        Some(addr) => {
+            let token = super::dashboard_cmd::token_for(
+                addr,
+                args.ui_token_file.as_deref(),
+                "--ui-token-file",
+            )?;
+            let workers = vec![crate::dashboard::WorkerSource::Local(Arc::clone(&stats))];
+            Some(super::dashboard_cmd::dashboard(
+                &args.location,
+                &args.registry,
+                bindings.clone(),
+                workers,
+                token,
+            )?)
+        }
+    };
     let addresses = bindings
         .into_iter()
         .map(|(tenant, q)| Ok((tenant, QueueAddress::parse(&q)?, q)))
@@ -248,8 +274,9 @@ where
             let endpoints = Endpoints {
                 stats: Arc::clone(&stats),
                 ready: metrics::worker_readiness(Arc::clone(&forks), Arc::clone(&stats)),
+                ui: ui.map(|d| crate::dashboard::start(Arc::new(d))),
             };
-            tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+            tracing::info!(addr = %listener.local_addr()?, ui = endpoints.ui.is_some(), "serving /metrics, /healthz and /readyz");
             tokio::spawn(metrics::serve(listener, endpoints, Limits::default(), async {
                 let _ = metrics_stopped.await;
             }));

@@ -12,7 +12,9 @@
 //! as the CLI's `dlq` commands ([`crate::queue::redrive`]).
 //!
 //! Running jobs come from the workers it is pointed at (`--worker URL`:
-//! their `GET /jobs`; see [`workers`]).
+//! their `GET /jobs.json`; see [`workers`]). A worker started with `--ui`
+//! serves the same pages on its metrics address, over its own queues and
+//! registry, with its own running jobs ([`start`]).
 //!
 //! The queues it knows: every embedded queue of the data directory, and the
 //! queues `--queue [TENANT=]QUEUE` names (SQS URLs, or embedded names with a
@@ -45,12 +47,31 @@ pub(crate) struct Dashboard {
     /// For "compiled here": the data directory's artifact cache.
     pub(crate) executor: Arc<Executor>,
     pub(crate) access: Arc<Access>,
-    /// `--worker` URLs (their metrics addresses).
-    pub(crate) workers: Vec<String>,
-    /// For the workers' `/jobs`.
+    /// Whose running jobs to show.
+    pub(crate) workers: Vec<WorkerSource>,
+    /// For the workers' `/jobs.json`.
     pub(crate) http: reqwest::Client,
     /// The workers' totals over time.
     pub(crate) history: workers::History,
+}
+
+/// A worker whose running jobs the dashboard shows.
+#[derive(Clone)]
+pub(crate) enum WorkerSource {
+    /// Another process: its metrics address (`GET /jobs.json`).
+    Remote(String),
+    /// The worker serving these pages (`worker --ui`).
+    Local(Arc<crate::worker::parent::stats::WorkerStats>),
+}
+
+impl WorkerSource {
+    /// How the page names it.
+    pub(crate) fn label(&self) -> &str {
+        match self {
+            WorkerSource::Remote(url) => url,
+            WorkerSource::Local(_) => "this worker",
+        }
+    }
 }
 
 /// One queue's line on the queues page.
@@ -220,6 +241,13 @@ pub(crate) fn router(dashboard: Arc<Dashboard>) -> Router {
             access::require,
         ))
         .with_state(dashboard)
+}
+
+/// The dashboard's routes, with the sampler of its workers' totals running
+/// (for a worker's `--ui`, on the worker's runtime until the process ends).
+pub(crate) fn start(dashboard: Arc<Dashboard>) -> Router {
+    tokio::spawn(workers::sample(Arc::clone(&dashboard)));
+    router(dashboard)
 }
 
 /// Serve the dashboard on `listener` until `shutdown` resolves.

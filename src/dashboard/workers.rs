@@ -1,11 +1,11 @@
 //! The workers a dashboard is pointed at (`--worker http://HOST:PORT`, a
 //! worker's `--metrics-addr`), in the CLI process serving it: their running
-//! jobs and totals from `GET /jobs`, read when the page is asked for, and
+//! jobs and totals from `GET /jobs.json`, read when the page is asked for, and
 //! the jobs each finished over the last ten minutes, sampled every 5 s by
 //! [`sample`] for the page's small chart.
 
-use super::Dashboard;
 use super::html::{escape, page, table};
+use super::{Dashboard, WorkerSource};
 use crate::worker::parent::running::RunningJob;
 use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
@@ -18,7 +18,7 @@ const EVERY: Duration = Duration::from_secs(5);
 /// Samples kept per worker: ten minutes.
 const KEPT: usize = 120;
 
-/// What a worker's `GET /jobs` answers.
+/// What a worker's `GET /jobs.json` answers.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub(crate) struct WorkerJobs {
     running: Vec<RunningJob>,
@@ -52,11 +52,17 @@ fn now_ms() -> u64 {
 }
 
 impl Dashboard {
-    /// A worker's `/jobs`.
-    async fn worker_jobs(&self, url: &str) -> Result<WorkerJobs, String> {
+    /// A worker's running jobs and totals.
+    async fn worker_jobs(&self, source: &WorkerSource) -> Result<WorkerJobs, String> {
+        let url = match source {
+            WorkerSource::Local(stats) => {
+                return serde_json::from_str(&stats.jobs_json()).map_err(|e| e.to_string());
+            }
+            WorkerSource::Remote(url) => url,
+        };
         let answer = self
             .http
-            .get(format!("{}/jobs", url.trim_end_matches('/')))
+            .get(format!("{}/jobs.json", url.trim_end_matches('/')))
             .send()
             .await
             .map_err(|e| crate::registry::error_chain(&e))?;
@@ -64,7 +70,7 @@ impl Dashboard {
             return Err(format!("HTTP {}", answer.status()));
         }
         let body = answer.bytes().await.map_err(|e| e.to_string())?;
-        serde_json::from_slice(&body).map_err(|e| format!("not a worker's /jobs: {e}"))
+        serde_json::from_slice(&body).map_err(|e| format!("not a worker's /jobs.json: {e}"))
     }
 
     fn record(&self, url: &str, totals: &Totals) {
@@ -82,9 +88,9 @@ pub(crate) async fn sample(dashboard: Arc<Dashboard>) {
     let mut tick = tokio::time::interval(EVERY);
     loop {
         tick.tick().await;
-        for url in &dashboard.workers {
-            if let Ok(jobs) = dashboard.worker_jobs(url).await {
-                dashboard.record(url, &jobs.totals);
+        for worker in &dashboard.workers {
+            if let Ok(jobs) = dashboard.worker_jobs(worker).await {
+                dashboard.record(worker.label(), &jobs.totals);
             }
         }
     }
@@ -130,9 +136,10 @@ pub(crate) async fn jobs(State(d): State<Arc<Dashboard>>) -> Response {
         body.push_str("<p>No workers: start the dashboard with <code>--worker http://HOST:PORT</code> (a worker's <code>--metrics-addr</code>).</p>");
     }
     let now = now_ms();
-    for url in &d.workers {
+    for worker in &d.workers {
+        let url = worker.label();
         body.push_str(&format!("<h2>Worker <code>{}</code></h2>", escape(url)));
-        let jobs = match d.worker_jobs(url).await {
+        let jobs = match d.worker_jobs(worker).await {
             Ok(jobs) => jobs,
             Err(why) => {
                 body.push_str(&format!(

@@ -4,7 +4,8 @@
 //! `<script>` in it is shown as text; a running job appears on the jobs
 //! page while it runs; on both queue backends, one dead letter is redriven
 //! or deleted by id; off loopback a token is required, and actions need the
-//! form's CSRF token.
+//! form's CSRF token; a worker with `--ui` serves the same pages beside its
+//! metrics.
 
 use crate::common::{free_port, modes_path};
 use crate::queue_backends::Backend;
@@ -21,21 +22,21 @@ struct Dashboard {
 
 impl Dashboard {
     fn start(b: &Backend, args: &[&str]) -> Dashboard {
+        Dashboard::start_on(b, "127.0.0.1:0", args)
+    }
+
+    /// Listening on `listen` (port 0), reached through 127.0.0.1.
+    fn start_on(b: &Backend, listen: &str, args: &[&str]) -> Dashboard {
         let mut cmd = b.cli();
-        cmd.args([
-            "dashboard",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        cmd.args(["dashboard", "--listen", listen, "--log-format", "json"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let process = Worker::spawn(cmd);
         let e = process.wait_for("dashboard listening", &[], Duration::from_secs(30));
-        let url = format!("http://{}", field(&e, "addr"));
+        let port = field(&e, "addr").rsplit(':').next().unwrap().to_owned();
+        let url = format!("http://127.0.0.1:{port}");
         Dashboard { process, url }
     }
 }
@@ -81,6 +82,16 @@ fn drain(b: &Backend, queue: &str) {
     );
     let (status, log) = Worker::spawn(cmd).wait(Duration::from_secs(60));
     assert!(status.success(), "{log}");
+}
+
+/// A message as the worker dead-letters it: with its reason.
+fn dead_letter(body: &str) -> OutgoingMessage {
+    let mut m = OutgoingMessage::new(body);
+    m.attributes.insert(
+        "wasm-jobs.dead-letter-reason".into(),
+        wasm_jobs::queue::AttributeValue::String(format!("fatal: {body}")),
+    );
+    m
 }
 
 /// Plain HTTP, redirects not followed.
@@ -233,12 +244,7 @@ async fn one_dead_letter_is_redriven_or_deleted_by_id_on_both_backends() {
         let queue = b.address_of(q.as_ref());
         let mut ids = Vec::new();
         for body in ["one", "two", "three"] {
-            let mut m = OutgoingMessage::new(body);
-            m.attributes.insert(
-                "wasm-jobs.dead-letter-reason".into(),
-                wasm_jobs::queue::AttributeValue::String(format!("fatal: {body}")),
-            );
-            ids.push(dlq.send(&m).await.unwrap());
+            ids.push(dlq.send(&dead_letter(body)).await.unwrap());
         }
         let dash = Dashboard::start(&b, &["--queue", &format!("acme={queue}")]);
         let c = http();
@@ -344,13 +350,20 @@ async fn off_loopback_a_token_is_required() {
         .output()
         .unwrap();
     assert_eq!(refused.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("needs --token-file"));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("other than loopback need --token-file")
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     let token = "s3cret-token-0123456789";
     std::fs::write(&token_file, token).unwrap();
-    let dash = Dashboard::start(&b, &["--token-file", token_file.to_str().unwrap()]);
+    // On every address: a request without the token is refused.
+    let dash = Dashboard::start_on(
+        &b,
+        "0.0.0.0:0",
+        &["--token-file", token_file.to_str().unwrap()],
+    );
     let c = http();
     let anonymous = c.get(format!("{}/", dash.url)).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
@@ -390,4 +403,71 @@ async fn off_loopback_a_token_is_required() {
         .await
         .unwrap();
     assert_eq!(with_cookie.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_ui_serves_the_pages_beside_its_metrics() {
+    let b = Backend::embedded();
+    let (q, dlq) = b.create_with_dlq("dash-ui", 1, &config(30)).await;
+    let queue = b.address_of(q.as_ref());
+    dlq.send(&dead_letter("kept")).await.unwrap();
+    let modes = modes_path();
+    let served = format!("acme={queue}");
+    let args = |metrics: &str| {
+        [
+            "--queue",
+            &served,
+            "--module",
+            modes.to_str().unwrap(),
+            "--metrics-addr",
+            metrics,
+            "--ui",
+        ]
+        .map(str::to_owned)
+    };
+    let refused = Worker::command(&b, &args("0.0.0.0:0").each_ref().map(String::as_str), &[])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("need --ui-token-file"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let worker = Worker::spawn(Worker::command(
+        &b,
+        &args(&metrics).each_ref().map(String::as_str),
+        &[],
+    ));
+    worker.wait_for(
+        "serving /metrics, /healthz and /readyz",
+        &[("ui", "true")],
+        Duration::from_secs(30),
+    );
+    let c = http();
+    let base = format!("http://{metrics}");
+    let home = page(&c, format!("{base}/")).await;
+    assert!(home.contains(&queue) && home.contains("acme"), "{home}");
+    let dead = page(
+        &c,
+        format!("{base}/dead-letters?queue={}", urlencode(&queue)),
+    )
+    .await;
+    assert!(dead.contains("fatal: kept"), "{dead}");
+    let jobs = page(&c, format!("{base}/jobs")).await;
+    assert!(
+        jobs.contains("this worker") && jobs.contains("received"),
+        "{jobs}"
+    );
+    // Its own endpoints answer as before.
+    let scraped = page(&c, format!("{base}/metrics")).await;
+    assert!(
+        scraped.contains("wasm_jobs_messages_received_total"),
+        "{scraped}"
+    );
+    let running = page(&c, format!("{base}/jobs.json")).await;
+    let running: serde_json::Value = serde_json::from_str(&running).unwrap();
+    assert_eq!(running["running"], serde_json::json!([]));
 }

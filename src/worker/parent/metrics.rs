@@ -2,9 +2,10 @@
 //! runtime (started by `wasm-jobs worker --metrics-addr`): `GET /metrics`
 //! ([`WorkerStats::render`]), `GET /healthz` (200 while the process runs),
 //! `GET /readyz` (200 while a fork server is up and every queue's last call
-//! succeeded, else 503 and why) and `GET /jobs` (the jobs running now and
-//! the totals so far, as JSON, for `wasm-jobs dashboard --worker`). Any other path is 404; another method on
-//! these paths is 405.
+//! succeeded, else 503 and why) and `GET /jobs.json` (the jobs running now
+//! and the totals so far, as JSON, for `wasm-jobs dashboard --worker`). Any
+//! other path is 404 (or, with `worker --ui`, the dashboard's: see
+//! `crate::dashboard`); another method on these paths is 405.
 //!
 //! hyper's HTTP/1 server, kept safe from clients that hold connections: a
 //! request head must arrive within [`Limits::header_read_timeout`] (idle and
@@ -65,6 +66,8 @@ pub(crate) type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 pub(crate) struct Endpoints {
     pub(crate) stats: Arc<WorkerStats>,
     pub(crate) ready: Readiness,
+    /// The dashboard's pages (`worker --ui`), for every other path.
+    pub(crate) ui: Option<axum::Router>,
 }
 
 /// The worker's readiness: a fork server is up (not dead or being
@@ -159,10 +162,28 @@ impl AcceptFailures {
     }
 }
 
+/// This endpoint's own paths; with `--ui`, the dashboard has the others.
+const OWN: [&str; 4] = ["/metrics", "/healthz", "/readyz", "/jobs.json"];
+
 async fn connection(stream: TcpStream, endpoints: Endpoints, limits: Limits) {
-    let service = service_fn(move |request| {
-        let response = answer(&endpoints, &request);
-        async move { Ok::<_, Infallible>(response) }
+    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+        let route = match &endpoints.ui {
+            Some(ui) if !OWN.contains(&request.uri().path()) => Err(ui.clone()),
+            _ => Ok(answer(&endpoints, &request)),
+        };
+        async move {
+            let response = match route {
+                Ok(own) => own.map(axum::body::Body::new),
+                Err(ui) => {
+                    use tower::ServiceExt;
+                    match ui.oneshot(request).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    }
+                }
+            };
+            Ok::<_, Infallible>(response)
+        }
     });
     let result = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -177,11 +198,11 @@ async fn connection(stream: TcpStream, endpoints: Endpoints, limits: Limits) {
 
 fn answer<B>(endpoints: &Endpoints, request: &Request<B>) -> Response<Full<Bytes>> {
     let path = request.uri().path();
-    let known = matches!(path, "/metrics" | "/healthz" | "/readyz" | "/jobs");
+    let known = OWN.contains(&path);
     let (status, body) = if !known {
         (
             StatusCode::NOT_FOUND,
-            "not found: GET /metrics, /healthz, /readyz or /jobs\n".to_owned(),
+            "not found: GET /metrics, /healthz, /readyz or /jobs.json\n".to_owned(),
         )
     } else if request.method() != Method::GET {
         (
@@ -191,7 +212,7 @@ fn answer<B>(endpoints: &Endpoints, request: &Request<B>) -> Response<Full<Bytes
     } else {
         match path {
             "/metrics" => (StatusCode::OK, endpoints.stats.render()),
-            "/jobs" => (StatusCode::OK, endpoints.stats.jobs_json()),
+            "/jobs.json" => (StatusCode::OK, endpoints.stats.jobs_json()),
             "/readyz" => match (endpoints.ready)() {
                 Ok(()) => (StatusCode::OK, "ready\n".into()),
                 Err(why) => (
@@ -204,7 +225,7 @@ fn answer<B>(endpoints: &Endpoints, request: &Request<B>) -> Response<Full<Bytes
     };
     let content_type = match (path, status) {
         ("/metrics", StatusCode::OK) => prometheus_text::CONTENT_TYPE,
-        ("/jobs", StatusCode::OK) => "application/json",
+        ("/jobs.json", StatusCode::OK) => "application/json",
         _ => "text/plain; charset=utf-8",
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -274,6 +295,7 @@ mod tests {
         let endpoints = Endpoints {
             stats,
             ready: Arc::new(move || ready.clone()),
+            ui: None,
         };
         tokio::spawn(serve(listener, endpoints, limits, std::future::pending()));
         addr

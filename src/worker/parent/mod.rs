@@ -13,7 +13,7 @@
 //!   [`deletes`]: batched deletes, per queue; [`counted`]: every queue call
 //!   counted by kind.
 //! - [`stats`] and [`metrics`]: counters, and the endpoint that serves them
-//!   with the health checks; [`running`]: the jobs running now (`/jobs`).
+//!   with the health checks; [`running`]: the jobs running now (`/jobs.json`).
 
 pub(crate) mod admit;
 mod counted;

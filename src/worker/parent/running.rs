@@ -1,6 +1,6 @@
 //! The jobs running now, in the worker parent: one entry per started
 //! child, removed when its [`super::stats::InFlight`] guard drops. Served as
-//! JSON at `GET /jobs` on the metrics address (with the totals so far), for
+//! JSON at `GET /jobs.json` on the metrics address (with the totals so far), for
 //! `wasm-jobs dashboard --worker`.
 
 use std::collections::BTreeMap;

@@ -100,7 +100,7 @@ pub struct WorkerStats {
     /// From the message's receive to its worker child's start.
     pub(crate) receive_to_start: Histogram,
     in_flight: Family<Job, Gauge>,
-    /// The jobs running now, for `GET /jobs`.
+    /// The jobs running now, for `GET /jobs.json`.
     pub(crate) running: super::running::Running,
     /// From learning that a worker child exited to its message's fate being
     /// applied.
@@ -296,7 +296,7 @@ impl WorkerStats {
         InFlight(gauge)
     }
 
-    /// What `GET /jobs` serves: the running jobs and the totals so far.
+    /// What `GET /jobs.json` serves: the running jobs and the totals so far.
     pub(crate) fn jobs_json(&self) -> String {
         serde_json::json!({
             "running": self.running.snapshot(),
