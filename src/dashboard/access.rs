@@ -7,7 +7,9 @@
 //!
 //! Every state-changing request is a POST carrying this process's CSRF
 //! token in a hidden form field (another site's page cannot read it), and
-//! one whose `Origin` names another host is refused.
+//! one whose `Origin` names another host is refused. Without a token, only
+//! requests whose `Host` is a loopback name are answered (DNS rebinding);
+//! every answer forbids framing and script (clickjacking, XSS in depth).
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -142,6 +144,50 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         })
 }
 
+/// Whether the request's `Host` names a loopback address or `localhost`:
+/// without a token the pages answer only to those, so a page of another
+/// site whose name is made to resolve to 127.0.0.1 (DNS rebinding) cannot
+/// use them.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
+}
+
+/// Headers on every answer: never framed (clickjacking), no script at
+/// all, no referrer to other sites (with `no-referrer`, a browser sends
+/// `Origin: null` on the dashboard's own forms), no content sniffing.
+fn harden(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
 /// The middleware: serve the request, or send a browser to the login form
 /// (and anything else a 401).
 pub(crate) async fn require(
@@ -149,6 +195,17 @@ pub(crate) async fn require(
     request: Request,
     next: Next,
 ) -> Response {
+    harden(admit(&access, request, next).await)
+}
+
+async fn admit(access: &Access, request: Request, next: Next) -> Response {
+    if !access.has_token() && !loopback_host(request.headers()) {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            "without a token this dashboard answers only to loopback names (localhost, 127.0.0.1, [::1])\n",
+        )
+            .into_response();
+    }
     let path = request.uri().path();
     if path == "/login" || access.admits(request.headers()) {
         return next.run(request).await;
@@ -210,6 +267,28 @@ mod tests {
         // Another process's session is not this one's.
         let b = Access::new(Some("0123456789abcdef".into()));
         assert!(!b.admits(&headers(&[(header::COOKIE, value)])));
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_names_are_answered() {
+        for host in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "LOCALHOST",
+            "[::1]:8080",
+            "127.0.0.2",
+        ] {
+            assert!(loopback_host(&headers(&[(header::HOST, host)])), "{host}");
+        }
+        for host in [
+            "evil.example:8080",
+            "10.0.0.1:8080",
+            "localhost.evil.example",
+            "[::2]:80",
+        ] {
+            assert!(!loopback_host(&headers(&[(header::HOST, host)])), "{host}");
+        }
+        assert!(!loopback_host(&HeaderMap::new()));
     }
 
     #[test]

@@ -78,17 +78,21 @@ impl WorkerSource {
 pub(crate) struct QueueRow {
     pub(crate) address: String,
     pub(crate) tenant: Option<String>,
-    pub(crate) counts: QueueCounts,
-    /// Its dead-letter queue's name and counts.
-    pub(crate) dlq: Option<(String, QueueCounts)>,
+    /// Its counts and its dead-letter queue's name and counts, or why they
+    /// could not be read.
+    pub(crate) stats: Result<(QueueCounts, Option<(String, QueueCounts)>), String>,
 }
+
+/// How long one queue's counts may take before its row says so.
+const QUEUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Dashboard {
     /// The queues it knows: the data dir's embedded queues and `--queue`s.
     async fn addresses(&self) -> Result<Vec<(Option<String>, String)>, String> {
         let dir = self.data_dir.clone();
         let embedded = tokio::task::spawn_blocking(move || {
-            if !dir.join("queues.db").exists() && !dir.exists() {
+            // No store yet: no queues (and none is created by looking).
+            if !dir.join("queues.sqlite3").exists() {
                 return Ok(Vec::new());
             }
             crate::queue::embedded::EmbeddedStore::open(&dir)?.queue_names()
@@ -120,44 +124,81 @@ impl Dashboard {
             .map_err(|e| format!("{address}: {e}"))
     }
 
-    /// Every known queue with its counts and its dead-letter queue's.
+    /// Every known queue with its counts and its dead-letter queue's (a
+    /// queue that fails or takes longer than [`QUEUE_TIMEOUT`] says so in its
+    /// own row).
     async fn queue_rows(&self) -> Result<Vec<QueueRow>, String> {
         let mut rows = Vec::new();
         for (tenant, address) in self.addresses().await? {
-            let q = self.open(&address).await?;
-            let failed = |e: crate::queue::QueueError| format!("{address}: {e}");
-            let counts = q.counts().await.map_err(failed)?;
-            let dlq = match q.attributes().await.map_err(failed)?.redrive {
-                None => None,
-                Some(policy) => match q.dead_letter_queue().await.map_err(failed)? {
-                    Some(d) => Some((policy.dead_letter_target, d.counts().await.map_err(failed)?)),
-                    None => None,
-                },
+            let stats = match tokio::time::timeout(QUEUE_TIMEOUT, self.queue_stats(&address)).await
+            {
+                Ok(stats) => stats,
+                Err(_) => Err(format!("no answer in {} s", QUEUE_TIMEOUT.as_secs())),
             };
             rows.push(QueueRow {
                 address,
                 tenant,
-                counts,
-                dlq,
+                stats,
             });
         }
         Ok(rows)
     }
 
-    /// The dead-letter queue of the known queue `address`.
-    async fn dead_letter_queue(&self, address: &str) -> Result<Box<dyn Queue>, String> {
+    /// A queue's counts and its dead-letter queue's.
+    async fn queue_stats(
+        &self,
+        address: &str,
+    ) -> Result<(QueueCounts, Option<(String, QueueCounts)>), String> {
         let q = self.open(address).await?;
-        q.dead_letter_queue()
+        let failed = |e: crate::queue::QueueError| e.to_string();
+        let counts = q.counts().await.map_err(failed)?;
+        let dlq = match q.attributes().await.map_err(failed)?.redrive {
+            None => None,
+            Some(policy) => match q.dead_letter_queue().await.map_err(failed)? {
+                Some(d) => Some((policy.dead_letter_target, d.counts().await.map_err(failed)?)),
+                None => None,
+            },
+        };
+        Ok((counts, dlq))
+    }
+
+    /// The dead-letter queue of the known queue `address`, to be looked at
+    /// (`receiving`: or received from, to find one message). Refused when
+    /// that would move its messages on: a dead-letter queue with a redrive
+    /// policy of its own counts every receive (and, on SQS, every look).
+    async fn dead_letter_queue(
+        &self,
+        address: &str,
+        receiving: bool,
+    ) -> Result<Box<dyn Queue>, String> {
+        let q = self.open(address).await?;
+        let failed = |e: crate::queue::QueueError| format!("{address}: {e}");
+        let dlq = q
+            .dead_letter_queue()
             .await
-            .map_err(|e| format!("{address}: {e}"))?
-            .ok_or_else(|| format!("{address} has no dead-letter queue (no redrive policy)"))
+            .map_err(failed)?
+            .ok_or_else(|| format!("{address} has no dead-letter queue (no redrive policy)"))?;
+        let chained = dlq.attributes().await.map_err(failed)?.redrive.is_some();
+        if chained && (receiving || !dlq.is_local()) {
+            return Err(format!(
+                "the dead-letter queue of {address} has a redrive policy of its own: {} would count as receives and move its messages on; use redrive all, or `wasm-jobs dlq peek` knowingly",
+                if receiving {
+                    "finding one message"
+                } else {
+                    "looking at it on SQS"
+                }
+            ));
+        }
+        Ok(dlq)
     }
 
     /// Carry out an action; what it did, in words.
     async fn act(&self, action: &str, address: &str, id: Option<&str>) -> Result<String, String> {
         use crate::queue::redrive;
         let source = self.open(address).await?;
-        let dlq = self.dead_letter_queue(address).await?;
+        let dlq = self
+            .dead_letter_queue(address, matches!(action, "redrive-one" | "delete-one"))
+            .await?;
         let e = |e: crate::queue::QueueError| e.to_string();
         Ok(match (action, id) {
             ("redrive-all", _) => {

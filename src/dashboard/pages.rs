@@ -42,6 +42,23 @@ fn counts_cells(c: &crate::queue::QueueCounts) -> [String; 3] {
     [c.visible, c.in_flight, c.delayed].map(|n| n.to_string())
 }
 
+/// How long ago `sent_ms` was, in the largest whole unit.
+fn age(sent_ms: Option<u64>) -> String {
+    let Some(sent_ms) = sent_ms else {
+        return "–".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let s = now.saturating_sub(sent_ms) / 1000;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86400 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86400),
+    }
+}
+
 pub(crate) async fn queues(State(d): State<Arc<Dashboard>>) -> Response {
     let rows = match d.queue_rows().await {
         Ok(rows) => rows,
@@ -53,8 +70,10 @@ pub(crate) async fn queues(State(d): State<Arc<Dashboard>>) -> Response {
         let name = address.rsplit('/').next().unwrap_or(address);
         rows.iter()
             .filter(|r| {
-                r.dlq
+                r.stats
                     .as_ref()
+                    .ok()
+                    .and_then(|(_, dlq)| dlq.as_ref())
                     .is_some_and(|(t, _)| t == name || t.ends_with(&format!(":{name}")))
             })
             .map(|r| r.address.as_str())
@@ -63,8 +82,22 @@ pub(crate) async fn queues(State(d): State<Arc<Dashboard>>) -> Response {
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r: &QueueRow| {
-            let [v, f, del] = counts_cells(&r.counts);
-            let (dlq, dead) = match &r.dlq {
+            let head = [
+                format!("<code>{}</code>", escape(&r.address)),
+                escape(r.tenant.as_deref().unwrap_or("–")),
+            ];
+            let (counts, dlq) = match &r.stats {
+                Ok(stats) => stats,
+                Err(why) => {
+                    let why = format!(
+                        "<span class=\"error\">cannot be read: {}</span>",
+                        escape(why)
+                    );
+                    return [head.to_vec(), vec![why], vec![String::new(); 5]].concat();
+                }
+            };
+            let [v, f, del] = counts_cells(counts);
+            let (dlq, dead) = match dlq {
                 Some((name, c)) => (
                     escape(name),
                     format!(
@@ -84,15 +117,11 @@ pub(crate) async fn queues(State(d): State<Arc<Dashboard>>) -> Response {
                     ),
                 },
             };
-            vec![
-                format!("<code>{}</code>", escape(&r.address)),
-                escape(r.tenant.as_deref().unwrap_or("–")),
-                v,
-                f,
-                del,
-                dlq,
-                dead,
+            [
+                head.to_vec(),
+                vec![v, f, del, age(counts.oldest_sent_ms), dlq, dead],
             ]
+            .concat()
         })
         .collect();
     let body = if rows.is_empty() {
@@ -107,11 +136,12 @@ pub(crate) async fn queues(State(d): State<Arc<Dashboard>>) -> Response {
                     "visible",
                     "in flight",
                     "delayed",
+                    "oldest",
                     "dead-letter queue",
                     "dead letters"
                 ],
                 &rows,
-                &[2, 3, 4, 6],
+                &[2, 3, 4, 5, 7],
             )
         )
     };
@@ -131,7 +161,7 @@ pub(crate) async fn dead_letters(
     State(d): State<Arc<Dashboard>>,
     Query(p): Query<QueueParam>,
 ) -> Response {
-    let dlq = match d.dead_letter_queue(&p.queue).await {
+    let dlq = match d.dead_letter_queue(&p.queue, false).await {
         Ok(q) => q,
         Err(why) => return failed(StatusCode::BAD_REQUEST, &why),
     };
@@ -149,10 +179,10 @@ pub(crate) async fn dead_letters(
                     query(&m.message_id),
                     escape(&m.message_id)
                 ),
-                escape(&attr(m, REASON)),
+                escape(&first_chars(&attr(m, REASON), 300)),
                 m.receive_count.to_string(),
-                escape(&attr(m, "module")),
-                escape(&attr(m, "tenant")),
+                escape(&first_chars(&attr(m, "module"), 80)),
+                escape(&first_chars(&attr(m, "tenant"), 80)),
                 format!("<code>{}</code>", escape(&first_chars(&m.body, 80))),
             ]
         })
@@ -169,10 +199,23 @@ pub(crate) async fn dead_letters(
              <a href=\"/confirm?action=purge&amp;queue={q}\"><button class=\"danger\">Purge</button></a></p>"
         )
     };
+    let shown = if dlq.is_local() { LISTED } else { 10 };
     let list = if messages.is_empty() {
         "<p>No dead letters.</p>".to_owned()
     } else {
-        table(
+        let more = if messages.len() >= shown {
+            format!(
+                "<p class=\"muted\">The first {shown} are shown{}.</p>",
+                if dlq.is_local() {
+                    ""
+                } else {
+                    " (SQS shows at most 10 per look, and each look counts as a receive)"
+                }
+            )
+        } else {
+            String::new()
+        };
+        more + &table(
             &["message", "reason", "receives", "module", "tenant", "body"],
             &rows,
             &[2],
@@ -196,7 +239,7 @@ pub(crate) async fn message(
     State(d): State<Arc<Dashboard>>,
     Query(p): Query<MessageParam>,
 ) -> Response {
-    let dlq = match d.dead_letter_queue(&p.queue).await {
+    let dlq = match d.dead_letter_queue(&p.queue, false).await {
         Ok(q) => q,
         Err(why) => return failed(StatusCode::BAD_REQUEST, &why),
     };
@@ -303,6 +346,7 @@ pub(crate) async fn act(
     Form(f): Form<ActionForm>,
 ) -> Response {
     if !d.access.allows_post(&headers, &f.csrf) {
+        tracing::warn!(action = %f.action.action, queue = %f.action.queue, "dashboard action refused: no CSRF token of this dashboard, or another origin");
         return failed(
             StatusCode::FORBIDDEN,
             "refused: the form did not come from this dashboard (CSRF check)",
@@ -315,11 +359,11 @@ pub(crate) async fn act(
     let done = match d.act(&p.action, &p.queue, p.id.as_deref()).await {
         Ok(done) => done,
         Err(why) => {
-            tracing::warn!(action = %p.action, queue = %p.queue, message_id = ?p.id, %why, "dashboard action failed");
+            tracing::warn!(action = %p.action, queue = %p.queue, message_id = p.id.as_deref().unwrap_or(""), %why, "dashboard action failed");
             return failed(StatusCode::BAD_GATEWAY, &why);
         }
     };
-    tracing::info!(action = %p.action, queue = %p.queue, message_id = ?p.id, result = %done, "dashboard action");
+    tracing::info!(action = %p.action, queue = %p.queue, message_id = p.id.as_deref().unwrap_or(""), result = %done, "dashboard action");
     Redirect::to(&format!(
         "/dead-letters?queue={}&done={}",
         query(&p.queue),

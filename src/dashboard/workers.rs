@@ -37,13 +37,28 @@ struct Totals {
 
 impl Totals {
     fn ended(&self) -> u64 {
-        self.succeeded + self.left_for_redelivery + self.dead_lettered + self.requeued_on_signal
+        [
+            self.left_for_redelivery,
+            self.dead_lettered,
+            self.requeued_on_signal,
+        ]
+        .iter()
+        .fold(self.succeeded, |sum, n| sum.saturating_add(*n))
     }
 }
 
 /// Each worker's samples: (seconds since the epoch, jobs ended so far).
 #[derive(Debug, Default)]
 pub(crate) struct History(Mutex<HashMap<String, VecDeque<(u64, u64)>>>);
+
+impl History {
+    /// The samples (what a panicking holder left is still samples).
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<(u64, u64)>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -74,9 +89,10 @@ impl Dashboard {
     }
 
     fn record(&self, url: &str, totals: &Totals) {
-        let mut history = self.history.0.lock().expect("history");
+        let sample = (now_ms() / 1000, totals.ended());
+        let mut history = self.history.lock();
         let samples = history.entry(url.to_owned()).or_default();
-        samples.push_back((now_ms() / 1000, totals.ended()));
+        samples.push_back(sample);
         while samples.len() > KEPT {
             samples.pop_front();
         }
@@ -135,11 +151,19 @@ pub(crate) async fn jobs(State(d): State<Arc<Dashboard>>) -> Response {
     if d.workers.is_empty() {
         body.push_str("<p>No workers: start the dashboard with <code>--worker http://HOST:PORT</code> (a worker's <code>--metrics-addr</code>).</p>");
     }
+    // Asked all at once: a worker that does not answer costs one timeout.
+    let asked: Vec<_> = (0..d.workers.len())
+        .map(|i| {
+            let d = Arc::clone(&d);
+            tokio::spawn(async move { d.worker_jobs(&d.workers[i]).await })
+        })
+        .collect();
     let now = now_ms();
-    for worker in &d.workers {
+    for (worker, answer) in d.workers.iter().zip(asked) {
         let url = worker.label();
         body.push_str(&format!("<h2>Worker <code>{}</code></h2>", escape(url)));
-        let jobs = match d.worker_jobs(worker).await {
+        let answer = answer.await.unwrap_or_else(|e| Err(e.to_string()));
+        let jobs = match answer {
             Ok(jobs) => jobs,
             Err(why) => {
                 body.push_str(&format!(
@@ -154,7 +178,7 @@ pub(crate) async fn jobs(State(d): State<Arc<Dashboard>>) -> Response {
             "<p>{} received · {} succeeded · {} left for redelivery · {} dead-lettered · {} returned on exit signals</p>",
             t.received, t.succeeded, t.left_for_redelivery, t.dead_lettered, t.requeued_on_signal
         ));
-        if let Some(samples) = d.history.0.lock().expect("history").get(url) {
+        if let Some(samples) = d.history.lock().get(url) {
             body.push_str(&format!("<p>{}</p>", chart(samples)));
         }
         let rows: Vec<Vec<String>> = jobs
@@ -205,5 +229,12 @@ mod tests {
         assert!(svg.contains("points=\"357.0,4.0 360.0,60.0\""), "{svg}");
         assert!(svg.contains("peak 10.0"), "{svg}");
         assert!(chart(&[(0, 0)].into()).contains("collecting"));
+        // A worker's totals cannot overflow the sum.
+        let hostile = Totals {
+            succeeded: u64::MAX,
+            dead_lettered: u64::MAX,
+            ..Totals::default()
+        };
+        assert_eq!(hostile.ended(), u64::MAX);
     }
 }

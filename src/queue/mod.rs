@@ -212,6 +212,11 @@ pub struct QueueCounts {
     pub in_flight: u64,
     /// Sent with a delay that has not passed yet.
     pub delayed: u64,
+    /// When the oldest message not yet deleted was sent (milliseconds since
+    /// the epoch); embedded queues only (SQS keeps it in CloudWatch's
+    /// `ApproximateAgeOfOldestMessage`, not in the queue's attributes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_sent_ms: Option<u64>,
 }
 
 /// One entry of a batch call: its position in the request and what happened.

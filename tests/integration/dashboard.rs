@@ -382,6 +382,13 @@ async fn off_loopback_a_token_is_required() {
         .await
         .unwrap();
     assert_eq!(bearer.status(), 200);
+    assert_eq!(bearer.headers()["x-frame-options"], "DENY", "never framed");
+    assert!(
+        bearer.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
     let wrong = post_form(&c, format!("{}/login", dash.url), &[("token", "guess")]).await;
     assert_eq!(wrong.status(), 401);
     let login = post_form(&c, format!("{}/login", dash.url), &[("token", token)]).await;
@@ -470,4 +477,61 @@ async fn a_worker_with_ui_serves_the_pages_beside_its_metrics() {
     let running = page(&c, format!("{base}/jobs.json")).await;
     let running: serde_json::Value = serde_json::from_str(&running).unwrap();
     assert_eq!(running["running"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn what_would_move_dead_letters_on_or_come_from_another_name_is_refused() {
+    let b = Backend::embedded();
+    // A dead-letter queue with a redrive policy of its own.
+    let (dlq, _dlq2) = b.create_with_dlq("dash-chain-dlq", 1, &config(30)).await;
+    let dlq_name = b.address_of(dlq.as_ref());
+    let (q, _) = b
+        .create(
+            "dash-chain",
+            &wasm_jobs::queue::QueueConfig {
+                dead_letter: Some((dlq_name.clone(), 3)),
+                ..config(30)
+            },
+        )
+        .await;
+    let queue = b.address_of(q.as_ref());
+    let id = dlq.send(&dead_letter("stays")).await.unwrap();
+    dlq.send(&dead_letter("also stays")).await.unwrap();
+    let dash = Dashboard::start(&b, &[]);
+    let c = http();
+    let confirm = page(
+        &c,
+        format!("{}/confirm?action=purge&queue={queue}", dash.url),
+    )
+    .await;
+    let csrf = csrf_of(&confirm);
+    let fields = [
+        ("action", "delete-one"),
+        ("queue", queue.as_str()),
+        ("id", "elsewhere"),
+        ("csrf", &csrf),
+    ];
+    let refused = post_form(&c, format!("{}/act", dash.url), &fields).await;
+    assert_eq!(refused.status(), 502);
+    let why = refused.text().await.unwrap();
+    assert!(why.contains("redrive policy of its own"), "{why}");
+    assert_eq!(
+        counts(dlq.as_ref()).await,
+        (2, 0, 0),
+        "nothing received, nothing moved on"
+    );
+    let listed = page(&c, format!("{}/dead-letters?queue={queue}", dash.url)).await;
+    assert!(
+        listed.contains(&id),
+        "looking at an embedded queue changes nothing: {listed}"
+    );
+
+    // DNS rebinding: without a token, another name is not answered.
+    let rebound = c
+        .get(format!("{}/", dash.url))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 421);
 }

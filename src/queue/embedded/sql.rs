@@ -357,7 +357,8 @@ pub(super) fn counts(tx: &Transaction<'_>, name: &str) -> Result<QueueCounts, Qu
         "SELECT
            COALESCE(SUM(visible_at_ms <= ?2), 0),
            COALESCE(SUM(visible_at_ms > ?2 AND receipt IS NOT NULL), 0),
-           COALESCE(SUM(visible_at_ms > ?2 AND receipt IS NULL), 0)
+           COALESCE(SUM(visible_at_ms > ?2 AND receipt IS NULL), 0),
+           MIN(sent_ms)
          FROM messages WHERE queue = ?1",
         params![name, now_ms()],
         |r| {
@@ -365,6 +366,7 @@ pub(super) fn counts(tx: &Transaction<'_>, name: &str) -> Result<QueueCounts, Qu
                 visible: r.get::<_, i64>(0)? as u64,
                 in_flight: r.get::<_, i64>(1)? as u64,
                 delayed: r.get::<_, i64>(2)? as u64,
+                oldest_sent_ms: r.get::<_, Option<i64>>(3)?.map(|ms| ms as u64),
             })
         },
     )

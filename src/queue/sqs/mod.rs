@@ -462,6 +462,7 @@ impl Queue for SqsQueue {
             visible: n(QueueAttributeName::ApproximateNumberOfMessages),
             in_flight: n(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
             delayed: n(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+            oldest_sent_ms: None,
         })
     }
 
