@@ -21,6 +21,7 @@
 //! tenant to show). It acts on no other queue.
 
 pub(crate) mod access;
+mod chart;
 pub(crate) mod html;
 mod pages;
 mod workers;
@@ -52,7 +53,7 @@ pub(crate) struct Dashboard {
     /// For the workers' `/jobs.json`.
     pub(crate) http: reqwest::Client,
     /// The workers' totals over time.
-    pub(crate) history: workers::History,
+    pub(crate) history: chart::History,
 }
 
 /// A worker whose running jobs the dashboard shows.

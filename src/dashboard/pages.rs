@@ -79,6 +79,12 @@ pub(crate) async fn queues(State(d): State<Arc<Dashboard>>) -> Response {
             .map(|r| r.address.as_str())
             .collect::<Vec<_>>()
     };
+    // How the workers' calls of each queue ended, over ten minutes.
+    let calls = |address: &str| {
+        d.history
+            .chart(&format!("queue:{address}"), 160, 24)
+            .unwrap_or_else(|| "–".into())
+    };
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r: &QueueRow| {
@@ -93,7 +99,7 @@ pub(crate) async fn queues(State(d): State<Arc<Dashboard>>) -> Response {
                         "<span class=\"error\">cannot be read: {}</span>",
                         escape(why)
                     );
-                    return [head.to_vec(), vec![why], vec![String::new(); 5]].concat();
+                    return [head.to_vec(), vec![why], vec![String::new(); 6]].concat();
                 }
             };
             let [v, f, del] = counts_cells(counts);
@@ -119,7 +125,15 @@ pub(crate) async fn queues(State(d): State<Arc<Dashboard>>) -> Response {
             };
             [
                 head.to_vec(),
-                vec![v, f, del, age(counts.oldest_sent_ms), dlq, dead],
+                vec![
+                    v,
+                    f,
+                    del,
+                    age(counts.oldest_sent_ms),
+                    calls(&r.address),
+                    dlq,
+                    dead,
+                ],
             ]
             .concat()
         })
@@ -137,11 +151,12 @@ pub(crate) async fn queues(State(d): State<Arc<Dashboard>>) -> Response {
                     "in flight",
                     "delayed",
                     "oldest",
+                    "calls (from --worker)",
                     "dead-letter queue",
                     "dead letters"
                 ],
                 &rows,
-                &[2, 3, 4, 5, 7],
+                &[2, 3, 4, 5, 8],
             )
         )
     };

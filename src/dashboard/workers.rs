@@ -1,28 +1,27 @@
 //! The workers a dashboard is pointed at (`--worker http://HOST:PORT`, a
 //! worker's `--metrics-addr`), in the CLI process serving it: their running
-//! jobs and totals from `GET /jobs.json`, read when the page is asked for, and
-//! the jobs each finished over the last ten minutes, sampled every 5 s by
-//! [`sample`] for the page's small chart.
+//! jobs and totals from `GET /jobs.json`, read when the page is asked for,
+//! and every 5 s ([`sample`]) how their calls ended, per worker and per
+//! queue, for the charts ([`super::chart`]).
 
+use super::chart::EVERY;
 use super::html::{escape, page, table};
 use super::{Dashboard, WorkerSource};
-use crate::worker::parent::running::RunningJob;
+use crate::worker::parent::running::{Ended, RunningJob};
 use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// How often the totals are sampled.
-const EVERY: Duration = Duration::from_secs(5);
-/// Samples kept per worker: ten minutes.
-const KEPT: usize = 120;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What a worker's `GET /jobs.json` answers.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub(crate) struct WorkerJobs {
     running: Vec<RunningJob>,
     totals: Totals,
+    /// How calls ended, per queue.
+    #[serde(default)]
+    by_queue: BTreeMap<String, Ended>,
 }
 
 /// A worker's totals since it started.
@@ -33,31 +32,6 @@ struct Totals {
     left_for_redelivery: u64,
     dead_lettered: u64,
     requeued_on_signal: u64,
-}
-
-impl Totals {
-    fn ended(&self) -> u64 {
-        [
-            self.left_for_redelivery,
-            self.dead_lettered,
-            self.requeued_on_signal,
-        ]
-        .iter()
-        .fold(self.succeeded, |sum, n| sum.saturating_add(*n))
-    }
-}
-
-/// Each worker's samples: (seconds since the epoch, jobs ended so far).
-#[derive(Debug, Default)]
-pub(crate) struct History(Mutex<HashMap<String, VecDeque<(u64, u64)>>>);
-
-impl History {
-    /// The samples (what a panicking holder left is still samples).
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<(u64, u64)>>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
 }
 
 fn now_ms() -> u64 {
@@ -87,63 +61,37 @@ impl Dashboard {
         let body = answer.bytes().await.map_err(|e| e.to_string())?;
         serde_json::from_slice(&body).map_err(|e| format!("not a worker's /jobs.json: {e}"))
     }
-
-    fn record(&self, url: &str, totals: &Totals) {
-        let sample = (now_ms() / 1000, totals.ended());
-        let mut history = self.history.lock();
-        let samples = history.entry(url.to_owned()).or_default();
-        samples.push_back(sample);
-        while samples.len() > KEPT {
-            samples.pop_front();
-        }
-    }
 }
 
-/// Sample every worker's totals every [`EVERY`], for the charts.
+/// Every [`EVERY`], how each worker's calls and each queue's ended so far
+/// (a queue's summed over the workers that answered), for the charts.
 pub(crate) async fn sample(dashboard: Arc<Dashboard>) {
     let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let now = now_ms() / 1000;
+        let mut queues: BTreeMap<String, Ended> = BTreeMap::new();
         for worker in &dashboard.workers {
-            if let Ok(jobs) = dashboard.worker_jobs(worker).await {
-                dashboard.record(worker.label(), &jobs.totals);
+            let Ok(jobs) = dashboard.worker_jobs(worker).await else {
+                continue;
+            };
+            let mut all = Ended::default();
+            for (queue, e) in jobs.by_queue {
+                all.ok = all.ok.saturating_add(e.ok);
+                all.failed = all.failed.saturating_add(e.failed);
+                let q = queues.entry(queue).or_default();
+                q.ok = q.ok.saturating_add(e.ok);
+                q.failed = q.failed.saturating_add(e.failed);
             }
+            let series = format!("worker:{}", worker.label());
+            dashboard.history.record(&series, (now, all.ok, all.failed));
+        }
+        for (queue, e) in queues {
+            let series = format!("queue:{queue}");
+            dashboard.history.record(&series, (now, e.ok, e.failed));
         }
     }
-}
-
-/// Jobs ended per second between samples, as a small SVG line.
-fn chart(samples: &VecDeque<(u64, u64)>) -> String {
-    let rates: Vec<f64> = samples
-        .iter()
-        .zip(samples.iter().skip(1))
-        .map(|((t0, n0), (t1, n1))| {
-            n1.saturating_sub(*n0) as f64 / (t1.saturating_sub(*t0)).max(1) as f64
-        })
-        .collect();
-    if rates.is_empty() {
-        return "<span class=\"muted\">collecting…</span>".into();
-    }
-    let top = rates.iter().copied().fold(1.0, f64::max);
-    let (w, h) = (360.0, 60.0);
-    let step = w / (KEPT - 1) as f64;
-    let points: Vec<String> = rates
-        .iter()
-        .enumerate()
-        // The newest at the right edge.
-        .map(|(i, r)| {
-            let x = w - (rates.len() - 1 - i) as f64 * step;
-            format!("{x:.1},{:.1}", h - r / top * (h - 4.0))
-        })
-        .collect();
-    format!(
-        "<svg width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"jobs ended per second\">\
-         <rect width=\"{w}\" height=\"{h}\" fill=\"#fff\" stroke=\"#e3e6eb\"/>\
-         <polyline fill=\"none\" stroke=\"#2d6cdf\" stroke-width=\"2\" points=\"{}\"/></svg> \
-         <span class=\"muted\">jobs ended per second, last {} min (peak {top:.1})</span>",
-        points.join(" "),
-        KEPT * EVERY.as_secs() as usize / 60
-    )
 }
 
 pub(crate) async fn jobs(State(d): State<Arc<Dashboard>>) -> Response {
@@ -178,8 +126,8 @@ pub(crate) async fn jobs(State(d): State<Arc<Dashboard>>) -> Response {
             "<p>{} received · {} succeeded · {} left for redelivery · {} dead-lettered · {} returned on exit signals</p>",
             t.received, t.succeeded, t.left_for_redelivery, t.dead_lettered, t.requeued_on_signal
         ));
-        if let Some(samples) = d.history.lock().get(url) {
-            body.push_str(&format!("<p>{}</p>", chart(samples)));
+        if let Some(chart) = d.history.chart(&format!("worker:{url}"), 360, 60) {
+            body.push_str(&format!("<p>{chart}</p>"));
         }
         let rows: Vec<Vec<String>> = jobs
             .running
@@ -215,26 +163,4 @@ pub(crate) async fn jobs(State(d): State<Arc<Dashboard>>) -> Response {
         });
     }
     Html(page("jobs", "Jobs", true, &body)).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_chart_plots_jobs_per_second_between_samples() {
-        let samples: VecDeque<(u64, u64)> = [(0, 0), (5, 50), (10, 50)].into();
-        let svg = chart(&samples);
-        // 10/s then 0/s: the first point at the top, the second at the bottom.
-        assert!(svg.contains("points=\"357.0,4.0 360.0,60.0\""), "{svg}");
-        assert!(svg.contains("peak 10.0"), "{svg}");
-        assert!(chart(&[(0, 0)].into()).contains("collecting"));
-        // A worker's totals cannot overflow the sum.
-        let hostile = Totals {
-            succeeded: u64::MAX,
-            dead_lettered: u64::MAX,
-            ..Totals::default()
-        };
-        assert_eq!(hostile.ended(), u64::MAX);
-    }
 }

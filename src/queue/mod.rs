@@ -215,7 +215,8 @@ pub struct QueueCounts {
     /// When the oldest message not yet deleted was sent (milliseconds since
     /// the epoch); embedded queues only (SQS keeps it in CloudWatch's
     /// `ApproximateAgeOfOldestMessage`, not in the queue's attributes).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Not in `queue stats --json`, whose keys are documented.
+    #[serde(skip)]
     pub oldest_sent_ms: Option<u64>,
 }
 

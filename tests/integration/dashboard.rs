@@ -477,6 +477,30 @@ async fn a_worker_with_ui_serves_the_pages_beside_its_metrics() {
     let running = page(&c, format!("{base}/jobs.json")).await;
     let running: serde_json::Value = serde_json::from_str(&running).unwrap();
     assert_eq!(running["running"], serde_json::json!([]));
+
+    // Calls that end are counted per queue, and the queues page charts
+    // them once two samples (5 s apart) are in.
+    for _ in 0..3 {
+        q.send(&OutgoingMessage::new("o")).await.unwrap();
+    }
+    q.send(&OutgoingMessage::new("f")).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let jobs = page(&c, format!("{base}/jobs.json")).await;
+        let jobs: serde_json::Value = serde_json::from_str(&jobs).unwrap();
+        let home = page(&c, format!("{base}/")).await;
+        if jobs["by_queue"][&queue] == serde_json::json!({"ok": 3, "failed": 1})
+            && home.contains("/s ok")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{jobs}\n{home}\n{}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ use super::settle::{
     self, Delivery, JobContext, JobResult, apply, record_failure, report_queue_error,
 };
 use super::slots::{Slot, Ticket};
+use crate::outcome::Outcome;
 use crate::worker::protocol::CallKind;
 use nix::sys::signal::Signal;
 use std::sync::Arc;
@@ -227,6 +228,10 @@ async fn run(
         run_ms = ran_for.as_secs_f64() * 1e3,
         output_bytes = output.as_ref().map(Vec::len),
         "worker child ended"
+    );
+    ctx.stats.running.ended(
+        d.source.queue.name(),
+        matches!(end, WorkerEnd::Reported(Outcome::Ok)),
     );
     record_failure(ctx, &end);
     match fate::on_attempt(fate::decide(&end), d.attempt()) {

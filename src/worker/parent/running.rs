@@ -1,5 +1,5 @@
 //! The jobs running now, in the worker parent: one entry per started
-//! child, removed when its [`super::stats::InFlight`] guard drops. Served as
+//! child, removed when its guard drops; and how calls ended, per queue. Served as
 //! JSON at `GET /jobs.json` on the metrics address (with the totals so far), for
 //! `wasm-jobs dashboard --worker`.
 
@@ -27,11 +27,21 @@ pub(crate) struct RunningJob {
     pub(crate) started_ms: u64,
 }
 
-/// The running jobs of one worker.
+/// How the calls of one queue's messages ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Ended {
+    /// `run` returned ok.
+    pub(crate) ok: u64,
+    /// Anything else: retry, fatal, trap, timeout, crash.
+    pub(crate) failed: u64,
+}
+
+/// The running jobs of one worker, and how the ended ones ended per queue.
 #[derive(Debug, Default)]
 pub(crate) struct Running {
     next: AtomicU64,
     jobs: Mutex<BTreeMap<u64, RunningJob>>,
+    ended: Mutex<BTreeMap<String, Ended>>,
 }
 
 /// Removes its job from [`Running`] when dropped.
@@ -60,6 +70,22 @@ impl Running {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         self.jobs.lock().expect("running jobs").insert(key, job);
         Registered { running: self, key }
+    }
+
+    /// Count a call of a `queue` message that ended, `ok` or not.
+    pub(crate) fn ended(&self, queue: &str, ok: bool) {
+        let mut ended = self.ended.lock().expect("ended jobs");
+        let e = ended.entry(queue.to_owned()).or_default();
+        if ok {
+            e.ok += 1;
+        } else {
+            e.failed += 1;
+        }
+    }
+
+    /// How calls ended so far, per queue.
+    pub(crate) fn ended_by_queue(&self) -> BTreeMap<String, Ended> {
+        self.ended.lock().expect("ended jobs").clone()
     }
 
     /// The jobs running now, oldest first.
@@ -103,5 +129,9 @@ mod tests {
         assert_eq!(ids(&running), ["b"]);
         drop(b);
         assert!(running.snapshot().is_empty());
+        running.ended("q", true);
+        running.ended("q", false);
+        running.ended("q", true);
+        assert_eq!(running.ended_by_queue()["q"], Ended { ok: 2, failed: 1 });
     }
 }

@@ -307,6 +307,7 @@ impl WorkerStats {
                 "dead_lettered": self.dead_lettered.get(),
                 "requeued_on_signal": self.requeued.get(),
             },
+            "by_queue": self.running.ended_by_queue(),
         })
         .to_string()
     }
