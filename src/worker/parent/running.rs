@@ -75,7 +75,11 @@ impl Running {
     /// Count a call of a `queue` message that ended, `ok` or not.
     pub(crate) fn ended(&self, queue: &str, ok: bool) {
         let mut ended = self.ended.lock().expect("ended jobs");
-        let e = ended.entry(queue.to_owned()).or_default();
+        // A worker serves a few queues: the name is copied once, not per job.
+        if !ended.contains_key(queue) {
+            ended.insert(queue.to_owned(), Ended::default());
+        }
+        let e = ended.get_mut(queue).expect("just made");
         if ok {
             e.ok += 1;
         } else {
