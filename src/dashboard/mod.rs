@@ -3,18 +3,21 @@
 //! tokio runtime: axum on hyper's HTTP/1 server, bound to the address
 //! `--listen` gives (loopback unless a token is set; see [`access`]).
 //!
-//! Theory of operation: the dashboard keeps no state of its own. Every page
-//! reads what it shows when it is asked for (queue counts, a peek at a
-//! dead-letter queue, the registry's list) and renders server-side HTML
-//! ([`html`]; the queues page refreshes itself every 5 s). Actions (redrive
+//! Theory of operation: the dashboard keeps no state of its own but the
+//! last ten minutes of its workers' counts, sampled every 5 s for the
+//! charts ([`chart`]). Every page reads what it shows when it is asked for
+//! (queue counts, a peek at a dead-letter queue, the registry's list, the
+//! workers' running jobs) and renders server-side HTML ([`html`]; the
+//! queues and jobs pages refresh themselves every 5 s). Actions (redrive
 //! all, purge, redrive one, delete one) are POSTs from a confirmation page,
 //! checked against CSRF and logged, and go through the same queue calls
 //! as the CLI's `dlq` commands ([`crate::queue::redrive`]).
 //!
 //! Running jobs come from the workers it is pointed at (`--worker URL`:
 //! their `GET /jobs.json`; see [`workers`]). A worker started with `--ui`
-//! serves the same pages on its metrics address, over its own queues and
-//! registry, with its own running jobs ([`start`]).
+//! serves the same pages on its metrics address, over its data directory's
+//! queues and the ones it serves, its registry, and its own running jobs
+//! ([`start`]).
 //!
 //! The queues it knows: every embedded queue of the data directory, and the
 //! queues `--queue [TENANT=]QUEUE` names (SQS URLs, or embedded names with a
