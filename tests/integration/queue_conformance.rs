@@ -266,6 +266,30 @@ async fn fifo_keeps_order_and_holds_a_group_in_flight(b: Backend) {
     assert_eq!(bodies, ["a2", "a3"], "the rest of the group, in order");
 }
 
+/// A group held by a message in flight, with a backlog longer than any
+/// page the queue reads at once, hides nothing behind it: a receive skips
+/// the whole group and hands out the other group's message, promptly.
+async fn fifo_a_long_held_group_hides_no_other_group(b: Backend) {
+    let (q, _) = b.create("held.fifo", &fifo_config(30)).await;
+    let held: Vec<OutgoingMessage> = (1..=250)
+        .map(|i| OutgoingMessage {
+            dedup_id: Some(format!("a{i}")),
+            ..grouped(&format!("a{i}"), "a")
+        })
+        .collect();
+    for batch in held.chunks(10) {
+        let sent = q.send_batch(batch).await.unwrap();
+        assert!(sent.iter().all(|e| e.result.is_ok()));
+    }
+    q.send(&grouped("b1", "b")).await.unwrap();
+    assert_eq!(recv(q.as_ref(), 1, None).await[0].body, "a1");
+    let next = tokio::time::timeout(Duration::from_secs(20), recv(q.as_ref(), 10, None))
+        .await
+        .expect("a receive behind a held group must end");
+    let bodies: Vec<&str> = next.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, ["b1"]);
+}
+
 async fn fifo_deduplicates_within_the_window(b: Backend) {
     let (q, _) = b.create("dedup.fifo", &fifo_config(30)).await;
     let m = OutgoingMessage {
@@ -416,6 +440,7 @@ crate::on_both_backends!(
     long_poll_wakes_on_a_send_from_another_process,
     long_poll_waits_out_its_time_when_nothing_comes,
     fifo_keeps_order_and_holds_a_group_in_flight,
+    fifo_a_long_held_group_hides_no_other_group,
     fifo_deduplicates_within_the_window,
     attributes_of_all_three_types_round_trip,
     delayed_messages_wait_their_delay,

@@ -98,31 +98,22 @@ impl Queue for EmbeddedQueue {
                 }
             }
             let (name, config) = (self.name.clone(), self.config.clone());
-            let (got, next_visible) = self
-                .store
-                .write(move |tx| {
-                    let mut got = Vec::new();
-                    loop {
-                        let (mut batch, again) = sql::try_receive(
-                            tx,
-                            &name,
-                            &config,
-                            req.max_messages - got.len(),
-                            visibility,
-                        )?;
-                        got.append(&mut batch);
-                        if !again {
-                            break;
-                        }
-                    }
-                    let next = if got.is_empty() {
-                        sql::next_visible_in(tx, &name)?
-                    } else {
-                        None
-                    };
-                    Ok((got, next))
-                })
-                .await?;
+            // A FIFO receive may read past a long held group: the pool.
+            let fifo = config.fifo;
+            let work = move |tx: &rusqlite::Transaction<'_>| {
+                let got = sql::try_receive(tx, &name, &config, req.max_messages, visibility)?;
+                let next = if got.is_empty() {
+                    sql::next_visible_in(tx, &name)?
+                } else {
+                    None
+                };
+                Ok((got, next))
+            };
+            let (got, next_visible) = if fifo {
+                self.store.write(work).await?
+            } else {
+                self.store.write_quick(work).await?
+            };
             let left = deadline.saturating_duration_since(Instant::now());
             if !got.is_empty() || left.is_zero() {
                 return Ok(got);
@@ -150,7 +141,7 @@ impl Queue for EmbeddedQueue {
         let receipt = receipt.to_owned();
         let became_visible = timeout.is_zero();
         self.store
-            .write(move |tx| sql::set_visibility(tx, &receipt, timeout))
+            .write_quick(move |tx| sql::set_visibility(tx, &receipt, timeout))
             .await?;
         if became_visible {
             self.store.wake.notify(&self.name);
@@ -167,7 +158,7 @@ impl Queue for EmbeddedQueue {
         let any_zero = changes.iter().any(|c| c.timeout.is_zero());
         let out = self
             .store
-            .write(move |tx| {
+            .write_quick(move |tx| {
                 Ok(changes
                     .iter()
                     .enumerate()
@@ -187,14 +178,16 @@ impl Queue for EmbeddedQueue {
 
     async fn delete(&self, receipt: &str) -> Result<(), QueueError> {
         let receipt = receipt.to_owned();
-        self.store.write(move |tx| sql::remove(tx, &receipt)).await
+        self.store
+            .write_quick(move |tx| sql::remove(tx, &receipt))
+            .await
     }
 
     async fn delete_batch(&self, receipts: &[String]) -> Result<Vec<BatchEntryResult>, QueueError> {
         validate::batch_len(receipts.len())?;
         let receipts = receipts.to_vec();
         self.store
-            .write(move |tx| {
+            .write_quick(move |tx| {
                 Ok(receipts
                     .iter()
                     .enumerate()
@@ -212,7 +205,7 @@ impl Queue for EmbeddedQueue {
         let (name, fifo, msg) = (self.name.clone(), self.config.fifo, msg.clone());
         let id = self
             .store
-            .write(move |tx| sql::insert(tx, &name, fifo, &msg))
+            .write_quick(move |tx| sql::insert(tx, &name, fifo, &msg))
             .await?;
         self.store.wake.notify(&self.name);
         Ok(id)
@@ -231,7 +224,7 @@ impl Queue for EmbeddedQueue {
         let name = self.name.clone();
         let out = self
             .store
-            .write(move |tx| {
+            .write_quick(move |tx| {
                 checked
                     .into_iter()
                     .enumerate()

@@ -1,6 +1,7 @@
 //! The SQL of the embedded queue's operations, each function run inside the
 //! caller's transaction (see `StoreInner::write`). Runs in the worker parent
-//! and the CLI process, on tokio's blocking pool.
+//! and the CLI process, on tokio's blocking pool or, for a message's own
+//! operations, on the calling thread (`StoreInner::write_quick`).
 
 use super::{now_ms, storage};
 use crate::queue::{
@@ -33,18 +34,79 @@ fn new_message_id() -> String {
     )
 }
 
-/// Receive up to `max` visible messages of queue `name` from one page of
-/// 200 rows, in send order: skip FIFO groups with a message in flight, move
-/// messages past their redrive policy's receive count to the dead-letter
-/// queue, and make the rest invisible for `visibility`. The flag says
-/// whether another page may hold more.
+/// A page of a FIFO queue's visible messages, read at a time.
+const FIFO_PAGE: i64 = 200;
+
+/// One stored message as a receive reads it.
+type Row = (
+    i64,
+    String,
+    String,
+    String,
+    u32,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+);
+
+/// The statement reading a receive's candidates: a FIFO queue's next page
+/// in send order (`?1` queue, `?2` now, `?3` after this seq, `?4` page),
+/// or a standard queue's messages visible longest first (`?1` queue, `?2`
+/// now, `?3` how many). Each walks its index in order and stops at its
+/// limit (the unit test below holds SQLite's plan to that).
+fn receive_sql(fifo: bool) -> String {
+    let columns = "seq, id, body, attributes, receive_count, sent_ms, group_id, dedup_id, \
+                   first_received_ms";
+    if fifo {
+        format!(
+            "SELECT {columns} FROM messages INDEXED BY messages_fifo_order
+             WHERE queue = ?1 AND group_id IS NOT NULL AND seq > ?3 AND visible_at_ms <= ?2
+             ORDER BY seq LIMIT ?4"
+        )
+    } else {
+        format!(
+            "SELECT {columns} FROM messages INDEXED BY messages_by_visibility
+             WHERE queue = ?1 AND visible_at_ms <= ?2
+             ORDER BY visible_at_ms, seq LIMIT ?3"
+        )
+    }
+}
+
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+/// Receive up to `max` visible messages of queue `name` and make them
+/// invisible for `visibility`; a message past its redrive policy's receive
+/// count moves to the dead-letter queue instead.
+///
+/// Each read costs what it returns, never the backlog:
+/// - A standard queue hands out the messages visible longest first (send
+///   order for messages never received), straight from the
+///   `(queue, visible_at_ms, seq)` index: `max` rows, more only to replace
+///   messages moved to the dead-letter queue, which leave the queue.
+/// - A FIFO queue hands out messages in send order and skips every group
+///   with a message in flight; it reads pages of [`FIFO_PAGE`] in send
+///   order (the `messages_fifo_order` index), each page after the last, so
+///   a receive behind a long held group ends when the queue does.
 pub(super) fn try_receive(
     tx: &Transaction<'_>,
     name: &str,
     config: &QueueConfig,
     max: usize,
     visibility: Duration,
-) -> Result<(Vec<ReceivedMessage>, bool), QueueError> {
+) -> Result<Vec<ReceivedMessage>, QueueError> {
     let now = now_ms();
     let blocked_groups: HashSet<String> = if config.fifo {
         let mut st = tx
@@ -60,92 +122,82 @@ pub(super) fn try_receive(
     } else {
         HashSet::new()
     };
-    let mut st = tx
-        .prepare_cached(
-            "SELECT seq, id, body, attributes, receive_count, sent_ms, group_id, dedup_id,
-                    first_received_ms
-             FROM messages WHERE queue = ?1 AND visible_at_ms <= ?2
-             ORDER BY seq LIMIT 200",
-        )
-        .map_err(storage)?;
-    type Row = (
-        i64,
-        String,
-        String,
-        String,
-        u32,
-        i64,
-        Option<String>,
-        Option<String>,
-        Option<i64>,
-    );
-    let rows: Vec<Row> = st
-        .query_map(params![name, now], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-            ))
-        })
-        .map_err(storage)?
-        .collect::<Result<_, _>>()
-        .map_err(storage)?;
-    let saw_full_page = rows.len() == 200;
     let mut out = Vec::new();
-    let mut dead_lettered = false;
-    for (seq, id, body, attrs, count, sent, group, dedup, first) in rows {
-        if out.len() == max {
-            break;
-        }
-        if let Some(g) = &group
-            && blocked_groups.contains(g)
-        {
-            continue;
-        }
-        if let Some((dlq, max_receives)) = &config.dead_letter
-            && count >= *max_receives
-        {
-            // It would be received more than maxReceiveCount times.
+    // FIFO: the last sequence number read.
+    let mut after = 0i64;
+    while out.len() < max {
+        let rows: Vec<Row> = if config.fifo {
+            let mut st = tx.prepare_cached(&receive_sql(true)).map_err(storage)?;
+            st.query_map(params![name, now, after, FIFO_PAGE], read_row)
+                .map_err(storage)?
+                .collect::<Result<_, _>>()
+                .map_err(storage)?
+        } else {
+            let mut st = tx.prepare_cached(&receive_sql(false)).map_err(storage)?;
+            st.query_map(params![name, now, (max - out.len()) as i64], read_row)
+                .map_err(storage)?
+                .collect::<Result<_, _>>()
+                .map_err(storage)?
+        };
+        let full_page = config.fifo && rows.len() as i64 == FIFO_PAGE;
+        let mut dead_lettered = false;
+        for (seq, id, body, attrs, count, sent, group, dedup, first) in rows {
+            after = seq;
+            if out.len() == max {
+                break;
+            }
+            if let Some(g) = &group
+                && blocked_groups.contains(g)
+            {
+                continue;
+            }
+            if let Some((dlq, max_receives)) = &config.dead_letter
+                && count >= *max_receives
+            {
+                // It would be received more than maxReceiveCount times.
+                tx.execute(
+                    "UPDATE messages SET queue = ?1, receipt = NULL, visible_at_ms = ?2
+                     WHERE seq = ?3",
+                    params![dlq, now, seq],
+                )
+                .map_err(storage)?;
+                dead_lettered = true;
+                continue;
+            }
+            let receipt = format!("{}-{}", id, random_hex(16));
             tx.execute(
-                "UPDATE messages SET queue = ?1, receipt = NULL, visible_at_ms = ?2
-                 WHERE seq = ?3",
-                params![dlq, now, seq],
+                "UPDATE messages SET receive_count = receive_count + 1, receipt = ?1,
+                 visible_at_ms = ?2, first_received_ms = COALESCE(first_received_ms, ?3)
+                 WHERE seq = ?4",
+                params![receipt, now + visibility.as_millis() as i64, now, seq],
             )
             .map_err(storage)?;
-            dead_lettered = true;
-            continue;
+            let attributes: Attributes = serde_json::from_str(&attrs)
+                .map_err(|e| QueueError::Other(format!("stored attributes: {e}")))?;
+            out.push(ReceivedMessage {
+                message_id: id,
+                receipt_handle: receipt,
+                body,
+                attributes,
+                receive_count: count + 1,
+                sent_timestamp_ms: sent as u64,
+                first_received_ms: first.unwrap_or(now) as u64,
+                group_id: group,
+                dedup_id: dedup,
+            });
         }
-        let receipt = format!("{}-{}", id, random_hex(16));
-        tx.execute(
-            "UPDATE messages SET receive_count = receive_count + 1, receipt = ?1,
-             visible_at_ms = ?2, first_received_ms = COALESCE(first_received_ms, ?3)
-             WHERE seq = ?4",
-            params![receipt, now + visibility.as_millis() as i64, now, seq],
-        )
-        .map_err(storage)?;
-        let attributes: Attributes = serde_json::from_str(&attrs)
-            .map_err(|e| QueueError::Other(format!("stored attributes: {e}")))?;
-        out.push(ReceivedMessage {
-            message_id: id,
-            receipt_handle: receipt,
-            body,
-            attributes,
-            receive_count: count + 1,
-            sent_timestamp_ms: sent as u64,
-            first_received_ms: first.unwrap_or(now) as u64,
-            group_id: group,
-            dedup_id: dedup,
-        });
+        // FIFO: the next page, if this one was full. Standard: more only
+        // where dead-lettered messages (now gone from this queue) left room.
+        let more = if config.fifo {
+            full_page
+        } else {
+            dead_lettered
+        };
+        if !more {
+            break;
+        }
     }
-    // More may be waiting behind a page of skipped or redriven rows.
-    let again = out.len() < max && (saw_full_page || dead_lettered);
-    Ok((out, again))
+    Ok(out)
 }
 
 /// How long until the next message of queue `name` becomes visible, if any
@@ -380,4 +432,43 @@ pub(super) fn purge(tx: &Transaction<'_>, name: &str) -> Result<(), QueueError> 
     tx.execute("DELETE FROM dedup WHERE queue = ?1", [name])
         .map_err(storage)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's plan for `sql`, one line per step.
+    fn plan(conn: &rusqlite::Connection, sql: &str) -> String {
+        let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        // The queue's name, then numbers (the times, the seq, the limit).
+        let values: Vec<rusqlite::types::Value> = (0..st.parameter_count())
+            .map(|i| match i {
+                0 => "q".to_owned().into(),
+                _ => 10i64.into(),
+            })
+            .collect();
+        let steps = st
+            .query_map(rusqlite::params_from_iter(values), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap();
+        steps.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn a_receive_reads_its_index_in_order_and_never_sorts_the_backlog() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(super::super::SCHEMA).unwrap();
+        for (fifo, index) in [
+            (false, "messages_by_visibility"),
+            (true, "messages_fifo_order"),
+        ] {
+            let plan = plan(&conn, &receive_sql(fifo));
+            assert!(plan.contains(index), "fifo {fifo}: {plan}");
+            // A temporary b-tree would hold every visible message to sort
+            // them: a cost that grows with the backlog.
+            assert!(!plan.contains("TEMP B-TREE"), "fifo {fifo}: {plan}");
+        }
+    }
 }
