@@ -202,10 +202,9 @@ pub(super) fn report_and_exit(channel: &OwnedFd, report: CallReport, output: Opt
 /// the call's result file, if the job publishes results). End of stream
 /// means it was retired: leave without a word.
 pub(super) fn wait_for_call(channel: &OwnedFd) -> Handed {
-    let mut buf = vec![0u8; MAX_HANDOVER_BYTES];
-    match fdpass::recv(channel.as_fd(), &mut buf) {
-        Ok((0, _)) => exit_now(0),
-        Ok((n, output)) => match decode_handover(&buf[..n]) {
+    match fdpass::recv_whole(channel.as_fd(), MAX_HANDOVER_BYTES) {
+        Ok((packet, _)) if packet.is_empty() => exit_now(0),
+        Ok((packet, output)) => match decode_handover(&packet) {
             Some(handover) => Handed { handover, output },
             None => host_error("bad handover", &"not a call"),
         },

@@ -82,7 +82,10 @@ pub(crate) enum ConfineError {
 pub(crate) struct Confinement {
     /// What each child adds to the fork server's filters.
     child: BpfProgram,
+    /// What a template adds instead: the child's, less what copying needs.
     template: BpfProgram,
+    /// What a template's copy adds to the template's filters.
+    copy: BpfProgram,
 }
 
 impl Confinement {
@@ -98,6 +101,7 @@ impl Confinement {
         Ok(Confinement {
             child: child_filter()?,
             template: template_filter()?,
+            copy: copy_filter()?,
         })
     }
 
@@ -129,10 +133,10 @@ impl Confinement {
     }
 
     /// A template's copy, once it has its process group and death signal:
-    /// the child's filter on top of the template's (filters only add up),
-    /// so the copy is confined exactly as a forked child.
+    /// the copy's filter on top of the template's (filters only add up), so
+    /// the copy is confined exactly as a forked child.
     pub(crate) fn lock_down_copy(&self) -> Result<(), ConfineError> {
-        seccompiler::apply_filter_all_threads(&self.child)?;
+        seccompiler::apply_filter_all_threads(&self.copy)?;
         Ok(())
     }
 }
@@ -379,6 +383,41 @@ fn template_filter() -> Result<BpfProgram, seccompiler::Error> {
     deny_filter(true)
 }
 
+/// Exactly what [`template_filter`] lets a template do and a child may
+/// not: `clone` but for threads, `setpgid`, and every `prctl` but naming a
+/// thread. On top of the template's filters this confines a copy as
+/// [`child_filter`] confines a child; it is a third of the child's filter,
+/// and the kernel compiles each copy's filter anew (a JIT pass per copy).
+fn copy_filter() -> Result<BpfProgram, seccompiler::Error> {
+    let thread = libc::CLONE_THREAD as u64;
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = [
+        (libc::SYS_setpgid, Vec::new()),
+        (
+            libc::SYS_clone,
+            vec![rule(vec![cond(0, Op::MaskedEq(thread), 0)?])?],
+        ),
+        (
+            libc::SYS_prctl,
+            vec![rule(vec![cond(0, Op::Ne, libc::PR_SET_NAME as u64)?])?],
+        ),
+    ]
+    .into_iter()
+    .collect();
+    kill_on(rules)
+}
+
+/// A filter that kills the process on a call matching `rules` and passes
+/// every other call on to the filters installed before it.
+fn kill_on(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, seccompiler::Error> {
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::KillProcess,
+        arch()?,
+    )?;
+    Ok(filter.try_into()?)
+}
+
 fn deny_filter(template: bool) -> Result<BpfProgram, seccompiler::Error> {
     let exec = || {
         cond(
@@ -416,13 +455,7 @@ fn deny_filter(template: bool) -> Result<BpfProgram, seccompiler::Error> {
     }
     rules.insert(libc::SYS_clone, vec![rule(clone)?]);
     rules.insert(libc::SYS_prctl, vec![rule(prctl)?]);
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::KillProcess,
-        arch()?,
-    )?;
-    Ok(filter.try_into()?)
+    kill_on(rules)
 }
 
 /// `clone3` answers ENOSYS; everything else passes to the allow-list.

@@ -211,10 +211,23 @@ fn the_backstop_sits_above_what_the_process_has() {
 }
 
 /// A template process may copy itself (`clone` with exactly
-/// [`COPY_CLONE_FLAGS`]) but not fork otherwise; a copy, once it adds the
-/// child's filter, may not copy itself again.
+/// [`COPY_CLONE_FLAGS`]) but not fork otherwise; a copy, once it adds its
+/// filter, may not copy itself again, change its process group or its
+/// death signal: what a template may do and a child may not.
 #[test]
 fn a_template_makes_copies_that_cannot_copy_themselves() {
+    // SAFETY (all): raw syscalls whose arguments point at nothing.
+    let forbidden: [Forbidden; 3] = [
+        ("copy", || unsafe {
+            libc::syscall(libc::SYS_clone, COPY_CLONE_FLAGS, 0, 0, 0, 0)
+        }),
+        ("setpgid", || unsafe {
+            libc::syscall(libc::SYS_setpgid, 0, 0)
+        }),
+        ("prctl(PR_SET_PDEATHSIG)", || unsafe {
+            libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL)
+        }),
+    ];
     let c = Confinement::new().unwrap();
     let policy = SandboxPolicy::default();
     let (r, w) = nix::unistd::pipe().unwrap();
@@ -227,23 +240,25 @@ fn a_template_makes_copies_that_cannot_copy_themselves() {
                 .and_then(|()| c.lock_down_template(&policy))
             {
                 Ok(()) => {
-                    // SAFETY: a raw clone with no stack or pointers: a fork
-                    // whose parent is the test process.
-                    let pid =
-                        unsafe { libc::syscall(libc::SYS_clone, COPY_CLONE_FLAGS, 0, 0, 0, 0) };
-                    if pid == 0 {
-                        let code = match c.lock_down_copy() {
-                            // SAFETY: as above; the filter must answer first.
-                            Ok(()) => unsafe {
-                                libc::syscall(libc::SYS_clone, COPY_CLONE_FLAGS, 0, 0, 0, 0);
-                                0
-                            },
-                            Err(_) => 98,
-                        };
-                        // SAFETY: _exit ends the copy at once.
-                        unsafe { libc::_exit(code) }
+                    for (_, call) in forbidden {
+                        // SAFETY: a raw clone with no stack or pointers: a
+                        // fork whose parent is the test process.
+                        let pid =
+                            unsafe { libc::syscall(libc::SYS_clone, COPY_CLONE_FLAGS, 0, 0, 0, 0) };
+                        if pid == 0 {
+                            let code = match c.lock_down_copy() {
+                                // The filter must answer first.
+                                Ok(()) => {
+                                    call();
+                                    0
+                                }
+                                Err(_) => 98,
+                            };
+                            // SAFETY: _exit ends the copy at once.
+                            unsafe { libc::_exit(code) }
+                        }
+                        let _ = nix::unistd::write(&w, &(pid as i32).to_le_bytes());
                     }
-                    let _ = nix::unistd::write(&w, &(pid as i32).to_le_bytes());
                     // SAFETY: a plain fork, which the filter must refuse.
                     unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) };
                     0
@@ -261,15 +276,17 @@ fn a_template_makes_copies_that_cannot_copy_themselves() {
                 matches!(template, WaitStatus::Signaled(_, Signal::SIGSYS, _)),
                 "a plain fork in the template: {template:?}"
             );
-            let mut word = [0u8; 4];
-            nix::unistd::read(&r, &mut word).unwrap();
-            let copy = i32::from_le_bytes(word);
-            assert!(copy > 0, "the template could not copy itself: {copy}");
-            let copy = waitpid(nix::unistd::Pid::from_raw(copy), None).unwrap();
-            assert!(
-                matches!(copy, WaitStatus::Signaled(_, Signal::SIGSYS, _)),
-                "a copy of a copy: {copy:?}"
-            );
+            for (name, _) in forbidden {
+                let mut word = [0u8; 4];
+                nix::unistd::read(&r, &mut word).unwrap();
+                let copy = i32::from_le_bytes(word);
+                assert!(copy > 0, "the template could not copy itself: {copy}");
+                let copy = waitpid(nix::unistd::Pid::from_raw(copy), None).unwrap();
+                assert!(
+                    matches!(copy, WaitStatus::Signaled(_, Signal::SIGSYS, _)),
+                    "{name} in a copy: {copy:?}"
+                );
+            }
         }
     }
 }
