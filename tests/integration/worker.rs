@@ -462,6 +462,57 @@ async fn fatal_on_a_fifo_queue_dead_letters_with_its_group(b: Backend) {
     );
 }
 
+/// With several slots, a FIFO queue's groups run beside each other but each
+/// group one message at a time, in order: a message that fails and comes
+/// back holds the rest of its group until it has run again (`x` traps on
+/// its first delivery).
+async fn fifo_groups_run_in_order_one_message_at_a_time(b: Backend) {
+    let fifo = QueueConfig {
+        fifo: true,
+        ..config(30)
+    };
+    let (q, addr) = b.create("groups.fifo", &fifo).await;
+    let mut sent: Vec<(&str, String)> = Vec::new();
+    for (body, group) in [
+        ("x", "a"),
+        ("o1", "a"),
+        ("o2", "a"),
+        ("o3", "b"),
+        ("o4", "b"),
+    ] {
+        let id = q
+            .send(&OutgoingMessage {
+                group_id: Some(group.into()),
+                ..OutgoingMessage::new(body)
+            })
+            .await
+            .unwrap();
+        sent.push((group, id));
+    }
+    let w = Worker::start(
+        &b,
+        &addr,
+        &modes_path(),
+        &[FAST, &["--concurrency", "4", "--drain"]].concat(),
+    );
+    let (status, log) = w.wait(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    let done: Vec<String> = events_of(&log)
+        .iter()
+        .filter(|e| message(e) == "job succeeded; message deleted")
+        .map(|e| field(e, "message_id"))
+        .collect();
+    for group in ["a", "b"] {
+        let expected: Vec<&String> = sent
+            .iter()
+            .filter(|(g, _)| *g == group)
+            .map(|(_, id)| id)
+            .collect();
+        let order: Vec<&String> = done.iter().filter(|id| expected.contains(id)).collect();
+        assert_eq!(order, expected, "group {group} in send order: {log}");
+    }
+}
+
 async fn sigkill_of_the_parent_takes_every_child_down_and_loses_nothing(b: Backend) {
     let (q, addr) = b.create("sigkill", &config(30)).await;
     for _ in 0..3 {
@@ -693,6 +744,7 @@ crate::on_both_backends!(
     heartbeats_hold_a_job_three_times_the_visibility_timeout,
     concurrency_runs_jobs_side_by_side,
     fatal_on_a_fifo_queue_dead_letters_with_its_group,
+    fifo_groups_run_in_order_one_message_at_a_time,
     sigkill_of_the_parent_takes_every_child_down_and_loses_nothing,
     registry_modules_run_by_name_and_unknown_ones_are_dead_lettered,
 );

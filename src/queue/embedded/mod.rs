@@ -373,6 +373,45 @@ mod tests {
     use super::*;
     use crate::queue::{OutgoingMessage, Queue, ReceiveRequest};
 
+    /// With a visibility timeout of zero a received message is visible
+    /// again at once; a receive that reads again (to fill the room messages
+    /// moved to the dead-letter queue left) still hands each message out
+    /// once, and never both hands it out and moves it.
+    #[tokio::test]
+    async fn one_receive_hands_each_message_out_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.create_queue("dl", &QueueConfig::default()).unwrap();
+        let config = QueueConfig {
+            dead_letter: Some(("dl".into(), 2)),
+            ..QueueConfig::default()
+        };
+        store.create_queue("q", &config).unwrap();
+        let q = store.queue("q").unwrap();
+        let at_once = |max| ReceiveRequest {
+            max_messages: max,
+            wait: Duration::ZERO,
+            visibility_timeout: Some(Duration::ZERO),
+        };
+        q.send(&OutgoingMessage::new("old")).await.unwrap();
+        for _ in 0..2 {
+            assert_eq!(q.receive(at_once(1)).await.unwrap().len(), 1);
+        }
+        for body in ["m1", "m2"] {
+            q.send(&OutgoingMessage::new(body)).await.unwrap();
+        }
+        // "old" is past its receive count: it moves, and the receive reads
+        // again for the room it left.
+        let got = q.receive(at_once(10)).await.unwrap();
+        let bodies: Vec<&str> = got.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(bodies, ["m1", "m2"]);
+        let dl = store.queue("dl").unwrap().counts().await.unwrap();
+        assert_eq!(dl.visible, 1, "only the old one moved");
+        for m in &got {
+            q.delete(&m.receipt_handle).await.unwrap();
+        }
+    }
+
     /// A message's own operations run on the calling thread only when the
     /// database is free; while another process holds SQLite's write lock
     /// they wait for it on the blocking pool, as every operation did,

@@ -123,6 +123,9 @@ pub(super) fn try_receive(
         HashSet::new()
     };
     let mut out = Vec::new();
+    // Received by this call: with a visibility timeout of zero they are
+    // visible again at once, and a second read must not take them again.
+    let mut taken: HashSet<i64> = HashSet::new();
     // FIFO: the last sequence number read.
     let mut after = 0i64;
     while out.len() < max {
@@ -145,6 +148,9 @@ pub(super) fn try_receive(
             after = seq;
             if out.len() == max {
                 break;
+            }
+            if taken.contains(&seq) {
+                continue;
             }
             if let Some(g) = &group
                 && blocked_groups.contains(g)
@@ -172,6 +178,7 @@ pub(super) fn try_receive(
                 params![receipt, now + visibility.as_millis() as i64, now, seq],
             )
             .map_err(storage)?;
+            taken.insert(seq);
             let attributes: Attributes = serde_json::from_str(&attrs)
                 .map_err(|e| QueueError::Other(format!("stored attributes: {e}")))?;
             out.push(ReceivedMessage {

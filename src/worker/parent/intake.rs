@@ -48,7 +48,7 @@ pub(super) async fn receive_loop(
     };
     loop {
         let mut reserved = tokio::select! {
-            r = slots.reserve(tenant.as_deref(), !source.fifo) => r,
+            r = slots.reserve(tenant.as_deref(), source.fifo) => r,
             _ = stop.wait_for(|s| *s) => return,
         };
         if *stop.borrow() {

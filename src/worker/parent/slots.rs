@@ -74,21 +74,22 @@ impl State {
 
     /// How many messages a receive for `tenant` may ask for now, if it
     /// should be made now ([`receive_size`]).
-    fn receive_size(&self, tenant: Option<&str>, prefetch: bool) -> Option<usize> {
-        let prefetch = if prefetch { self.prefetch } else { 0 };
+    fn receive_size(&self, tenant: Option<&str>, fifo: bool) -> Option<usize> {
+        let prefetch = if fifo { 0 } else { self.prefetch };
         let room = tenant.map_or(usize::MAX, |t| self.room(t));
         let tenant_waiting = tenant.map(|t| {
             self.tenants
                 .get(t)
                 .map_or(0, |t| t.held.saturating_sub(t.running))
         });
-        receive_size(Want {
+        let n = receive_size(Want {
             unclaimed: self.unclaimed(prefetch),
             room,
             prefetch,
             idle_slots: self.free.saturating_sub(self.local()),
             tenant_waiting,
-        })
+        });
+        if fifo { n.map(|_| 1) } else { n }
     }
 
     fn room(&self, tenant: &str) -> usize {
@@ -235,17 +236,21 @@ impl Slots {
 
     /// Wait until a receive should be made for `tenant` (`None`: a shared
     /// queue, whose tenants are known only once received) and reserve its
-    /// size ([`receive_size`]); `prefetch: false` (a FIFO queue, whose
-    /// messages must start in order) receives only for free slots. A bound
-    /// tenant's slots are held from here on.
-    pub(crate) async fn reserve(&self, tenant: Option<&str>, prefetch: bool) -> Reservation {
+    /// size ([`receive_size`]). A `fifo` queue receives one message at a
+    /// time, for a free slot: a batch may hold several messages of one
+    /// group, which the worker would run at once; received one by one, a
+    /// group's next message stays in the queue (held by the one in flight)
+    /// until the one before it is settled, so each group runs in order, one
+    /// message at a time, beside the other groups. A bound tenant's slots
+    /// are held from here on.
+    pub(crate) async fn reserve(&self, tenant: Option<&str>, fifo: bool) -> Reservation {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
                 let mut s = self.lock();
-                if let Some(n) = s.receive_size(tenant, prefetch) {
+                if let Some(n) = s.receive_size(tenant, fifo) {
                     if let Some(t) = tenant {
                         s.tenant(t).held += n;
                     }

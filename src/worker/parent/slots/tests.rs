@@ -64,14 +64,14 @@ fn with_a_prefetch_receives_wait_for_a_batch_unless_a_slot_or_a_tenant_would_sta
 #[tokio::test]
 async fn a_prefetch_lets_a_full_batch_wait_for_busy_slots() {
     let slots = Slots::new(2, 10, []);
-    let mut r = slots.reserve(Some("t"), true).await;
+    let mut r = slots.reserve(Some("t"), false).await;
     assert_eq!(r.count(), 10, "2 slots and a prefetch of 10: one batch");
     let mut tickets = r.arrived(10);
     drop(r);
     let first = slots.acquire(tickets.pop().unwrap()).await;
     let _second = slots.acquire(tickets.pop().unwrap()).await;
     // Both slots busy, 8 waiting: 2 more could come, but not a batch.
-    let early = tokio::time::timeout(Duration::from_millis(20), slots.reserve(Some("t"), true));
+    let early = tokio::time::timeout(Duration::from_millis(20), slots.reserve(Some("t"), false));
     assert!(early.await.is_err());
     // The waiting messages run as slots free up; once none is left
     // waiting, the next batch is received.
@@ -81,30 +81,42 @@ async fn a_prefetch_lets_a_full_batch_wait_for_busy_slots() {
         drop(slots.acquire(t).await);
     }
     assert_eq!(waiting, 8);
-    assert_eq!(slots.reserve(Some("t"), true).await.count(), 10);
+    assert_eq!(slots.reserve(Some("t"), false).await.count(), 10);
+}
+
+#[tokio::test]
+async fn a_fifo_queue_receives_one_message_at_a_time() {
+    let slots = Slots::new(4, 10, []);
+    let mut r = slots.reserve(Some("t"), true).await;
+    assert_eq!(r.count(), 1, "a batch could hold one group's messages");
+    let ticket = r.arrived(1).pop().unwrap();
+    drop(r);
+    let _running = slots.acquire(ticket).await;
+    let next = slots.reserve(Some("t"), true).await;
+    assert_eq!(next.count(), 1, "the next, for another slot");
 }
 
 #[tokio::test]
 async fn a_capped_tenant_reserves_only_its_room_and_gets_it_back() {
     let slots = Slots::new(4, 0, [("a".to_owned(), Some(1), 1)]);
-    let r = slots.reserve(Some("a"), true).await;
+    let r = slots.reserve(Some("a"), false).await;
     assert_eq!(r.count(), 1);
     // A second receive for `a` waits until the first reservation goes.
-    let again = tokio::time::timeout(Duration::from_millis(50), slots.reserve(Some("a"), true));
+    let again = tokio::time::timeout(Duration::from_millis(50), slots.reserve(Some("a"), false));
     assert!(again.await.is_err());
     drop(r);
-    let mut r = slots.reserve(Some("a"), true).await;
+    let mut r = slots.reserve(Some("a"), false).await;
     let ticket = r.arrived(1).pop().unwrap();
     drop(r);
     // An uncapped tenant may receive a batch of up to the unclaimed slots:
     // one of the four is promised to the message that just arrived.
-    assert_eq!(slots.reserve(Some("b"), true).await.count(), 3);
-    let mut shared = slots.reserve(None, true).await.arrived(1).pop().unwrap();
+    assert_eq!(slots.reserve(Some("b"), false).await.count(), 3);
+    let mut shared = slots.reserve(None, false).await.arrived(1).pop().unwrap();
     assert!(!shared.claim_tenant("a"), "a is at its cap");
     assert!(shared.claim_tenant("b"));
     let running = slots.acquire(ticket).await;
     drop(running);
-    assert!(slots.reserve(None, true).await.count() >= 3);
+    assert!(slots.reserve(None, false).await.count() >= 3);
 }
 
 #[tokio::test]
@@ -141,7 +153,7 @@ async fn contended_slots_go_by_weight_and_nobody_receives_while_one_is_promised(
     tokio::task::yield_now().await;
     assert!(!a2.is_finished());
     // While `a2` waits, a freed slot is promised to it: no receive starts.
-    let reserve = tokio::time::timeout(Duration::from_millis(50), slots.reserve(None, true));
+    let reserve = tokio::time::timeout(Duration::from_millis(50), slots.reserve(None, false));
     assert!(reserve.await.is_err());
     drop(b2);
     let _a2 = a2.await.unwrap();
@@ -150,7 +162,7 @@ async fn contended_slots_go_by_weight_and_nobody_receives_while_one_is_promised(
 #[tokio::test]
 async fn a_waiter_that_gives_up_leaves_no_slot_behind() {
     let slots = Slots::new(1, 0, []);
-    let mut r = slots.reserve(None, true).await;
+    let mut r = slots.reserve(None, false).await;
     let mut t = r.arrived(1);
     drop(r);
     let running = slots.acquire(t.pop().unwrap()).await;
@@ -165,14 +177,14 @@ async fn a_waiter_that_gives_up_leaves_no_slot_behind() {
     assert!(gave_up.await.is_err());
     drop(running);
     // Exactly one slot again: one receive of one message.
-    assert_eq!(slots.reserve(None, true).await.count(), 1);
+    assert_eq!(slots.reserve(None, false).await.count(), 1);
     assert_eq!(slots.lock().tenants["x"].held, 0);
 }
 
 #[tokio::test]
 async fn messages_of_one_receive_get_slots_in_the_order_received() {
     let slots = Slots::new(1, 10, []);
-    let mut r = slots.reserve(Some("t"), true).await;
+    let mut r = slots.reserve(Some("t"), false).await;
     let mut tickets = r.arrived(4);
     drop(r);
     let first = slots.acquire(tickets.remove(0)).await;
