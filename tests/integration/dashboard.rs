@@ -41,10 +41,16 @@ impl Dashboard {
     }
 }
 
-/// Click what `locator` finds.
+/// How long a page may take to show what a test looks for (a click that
+/// submits a form comes back before the next page is there).
+const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Click what `locator` finds, once the page shows it.
 async fn click(browser: &fantoccini::Client, locator: fantoccini::Locator<'_>) {
     browser
-        .find(locator)
+        .wait()
+        .at_most(PAGE_TIMEOUT)
+        .for_element(locator)
         .await
         .unwrap_or_else(|e| panic!("{locator:?}: {e}"))
         .click()
@@ -52,10 +58,12 @@ async fn click(browser: &fantoccini::Client, locator: fantoccini::Locator<'_>) {
         .unwrap();
 }
 
-/// The text of the first element `css` selects.
+/// The text of the first element `css` selects, once the page shows it.
 async fn text(browser: &fantoccini::Client, css: &str) -> String {
     browser
-        .find(fantoccini::Locator::Css(css))
+        .wait()
+        .at_most(PAGE_TIMEOUT)
+        .for_element(fantoccini::Locator::Css(css))
         .await
         .unwrap_or_else(|e| panic!("{css}: {e}"))
         .text()
