@@ -8,6 +8,9 @@
 //! `wasm-jobs exec`, in the CLI process. It never forks and holds no queue.
 //! Loading starts no thread. The first call starts the epoch ticker: a
 //! thread, unless the process chose SIGALRM ticks first (worker children).
+//! A template process instantiates its job before any message and copies
+//! the instance for each call ([`instance`]); what a call returns is in
+//! [`report`].
 
 use crate::artifact_cache::{ArtifactCache, CompileSource, content_digest};
 use crate::capture::{OutputCapture, StreamName};
@@ -28,7 +31,9 @@ use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+mod instance;
 mod report;
+pub(crate) use instance::Instantiated;
 pub use report::{Call, CallError, CallReport, LoadError};
 
 /// Per-call host state kept in the `Store`.
@@ -364,54 +369,6 @@ impl Executor {
         .explained()
     }
 
-    /// Instantiate `job` in the prepared store, before any message: what a
-    /// template process keeps and copies into each of its call processes
-    /// (`worker::forkserver::template`). The policy's timeout bounds the
-    /// instantiation too. A guest that fails to instantiate gets the report
-    /// a call would have had.
-    pub(crate) async fn instantiate(
-        &self,
-        job: &LoadedJob,
-        prepared: PreparedStore,
-    ) -> Result<Instantiated, CallReport> {
-        let PreparedStore {
-            mut store,
-            timeout,
-            stdout,
-            stderr,
-        } = prepared;
-        let started = Instant::now();
-        store.set_epoch_deadline(deadline_ticks(timeout));
-        let instantiating = async {
-            job.pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(|e| Outcome::from_guest_error(&e, timeout))
-        };
-        let result = match tokio::time::timeout(timeout + EPOCH_TICK * 3, instantiating).await {
-            Ok(r) => r,
-            Err(_elapsed) => Err(Outcome::Timeout { limit: timeout }),
-        };
-        match result {
-            Ok(job) => Ok(Instantiated {
-                store,
-                job,
-                timeout,
-                stdout,
-                stderr,
-            }),
-            Err(outcome) => Err(CallReport {
-                outcome,
-                stdout: stdout.finish(),
-                stderr: stderr.finish(),
-                output: None,
-                http: None,
-                duration: started.elapsed(),
-            }
-            .explained()),
-        }
-    }
-
     /// Tick this process's epochs with a SIGALRM timer instead of a thread
     /// (for a forked child that makes one call). Call before the first call.
     pub(crate) fn use_timer_signal_ticks(&self) -> Result<(), CallError> {
@@ -469,49 +426,5 @@ async fn bounded(
         Ok(Ok(outcome)) => outcome,
         Ok(Err(err)) => Outcome::from_guest_error(&err, timeout),
         Err(_elapsed) => Outcome::Timeout { limit: timeout },
-    }
-}
-
-/// A job instantiated before its message ([`Executor::instantiate`]).
-pub(crate) struct Instantiated {
-    store: Store<HostState>,
-    job: Job,
-    timeout: Duration,
-    stdout: OutputCapture,
-    stderr: OutputCapture,
-}
-
-impl Instantiated {
-    /// Send `traceparent` (the job's span) on its HTTP requests.
-    pub(crate) fn set_traceparent(&mut self, traceparent: String) {
-        self.store
-            .data_mut()
-            .http_hooks
-            .set_traceparent(traceparent);
-    }
-
-    /// Make the call of `call` with `msg` on this instance. The timeout
-    /// counts from here. The instance stays with the caller, for the reason
-    /// [`Executor::run_prepared`] gives.
-    pub(crate) async fn call(&mut self, msg: &JobMessage, call: Call) -> CallReport {
-        self.stdout.set_message_id(&msg.id);
-        self.stderr.set_message_id(&msg.id);
-        self.store.set_epoch_deadline(deadline_ticks(self.timeout));
-        let started = Instant::now();
-        let message = msg.to_wit();
-        let outcome = bounded(
-            make_call(&self.job, &mut self.store, &message, call),
-            self.timeout,
-        )
-        .await;
-        CallReport {
-            outcome,
-            stdout: self.stdout.finish(),
-            stderr: self.stderr.finish(),
-            output: self.store.data_mut().output.take().map(Published),
-            http: self.store.data().http_usage(),
-            duration: started.elapsed(),
-        }
-        .explained()
     }
 }

@@ -9,7 +9,7 @@
 //! its own at its fork, on which it reports its outcome, and, when its job
 //! publishes results, a result file of its own ([`output`]); this process
 //! reads both when it reaps that child and forwards them (`Output`, then
-//! the outcome inside `Exited`); a child holds no other child's channel
+//! the outcome inside `Exited`: [`reap`]); a child holds no other child's channel
 //! or result file. Children are confined ([`confine`]) before guest
 //! code runs. Children set up ahead of their calls wait in a pool
 //! ([`warm`]) and are handed their call on the same channel, so most calls
@@ -30,13 +30,13 @@ mod compile;
 mod confine;
 mod fdpass;
 mod output;
+mod reap;
 mod start;
 mod template;
 mod warm;
 
 use super::protocol::{
-    self, COMMAND_FD, Command, EVENT_FD, Event, ExitStatus, ForkServerConfig, ModuleRef, Spawn,
-    SpawnFailure,
+    self, COMMAND_FD, Command, EVENT_FD, Event, ForkServerConfig, ModuleRef, Spawn, SpawnFailure,
 };
 use crate::engine::EngineSettings;
 use crate::executor::{Executor, LoadedJob};
@@ -45,8 +45,7 @@ use confine::Confinement;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, killpg, signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{MsgFlags, recv, send};
-use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+use nix::sys::socket::{MsgFlags, send};
 use nix::unistd::{Pid, getpid, getppid};
 use output::OutputFile;
 use std::collections::HashMap;
@@ -95,15 +94,6 @@ fn send_event(events: &impl AsFd, event: &Event) {
         // The parent is gone (it exits while children are being reaped).
         Err(nix::errno::Errno::EPIPE | nix::errno::Errno::ECONNREFUSED) => {}
         Err(e) => tracing::error!(error = %e, "cannot report to the worker parent"),
-    }
-}
-
-/// The one packet a reaped child left on its report channel, if any.
-fn read_report(channel: &OwnedFd) -> Option<protocol::Report> {
-    let mut buf = vec![0u8; protocol::MAX_EVENT_BYTES];
-    match recv(channel.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-        Ok(n) => protocol::decode_report(&buf[..n]),
-        Err(_) => None,
     }
 }
 
@@ -371,106 +361,6 @@ impl Server {
             && let Err(e) = killpg(pid, sig)
         {
             tracing::debug!(pid = pid.as_raw(), signal = ?sig, error = %e, "killpg failed");
-        }
-    }
-
-    /// Report and reap every child that has ended. Each is looked at first
-    /// (`WNOWAIT`) and reaped only after its `Exited` is sent: reaping frees
-    /// the child's seccomp filter and Landlock domain, which takes tens of
-    /// microseconds the parent need not wait for. A zombie is still this
-    /// process's unreaped child, so its pid cannot be reused meanwhile.
-    fn reap(&mut self) {
-        let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-        loop {
-            let (pid, status) = match waitid(Id::All, peek) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, ExitStatus::Signal(sig as i32)),
-                Ok(_) | Err(_) => return,
-            };
-            self.ended(pid, status);
-            let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
-        }
-    }
-
-    /// `pid` has ended with `status` (not reaped yet): tell whoever waits.
-    fn ended(&mut self, pid: Pid, status: ExitStatus) {
-        match self.running.remove(&pid) {
-            Some(Running::Call(process, report, output)) => {
-                let (outcome, http) = match read_report(&report) {
-                    Some(r) => (Some(r.outcome), r.http),
-                    None => (None, None),
-                };
-                if let Some(file) = output {
-                    output::forward(&self.events, process, &file);
-                }
-                send_event(
-                    &self.events,
-                    &Event::Exited {
-                        process,
-                        status,
-                        outcome,
-                        http,
-                    },
-                )
-            }
-            Some(Running::Helper(digest)) => self.compiled(&digest, status),
-            None if self.template.as_ref().is_some_and(|t| t.pid == pid) => {
-                // What it said last (a copy's answer) still counts.
-                self.template_said();
-                if let Some(t) = &self.template
-                    && !t.ready
-                {
-                    tracing::warn!(
-                        pid = pid.as_raw(),
-                        ?status,
-                        module = %t.key.module.label,
-                        "a template process ended before its job was instantiated; forking on demand for a while"
-                    );
-                    self.template_failed = Some((t.key.clone(), Instant::now()));
-                }
-                self.retire_template("it ended");
-            }
-            None => {
-                if self.warm.reaped(pid, Instant::now()) {
-                    tracing::warn!(
-                        pid = pid.as_raw(),
-                        ?status,
-                        "a pre-forked worker child died waiting; forking on demand for a while"
-                    );
-                }
-            }
-        }
-    }
-
-    /// A compile helper ended: fork the waiting calls, or fail them.
-    fn compiled(&mut self, digest: &str, status: ExitStatus) {
-        let Some(c) = self.compiling.remove(digest) else {
-            return;
-        };
-        let (result, waiting) = c.finish(status);
-        let job = result.and_then(|bytes| {
-            let module = waiting
-                .first()
-                .map(|r| r.module.clone())
-                .ok_or((SpawnFailure::Passing, String::new()))?;
-            self.load(&module, &bytes)?.ok_or_else(|| {
-                let why = "the artifact its compile helper stored did not load";
-                (SpawnFailure::Passing, why.to_owned())
-            })
-        });
-        match job {
-            Ok(job) => {
-                for req in waiting {
-                    let key = WarmKey::of(&req);
-                    self.start_call(req, &key, &job);
-                }
-            }
-            Err((failure, why)) => {
-                tracing::warn!(%digest, %why, ?failure, "compiling a module failed");
-                for req in waiting {
-                    self.fail(req.process, failure, why.clone());
-                }
-            }
         }
     }
 
