@@ -9,7 +9,7 @@
 //! (queue counts, a peek at a dead-letter queue, the registry's list, the
 //! workers' running jobs) and renders server-side HTML ([`html`]; the
 //! queues and jobs pages refresh themselves every 5 s). Actions (redrive
-//! all, purge, redrive one, delete one) are POSTs from a confirmation page,
+//! all, purge, redrive one, delete one: [`action`]) are POSTs from a confirmation page,
 //! checked against CSRF and logged, and go through the same queue calls
 //! as the CLI's `dlq` commands ([`crate::queue::redrive`]).
 //!
@@ -24,6 +24,7 @@
 //! tenant to show). It acts on no other queue.
 
 pub(crate) mod access;
+mod action;
 mod chart;
 pub(crate) mod html;
 mod pages;
@@ -34,6 +35,7 @@ use crate::queue::address::QueueAddress;
 use crate::queue::{Queue, QueueCounts};
 use crate::registry::{ModuleVersion, Registry};
 use access::Access;
+use action::Action;
 use axum::Router;
 use axum::routing::{get, post};
 use std::path::PathBuf;
@@ -196,27 +198,27 @@ impl Dashboard {
         Ok(dlq)
     }
 
-    /// Carry out an action; what it did, in words.
-    async fn act(&self, action: &str, address: &str, id: Option<&str>) -> Result<String, String> {
+    /// Carry out `action` on `address`'s dead letters; what it did, in words.
+    async fn act(&self, action: &Action, address: &str) -> Result<String, String> {
         use crate::queue::redrive;
         let source = self.open(address).await?;
         let dlq = self
-            .dead_letter_queue(address, matches!(action, "redrive-one" | "delete-one"))
+            .dead_letter_queue(address, action.receives_one())
             .await?;
         let e = |e: crate::queue::QueueError| e.to_string();
-        Ok(match (action, id) {
-            ("redrive-all", _) => {
+        Ok(match action {
+            Action::RedriveAll => {
                 let parsed = QueueAddress::parse(address).map_err(e)?;
                 let n = redrive::redrive_all(&parsed, &self.data_dir, self.endpoint.as_deref())
                     .await
                     .map_err(e)?;
                 format!("moved {n} dead letters back to {address}")
             }
-            ("purge", _) => {
+            Action::Purge => {
                 dlq.purge().await.map_err(e)?;
                 format!("purged the dead letters of {address}")
             }
-            ("redrive-one", Some(id)) => {
+            Action::RedriveOne(id) => {
                 if redrive::redrive_one(dlq.as_ref(), source.as_ref(), id)
                     .await
                     .map_err(e)?
@@ -226,14 +228,13 @@ impl Dashboard {
                     format!("{id} is no longer there (moved, deleted, or in flight)")
                 }
             }
-            ("delete-one", Some(id)) => {
+            Action::DeleteOne(id) => {
                 if redrive::delete_one(dlq.as_ref(), id).await.map_err(e)? {
                     format!("deleted {id}")
                 } else {
                     format!("{id} is no longer there (moved, deleted, or in flight)")
                 }
             }
-            (other, _) => return Err(format!("no action `{other}`")),
         })
     }
 

@@ -10,6 +10,7 @@
 //!   delete one (each logged);
 //! - `GET /modules`: the registry's modules per tenant.
 
+use super::action::Action;
 use super::html::{escape, first_chars, page, post_form, query, table};
 use super::{Dashboard, QueueRow};
 use crate::queue::{AttributeValue, ReceivedMessage};
@@ -210,8 +211,9 @@ pub(crate) async fn dead_letters(
         String::new()
     } else {
         format!(
-            "<p><a href=\"/confirm?action=redrive-all&amp;queue={q}\"><button>Redrive all</button></a>\
-             <a href=\"/confirm?action=purge&amp;queue={q}\"><button class=\"danger\">Purge</button></a></p>"
+            "<p>{}{}</p>",
+            confirm_link(&Action::RedriveAll, &p.queue, "Redrive all"),
+            confirm_link(&Action::Purge, &p.queue, "Purge")
         )
     };
     let shown = if dlq.is_local() { LISTED } else { 10 };
@@ -276,21 +278,42 @@ pub(crate) async fn message(
         .keys()
         .map(|k| vec![format!("<code>{}</code>", escape(k)), escape(&attr(&m, k))])
         .collect();
-    let (q, id) = (query(&p.queue), query(&p.id));
+    let q = query(&p.queue);
     let body = format!(
         "<h1>Dead letter <code>{}</code></h1>\
          <p>of <a href=\"/dead-letters?queue={q}\"><code>{}</code></a>; received {} times; sent {}</p>\
-         <p><a href=\"/confirm?action=redrive-one&amp;queue={q}&amp;id={id}\"><button>Redrive</button></a>\
-         <a href=\"/confirm?action=delete-one&amp;queue={q}&amp;id={id}\"><button class=\"danger\">Delete</button></a></p>\
+         <p>{}{}</p>\
          <h2>Body</h2><pre>{}</pre><h2>Attributes</h2>{}",
         escape(&m.message_id),
         escape(&p.queue),
         m.receive_count,
         escape(&crate::units::rfc3339(m.sent_timestamp_ms)),
+        confirm_link(&Action::RedriveOne(p.id.clone()), &p.queue, "Redrive"),
+        confirm_link(&Action::DeleteOne(p.id.clone()), &p.queue, "Delete"),
         escape(&m.body),
         table(&["name", "value"], &attributes, &[])
     );
     Html(page("dead letter", "Queues", false, &body)).into_response()
+}
+
+/// A button that leads to the confirmation of `action` on `queue`'s dead
+/// letters (red when it destroys messages).
+fn confirm_link(action: &Action, queue: &str, label: &str) -> String {
+    let id = action
+        .id()
+        .map(|id| format!("&amp;id={}", query(id)))
+        .unwrap_or_default();
+    let class = if action.destroys() {
+        " class=\"danger\""
+    } else {
+        ""
+    };
+    format!(
+        "<a href=\"/confirm?action={}&amp;queue={}{id}\"><button{class}>{}</button></a>",
+        action.name(),
+        query(queue),
+        escape(label)
+    )
 }
 
 /// What an action names: `action`, `queue`, and `id` for one message.
@@ -303,25 +326,9 @@ pub(crate) struct ActionParam {
 }
 
 impl ActionParam {
-    /// What the action will do, for the confirmation.
-    fn describe(&self) -> Result<String, String> {
-        let one = |verb: &str| match &self.id {
-            Some(id) => Ok(format!("{verb} dead letter {id} of {}", self.queue)),
-            None => Err(format!("{} needs a message id", self.action)),
-        };
-        match self.action.as_str() {
-            "redrive-all" => Ok(format!(
-                "move every dead letter of {} back to it",
-                self.queue
-            )),
-            "purge" => Ok(format!(
-                "delete every dead letter of {} for good",
-                self.queue
-            )),
-            "redrive-one" => one("move back"),
-            "delete-one" => one("delete for good"),
-            other => Err(format!("no action `{other}`")),
-        }
+    /// The action it names, parsed once.
+    fn parsed(&self) -> Result<Action, String> {
+        Action::parse(&self.action, self.id.as_deref())
     }
 }
 
@@ -329,19 +336,24 @@ pub(crate) async fn confirm(
     State(d): State<Arc<Dashboard>>,
     Query(p): Query<ActionParam>,
 ) -> Response {
-    let what = match p.describe() {
-        Ok(w) => w,
+    let action = match p.parsed() {
+        Ok(a) => a,
         Err(why) => return failed(StatusCode::BAD_REQUEST, &why),
     };
-    let mut fields = vec![("action", p.action.as_str()), ("queue", p.queue.as_str())];
-    if let Some(id) = &p.id {
+    let mut fields = vec![("action", action.name()), ("queue", p.queue.as_str())];
+    if let Some(id) = action.id() {
         fields.push(("id", id));
     }
-    let danger = matches!(p.action.as_str(), "purge" | "delete-one");
     let body = format!(
         "<h1>Confirm</h1><p>This will {}.</p><p>{}<a href=\"/dead-letters?queue={}\">Cancel</a></p>",
-        escape(&what),
-        post_form("/act", d.access.csrf(), &fields, "Yes, do it", danger),
+        escape(&action.describe(&p.queue)),
+        post_form(
+            "/act",
+            d.access.csrf(),
+            &fields,
+            "Yes, do it",
+            action.destroys()
+        ),
         query(&p.queue)
     );
     Html(page("confirm", "Queues", false, &body)).into_response()
@@ -368,17 +380,19 @@ pub(crate) async fn act(
         );
     }
     let p = f.action;
-    if let Err(why) = p.describe() {
-        return failed(StatusCode::BAD_REQUEST, &why);
-    }
-    let done = match d.act(&p.action, &p.queue, p.id.as_deref()).await {
+    let action = match p.parsed() {
+        Ok(a) => a,
+        Err(why) => return failed(StatusCode::BAD_REQUEST, &why),
+    };
+    let (name, id) = (action.name(), action.id().unwrap_or(""));
+    let done = match d.act(&action, &p.queue).await {
         Ok(done) => done,
         Err(why) => {
-            tracing::warn!(action = %p.action, queue = %p.queue, message_id = p.id.as_deref().unwrap_or(""), %why, "dashboard action failed");
+            tracing::warn!(action = name, queue = %p.queue, message_id = id, %why, "dashboard action failed");
             return failed(StatusCode::BAD_GATEWAY, &why);
         }
     };
-    tracing::info!(action = %p.action, queue = %p.queue, message_id = p.id.as_deref().unwrap_or(""), result = %done, "dashboard action");
+    tracing::info!(action = name, queue = %p.queue, message_id = id, result = %done, "dashboard action");
     Redirect::to(&format!(
         "/dead-letters?queue={}&done={}",
         query(&p.queue),
