@@ -55,21 +55,19 @@ type Row = (
 /// or a standard queue's messages visible longest first (`?1` queue, `?2`
 /// now, `?3` how many). Each walks its index in order and stops at its
 /// limit (the unit test below holds SQLite's plan to that).
-fn receive_sql(fifo: bool) -> String {
-    let columns = "seq, id, body, attributes, receive_count, sent_ms, group_id, dedup_id, \
-                   first_received_ms";
+fn receive_sql(fifo: bool) -> &'static str {
     if fifo {
-        format!(
-            "SELECT {columns} FROM messages INDEXED BY messages_fifo_order
-             WHERE queue = ?1 AND group_id IS NOT NULL AND seq > ?3 AND visible_at_ms <= ?2
-             ORDER BY seq LIMIT ?4"
-        )
+        "SELECT seq, id, body, attributes, receive_count, sent_ms, group_id, dedup_id,
+                first_received_ms
+         FROM messages INDEXED BY messages_fifo_order
+         WHERE queue = ?1 AND group_id IS NOT NULL AND seq > ?3 AND visible_at_ms <= ?2
+         ORDER BY seq LIMIT ?4"
     } else {
-        format!(
-            "SELECT {columns} FROM messages INDEXED BY messages_by_visibility
-             WHERE queue = ?1 AND visible_at_ms <= ?2
-             ORDER BY visible_at_ms, seq LIMIT ?3"
-        )
+        "SELECT seq, id, body, attributes, receive_count, sent_ms, group_id, dedup_id,
+                first_received_ms
+         FROM messages INDEXED BY messages_by_visibility
+         WHERE queue = ?1 AND visible_at_ms <= ?2
+         ORDER BY visible_at_ms, seq LIMIT ?3"
     }
 }
 
@@ -130,13 +128,13 @@ pub(super) fn try_receive(
     let mut after = 0i64;
     while out.len() < max {
         let rows: Vec<Row> = if config.fifo {
-            let mut st = tx.prepare_cached(&receive_sql(true)).map_err(storage)?;
+            let mut st = tx.prepare_cached(receive_sql(true)).map_err(storage)?;
             st.query_map(params![name, now, after, FIFO_PAGE], read_row)
                 .map_err(storage)?
                 .collect::<Result<_, _>>()
                 .map_err(storage)?
         } else {
-            let mut st = tx.prepare_cached(&receive_sql(false)).map_err(storage)?;
+            let mut st = tx.prepare_cached(receive_sql(false)).map_err(storage)?;
             st.query_map(params![name, now, (max - out.len()) as i64], read_row)
                 .map_err(storage)?
                 .collect::<Result<_, _>>()
@@ -471,7 +469,7 @@ mod tests {
             (false, "messages_by_visibility"),
             (true, "messages_fifo_order"),
         ] {
-            let plan = plan(&conn, &receive_sql(fifo));
+            let plan = plan(&conn, receive_sql(fifo));
             assert!(plan.contains(index), "fifo {fifo}: {plan}");
             // A temporary b-tree would hold every visible message to sort
             // them: a cost that grows with the backlog.
