@@ -8,9 +8,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
+#[path = "support/batches.rs"]
+mod batches;
 #[path = "support/moto.rs"]
 mod moto;
 
+use batches::{receive_delete_all, send_all};
 use moto::start_moto;
 use wasm_jobs::queue::embedded::EmbeddedStore;
 use wasm_jobs::queue::sqs::SqsQueue;
@@ -21,40 +24,6 @@ const ROUND_TRIPS: usize = 200;
 
 fn per_sec(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
-}
-
-async fn send_all(q: &dyn Queue, n: usize) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let batch: Vec<OutgoingMessage> = (0..10)
-        .map(|i| OutgoingMessage::new(format!("{{\"op\":\"count\",\"n\":{i}}}")))
-        .collect();
-    for _ in 0..n / 10 {
-        for r in q.send_batch(&batch).await? {
-            r.result?;
-        }
-    }
-    Ok(started.elapsed())
-}
-
-async fn receive_delete_all(q: &dyn Queue, n: usize) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let mut done = 0;
-    while done < n {
-        let got = q
-            .receive(ReceiveRequest {
-                max_messages: 10,
-                wait: Duration::ZERO,
-                visibility_timeout: None,
-            })
-            .await?;
-        anyhow::ensure!(!got.is_empty(), "queue ran dry at {done}");
-        let receipts: Vec<String> = got.iter().map(|m| m.receipt_handle.clone()).collect();
-        for r in q.delete_batch(&receipts).await? {
-            r.result?;
-        }
-        done += got.len();
-    }
-    Ok(started.elapsed())
 }
 
 /// One message: send, receive, delete. Returns the median and p99.

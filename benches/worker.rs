@@ -19,6 +19,8 @@
 // A benchmark is a measuring harness: a failed set-up may panic where it is.
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/batches.rs"]
+mod batches;
 #[path = "support/moto.rs"]
 mod moto;
 #[path = "support/process_rss.rs"]
@@ -37,7 +39,7 @@ use std::time::{Duration, Instant};
 use wasm_jobs::engine::EngineSettings;
 use wasm_jobs::queue::embedded::EmbeddedStore;
 use wasm_jobs::queue::sqs::SqsQueue;
-use wasm_jobs::queue::{OutgoingMessage, Queue, QueueConfig, ReceiveRequest};
+use wasm_jobs::queue::{Queue, QueueConfig};
 use wasm_jobs::worker::{ForkServerSettings, ForkServers, WorkerStats};
 
 const MESSAGES: usize = 2_000;
@@ -100,32 +102,13 @@ fn raw_moto_ms(port: u16) -> f64 {
 }
 
 /// Messages per second one bare client drains from a fresh 200-message
-/// backlog on `queue`: receive up to 10, delete them in one batch, again,
-/// until a receive comes back empty. No worker, no job: what the server
-/// itself allows a single consumer.
+/// backlog on `queue`: receive up to 10, delete them in one batch, again.
+/// No worker, no job: what the server itself allows a single consumer.
 async fn bare_drain_per_s(queue: &dyn Queue) -> anyhow::Result<f64> {
-    let batch: Vec<OutgoingMessage> = (0..10).map(|_| OutgoingMessage::new("o")).collect();
-    for _ in 0..20 {
-        queue.send_batch(&batch).await?;
-    }
-    let started = Instant::now();
-    let mut drained = 0;
-    loop {
-        let got = queue
-            .receive(ReceiveRequest {
-                max_messages: 10,
-                wait: Duration::ZERO,
-                visibility_timeout: None,
-            })
-            .await?;
-        if got.is_empty() {
-            break;
-        }
-        drained += got.len();
-        let receipts: Vec<String> = got.into_iter().map(|m| m.receipt_handle).collect();
-        queue.delete_batch(&receipts).await?;
-    }
-    Ok(drained as f64 / started.elapsed().as_secs_f64())
+    const BACKLOG: usize = 200;
+    batches::send_all(queue, BACKLOG).await?;
+    let took = batches::receive_delete_all(queue, BACKLOG).await?;
+    Ok(BACKLOG as f64 / took.as_secs_f64())
 }
 
 fn main() -> anyhow::Result<()> {
