@@ -14,7 +14,8 @@
 //! - A warm child older than [`MAX_AGE`] is retired: its store resolved the
 //!   policy's host names and opened its directories when it was made, and
 //!   those should not grow stale. After [`MAX_AGE`] without a spawn none are
-//!   kept, so an idle worker holds no extra processes.
+//!   kept, so an idle worker holds no extra processes, and its fork server
+//!   sleeps until the next spawn.
 //! - A warm child that dies while waiting (its set-up failed, or someone
 //!   killed it) stops pre-forking for its key for [`MAX_AGE`], so a policy
 //!   whose set-up always fails does not fork in a loop; its calls fork on
@@ -126,6 +127,14 @@ impl WarmPool {
             }
             keep
         });
+        if self
+            .expected
+            .as_ref()
+            .is_some_and(|(_, at)| now >= *at + MAX_AGE)
+        {
+            // Idle: nothing to wake up for until the next spawn.
+            self.expected = None;
+        }
         let Some(key) = self.expected(now).cloned() else {
             return Plan { retire, fork: 0 };
         };
@@ -327,9 +336,27 @@ mod tests {
                 fork: 0
             }
         );
-        assert_eq!(pool.next_deadline(), Some(t0 + MAX_AGE), "the idle mark");
+        assert_eq!(
+            pool.next_deadline(),
+            None,
+            "an idle pool has nothing to wake up for"
+        );
         pool.expect(&key("a"), later);
         assert_eq!(pool.plan(0, later).fork, 2, "a spawn starts it again");
+    }
+
+    #[test]
+    fn an_idle_pool_wakes_once_at_its_idle_mark_then_sleeps() {
+        let t0 = Instant::now();
+        let mut pool = WarmPool::new(2);
+        pool.expect(&key("a"), t0);
+        assert_eq!(pool.next_deadline(), Some(t0 + MAX_AGE), "the idle mark");
+        assert_eq!(pool.plan(2, t0 + MAX_AGE).fork, 0);
+        // A deadline left in the past would make the fork server's loop
+        // poll with a 1 ms timeout for as long as the worker stays idle.
+        assert_eq!(pool.next_deadline(), None);
+        pool.expect(&key("a"), t0 + MAX_AGE);
+        assert_eq!(pool.next_deadline(), Some(t0 + MAX_AGE * 2));
     }
 
     #[test]
