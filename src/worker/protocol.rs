@@ -12,8 +12,9 @@
 //!   message is forked on demand instead; with it, as `SCM_RIGHTS`, the
 //!   call's result file when the job publishes results), and every child
 //!   writes one JSON [`Outcome`] packet there just before it exits. The
-//!   fork server reads it when it reaps that child and puts it in the
-//!   child's [`Event::Exited`], so a child can speak only for itself; the
+//!   fork server reads it as soon as it comes (or when it reaps a child
+//!   that ended before it looked) and puts it in the child's
+//!   [`Event::Exited`], so a child can speak only for itself; the
 //!   child's published result comes before that, in [`Event::Output`]
 //!   chunks of at most [`OUTPUT_CHUNK_BYTES`].
 //!
@@ -163,8 +164,10 @@ pub(crate) enum Event {
     /// The next piece of what the process published as its result, in
     /// base64; all of them come before its `Exited`.
     Output { process: u64, chunk: String },
-    /// The process has been reaped; `outcome` is what it reported on its
-    /// own channel, if it got that far.
+    /// The call has ended. Either its report came (`outcome`): `status` is
+    /// then the exit code that outcome gives, and the process, killed, is
+    /// reaped later. Or the process ended without one and was reaped:
+    /// `status` is how it ended.
     Exited {
         process: u64,
         status: ExitStatus,

@@ -38,9 +38,10 @@ async fn warm_children_take_the_calls_each_with_its_own_message() {
     assert!(status.success(), "{log}");
     let (warm, forked) = starts(&log);
     assert_eq!(warm + forked, 10, "{log}");
-    // Only the first call must fork: after each spawn and each exit the fork
-    // server pre-forks before it reads another command, and the parent's
-    // next spawn comes after it has seen an exit.
+    // Only the first calls fork, before the template is ready: the child
+    // for the next free slot is asked for when a call ends (one more than
+    // the free slots), and the parent's next spawn comes after it has
+    // settled that call's message.
     assert!(warm >= 8, "{warm} warm, {forked} forked: {log}");
     let mut reasons = dead_letter_reasons(dlq.as_ref()).await;
     let mut ids: Vec<String> = ids

@@ -191,7 +191,8 @@ pub(super) fn report_and_exit(channel: &OwnedFd, report: CallReport, output: Opt
         outcome: trim_outcome(report.outcome),
         http: report.http,
     });
-    // One packet; the fork server reads it when it reaps this process.
+    // One packet; once the fork server has read it, it kills this process
+    // (see `reap`), so nothing after this line may matter.
     if let Err(e) = send(channel.as_raw_fd(), &bytes, MsgFlags::empty()) {
         tracing::error!(error = %e, "cannot report the outcome");
     }

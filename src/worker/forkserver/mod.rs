@@ -8,14 +8,16 @@
 //! `Exited`). Children never write to the parent: each gets a channel of
 //! its own at its fork, on which it reports its outcome, and, when its job
 //! publishes results, a result file of its own ([`output`]); this process
-//! reads both when it reaps that child and forwards them (`Output`, then
-//! the outcome inside `Exited`: [`reap`]); a child holds no other child's channel
-//! or result file. Children are confined ([`confine`]) before guest
+//! reads both as soon as the report comes (or when it reaps a child that
+//! ended without one) and forwards them (`Output`, then the outcome inside
+//! `Exited`: [`reap`]); a child holds no other child's channel or result
+//! file. Children are confined ([`confine`]) before guest
 //! code runs. Children set up ahead of their calls wait in a pool
 //! ([`warm`]) and are handed their call on the same channel, so most calls
 //! start without a fork ([`start`]).
-//! One `poll` loop waits on the command socket and a signalfd for SIGCHLD;
-//! there is no polling timer except a compile helper's deadline.
+//! One `poll` loop waits on the command socket, a signalfd for SIGCHLD and
+//! the running children's channels; it wakes on a timer only for a
+//! deadline (a compile helper's, a template's answer, a warm child's age).
 //!
 //! A component not yet compiled on this machine is compiled in a forked
 //! helper ([`compile`]) with a deadline and an address-space cap; the loop
@@ -97,14 +99,28 @@ fn send_event(events: &impl AsFd, event: &Event) {
     }
 }
 
-/// What a reaped pid was.
+/// What a pid not reaped yet is.
 enum Running {
-    /// A worker child making a call for the parent's `process`, the fork
-    /// server's end of its channel, and the call's result file when the job
-    /// publishes results.
-    Call(u64, OwnedFd, Option<OutputFile>),
+    /// A worker child making a call.
+    Call(Call),
+    /// A worker child whose report is in and whose end the parent has been
+    /// told ([`reap`]): killed, and waiting only to be reaped.
+    Reported,
     /// A compile helper for this digest.
     Helper(String),
+}
+
+/// A worker child's call, as the fork server tracks it.
+struct Call {
+    /// The parent's number for the call.
+    process: u64,
+    /// The fork server's end of the child's channel, where its report comes.
+    channel: OwnedFd,
+    /// The call's result file, when the job publishes results.
+    output: Option<OutputFile>,
+    /// Whether the channel may still bring the report: false once it was
+    /// readable without one (the child is ending without a word).
+    listening: bool,
 }
 
 struct Server {
@@ -229,7 +245,8 @@ impl Server {
                     PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
                         .unwrap_or(PollTimeout::MAX)
                 });
-            let (cmd_ready, chld_ready, template_ready) = {
+            let (cmd_ready, chld_ready, template_ready, reported) = {
+                let reports = self.listening();
                 let mut fds = vec![
                     PollFd::new(self.commands.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
@@ -237,6 +254,12 @@ impl Server {
                 if let Some(t) = &self.template {
                     fds.push(PollFd::new(t.channel(), PollFlags::POLLIN));
                 }
+                let first_report = fds.len();
+                fds.extend(
+                    reports
+                        .iter()
+                        .map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN)),
+                );
                 match poll(&mut fds, timeout) {
                     Ok(_) => {}
                     Err(nix::errno::Errno::EINTR) => continue,
@@ -246,14 +269,26 @@ impl Server {
                     }
                 }
                 let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                let reported: Vec<Pid> = reports
+                    .iter()
+                    .zip(&fds[first_report..])
+                    .filter(|(_, f)| ready(f))
+                    .map(|((pid, _), _)| *pid)
+                    .collect();
                 (
                     ready(&fds[0]),
                     ready(&fds[1]),
-                    fds.get(2).is_some_and(ready),
+                    self.template.is_some() && ready(&fds[2]),
+                    reported,
                 )
             };
             if template_ready {
                 self.template_said();
+            }
+            // Reports before reaping: a call whose report is in has ended,
+            // whatever its process does next.
+            for pid in reported {
+                self.report_arrived(pid);
             }
             if chld_ready {
                 while let Ok(Some(_)) = self.sigfd.read_signal() {}
@@ -354,7 +389,7 @@ impl Server {
         let pid = self
             .running
             .iter()
-            .find(|(_, r)| matches!(r, Running::Call(p, ..) if *p == process))
+            .find(|(_, r)| matches!(r, Running::Call(c) if c.process == process))
             .map(|(pid, _)| *pid);
         // Not found: already reaped (or never started); nothing to signal.
         if let Some(pid) = pid
@@ -396,7 +431,7 @@ impl Server {
     fn shutdown(&mut self, code: i32) -> i32 {
         for (pid, r) in &self.running {
             let _ = match r {
-                Running::Call(..) => killpg(*pid, Signal::SIGKILL),
+                Running::Call(_) | Running::Reported => killpg(*pid, Signal::SIGKILL),
                 Running::Helper(_) => nix::sys::signal::kill(*pid, Signal::SIGKILL),
             };
         }

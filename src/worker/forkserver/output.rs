@@ -8,11 +8,11 @@
 //! until written). The child gets the file with its call (inherited when
 //! it is forked for the call, else passed with the handover) and, once the
 //! call has ended, writes the result and then the header
-//! ([`write_result`]). The fork server reads it when it reaps the child
-//! ([`OutputFile::read`]) and forwards it to the parent in chunks before
-//! the child's `Exited` event (the child's channel carries only its
-//! outcome: a socket's buffer could not take a 256 KiB result, and the fork
-//! server reads a channel only once the child has gone).
+//! ([`write_result`]), all before it sends its report. The fork server
+//! reads it when that report comes, or when it reaps a child that ended
+//! without one ([`OutputFile::read`]), and forwards it to the parent in
+//! chunks before the child's `Exited` event (the child's channel carries
+//! only its outcome: a socket's buffer could not take a 256 KiB result).
 //!
 //! Header: the result's length plus one, little-endian; zero (the file as
 //! made) means nothing was published.

@@ -1,17 +1,28 @@
-//! What the fork server does when a process it started ends (in the fork
-//! server process): a worker child's end is reported to the parent with
-//! the outcome and result the child left (`Output`, then `Exited`); a
-//! compile helper's end loads the module and starts the calls that waited
-//! for it, or fails them; a template or a pre-forked child that dies
-//! waiting pauses pre-forking for its key ([`super::warm`]).
+//! What the fork server does when a call or a process it started ends (in
+//! the fork server process):
+//! - A worker child's call ends when its report comes: the child writes
+//!   its result file, then its one report packet, and has nothing left to
+//!   do but exit. The parent is told at once (`Output`, then `Exited` with
+//!   the exit code the outcome gives, the code the child exits with), and
+//!   the child is killed: its exit, which unmaps the whole process and
+//!   takes a few hundred microseconds, is no longer between the call's end
+//!   and its message's delete, and a child the parent stopped in that last
+//!   instant does not stay behind. It is reaped later, silently.
+//! - A worker child that ends without a report (killed, crashed, a limit)
+//!   is told with its real exit status when it is reaped.
+//! - A compile helper's end loads the module and starts the calls that
+//!   waited for it, or fails them.
+//! - A template or a pre-forked child that dies waiting pauses pre-forking
+//!   for its key ([`super::warm`]).
 
 use super::protocol::{self, Event, ExitStatus, SpawnFailure};
 use super::warm::WarmKey;
-use super::{Running, Server, output, send_event};
+use super::{Call, Running, Server, output, send_event};
+use nix::sys::signal::{Signal, killpg};
 use nix::sys::socket::{MsgFlags, recv};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 /// The one packet a reaped child left on its report channel, if any.
@@ -24,6 +35,56 @@ fn read_report(channel: &OwnedFd) -> Option<protocol::Report> {
 }
 
 impl Server {
+    /// The channels of the calls whose report may still come.
+    pub(super) fn listening(&self) -> Vec<(Pid, BorrowedFd<'_>)> {
+        self.running
+            .iter()
+            .filter_map(|(pid, r)| match r {
+                Running::Call(c) if c.listening => Some((*pid, c.channel.as_fd())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `pid`'s channel is readable: its report is in (the call has ended),
+    /// or the child is ending without one, which its reaping tells.
+    pub(super) fn report_arrived(&mut self, pid: Pid) {
+        let Some(Running::Call(call)) = self.running.get_mut(&pid) else {
+            return;
+        };
+        let Some(report) = read_report(&call.channel) else {
+            call.listening = false;
+            return;
+        };
+        let Some(Running::Call(call)) = self.running.insert(pid, Running::Reported) else {
+            return;
+        };
+        // Not reaped yet, so the pid (and its group) is still this child's.
+        let _ = killpg(pid, Signal::SIGKILL);
+        let status = ExitStatus::Code(report.outcome.exit_code().into());
+        self.tell_end(call, status, Some(report));
+    }
+
+    /// Tell the parent how `call` ended: its result, then `Exited`.
+    fn tell_end(&self, call: Call, status: ExitStatus, report: Option<protocol::Report>) {
+        let (outcome, http) = match report {
+            Some(r) => (Some(r.outcome), r.http),
+            None => (None, None),
+        };
+        if let Some(file) = call.output {
+            output::forward(&self.events, call.process, &file);
+        }
+        send_event(
+            &self.events,
+            &Event::Exited {
+                process: call.process,
+                status,
+                outcome,
+                http,
+            },
+        )
+    }
+
     /// Report and reap every child that has ended. Each is looked at first
     /// (`WNOWAIT`) and reaped only after its `Exited` is sent: reaping frees
     /// the child's seccomp filter and Landlock domain, which takes tens of
@@ -45,24 +106,12 @@ impl Server {
     /// `pid` has ended with `status` (not reaped yet): tell whoever waits.
     fn ended(&mut self, pid: Pid, status: ExitStatus) {
         match self.running.remove(&pid) {
-            Some(Running::Call(process, report, output)) => {
-                let (outcome, http) = match read_report(&report) {
-                    Some(r) => (Some(r.outcome), r.http),
-                    None => (None, None),
-                };
-                if let Some(file) = output {
-                    output::forward(&self.events, process, &file);
-                }
-                send_event(
-                    &self.events,
-                    &Event::Exited {
-                        process,
-                        status,
-                        outcome,
-                        http,
-                    },
-                )
+            Some(Running::Call(call)) => {
+                // Its report, if it came after this turn's poll.
+                let report = read_report(&call.channel);
+                self.tell_end(call, status, report)
             }
+            Some(Running::Reported) => {}
             Some(Running::Helper(digest)) => self.compiled(&digest, status),
             None if self.template.as_ref().is_some_and(|t| t.pid == pid) => {
                 // What it said last (a copy's answer) still counts.

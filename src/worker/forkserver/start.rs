@@ -10,7 +10,7 @@ use super::output::OutputFile;
 use super::protocol::{self, Event, Handover, Spawn, SpawnFailure};
 use super::template::{self, Said, Template};
 use super::warm::{MAX_AGE, Warm, WarmKey};
-use super::{Running, Server, child, fdpass, send_event};
+use super::{Call, Running, Server, child, fdpass, send_event};
 use crate::executor::LoadedJob;
 use nix::sys::signal::Signal;
 use nix::unistd::{ForkResult, Pid, fork, getpid};
@@ -66,8 +66,13 @@ impl Server {
 
     fn started(&mut self, call: Assigned, pid: Pid, channel: OwnedFd, warm: bool) {
         let process = call.handover.process;
-        self.running
-            .insert(pid, Running::Call(process, channel, call.output));
+        let tracked = Call {
+            process,
+            channel,
+            output: call.output,
+            listening: true,
+        };
+        self.running.insert(pid, Running::Call(tracked));
         send_event(
             &self.events,
             &Event::Started {
@@ -84,7 +89,7 @@ impl Server {
         let busy = self
             .running
             .values()
-            .filter(|r| matches!(r, Running::Call(..)))
+            .filter(|r| matches!(r, Running::Call(_)))
             .count();
         let now = Instant::now();
         self.keep_template(now);
@@ -304,13 +309,13 @@ impl Server {
     /// file: what no new child may hold.
     pub(super) fn channels(&self) -> impl Iterator<Item = RawFd> + '_ {
         let running = self.running.values().flat_map(|r| match r {
-            Running::Call(_, fd, output) => {
+            Running::Call(c) => {
                 vec![
-                    Some(fd.as_raw_fd()),
-                    output.as_ref().map(|f| f.fd().as_raw_fd()),
+                    Some(c.channel.as_raw_fd()),
+                    c.output.as_ref().map(|f| f.fd().as_raw_fd()),
                 ]
             }
-            Running::Helper(_) => Vec::new(),
+            Running::Reported | Running::Helper(_) => Vec::new(),
         });
         let awaiting = self
             .awaiting_copy

@@ -6,9 +6,9 @@
 //! up up to its call ([`super::child`]): limits, runtime, store, Landlock
 //! and seccomp. A spawn whose key matches one takes it and the call starts
 //! without a fork; any other spawn forks on demand, as before. The rules:
-//! - Keep one child per free slot (`capacity` minus calls running), and at
-//!   least one, for the key of the last spawn, the module the fork server
-//!   expects next.
+//! - Keep one child per free slot (`capacity` minus calls running), plus
+//!   one, for the key of the last spawn, the module the fork server expects
+//!   next.
 //! - At most `capacity` warm children in all; to make room for the expected
 //!   key, the oldest of other keys go first.
 //! - A warm child older than [`MAX_AGE`] is retired: its store resolved the
@@ -139,10 +139,10 @@ impl WarmPool {
             return Plan { retire, fork: 0 };
         };
         let have = self.children.iter().filter(|w| w.key == key).count();
-        // One ready even when every slot is busy: a child forked only when
-        // a slot frees is still setting up when the parent's next call
-        // comes.
-        let slots = self.capacity.saturating_sub(busy).max(1);
+        // One more than the free slots: the child for the next slot to free
+        // is asked for when a call ends, not when the parent's next call
+        // comes (a template's copy, or a fork, is still on its way then).
+        let slots = self.capacity.saturating_sub(busy) + 1;
         let want = slots.saturating_sub(have);
         // Make room by retiring the oldest children of other keys.
         while self.capacity.saturating_sub(self.children.len()) < want {
@@ -245,8 +245,8 @@ mod tests {
         let now = Instant::now();
         let mut pool = WarmPool::new(4);
         pool.expect(&key("a"), now);
-        assert_eq!(pool.plan(0, now).fork, 4);
-        assert_eq!(pool.plan(3, now).fork, 1);
+        assert_eq!(pool.plan(0, now).fork, 4, "at most capacity");
+        assert_eq!(pool.plan(3, now).fork, 2);
         assert_eq!(
             pool.plan(4, now).fork,
             1,
@@ -258,8 +258,8 @@ mod tests {
             "on-exit calls can exceed the slots"
         );
         pool.add(warm(10, &key("a"), now));
-        assert_eq!(pool.plan(2, now).fork, 1, "one already waits");
-        assert_eq!(pool.plan(3, now).fork, 0);
+        assert_eq!(pool.plan(2, now).fork, 2, "one already waits");
+        assert_eq!(pool.plan(3, now).fork, 1);
         assert_eq!(pool.plan(4, now).fork, 0);
     }
 
@@ -289,7 +289,7 @@ mod tests {
         pool.add(warm(10, &key("a"), t0));
         pool.add(warm(11, &key("c"), t1));
         pool.expect(&key("b"), t1);
-        let plan = pool.plan(1, t1);
+        let plan = pool.plan(2, t1);
         assert_eq!(
             plan,
             Plan {
@@ -304,7 +304,7 @@ mod tests {
         );
         pool.add(warm(12, &key("b"), t1));
         assert_eq!(
-            pool.plan(0, t1),
+            pool.plan(1, t1),
             Plan {
                 retire: pids(&[11]),
                 fork: 1
