@@ -107,8 +107,13 @@ impl Server {
     fn ended(&mut self, pid: Pid, status: ExitStatus) {
         match self.running.remove(&pid) {
             Some(Running::Call(call)) => {
-                // Its report, if it came after this turn's poll.
+                // Its report, if it came after this turn's poll: then, as
+                // in `report_arrived`, the report decides how it ended.
                 let report = read_report(&call.channel);
+                let status = match &report {
+                    Some(r) => ExitStatus::Code(r.outcome.exit_code().into()),
+                    None => status,
+                };
                 self.tell_end(call, status, report)
             }
             Some(Running::Reported) => {}

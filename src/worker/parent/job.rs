@@ -196,6 +196,9 @@ async fn run(
     tokio::pin!(hard_limit);
     let (mut output, mut http) = (None, None);
     let end = tokio::select! {
+        // The end first: a job whose end has come is settled by it, even if
+        // the exit signal came at the same moment.
+        biased;
         ended = &mut spawned.end => {
             drop(lease);
             ctx.stats.job_duration.observe(started.elapsed().as_secs_f64());

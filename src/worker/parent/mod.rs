@@ -284,10 +284,19 @@ pub async fn run(
     }
     drop(intake_tx);
     // Stop intake and wait for the receivers' last receives, so nothing they
-    // got is left invisible (they release such messages).
-    let stop_receiving = async |intake: mpsc::Receiver<Intake>, mut receivers: JoinSet<()>| {
+    // got is left invisible: they release what they can no longer hand over,
+    // and batches already handed over but not taken are released here.
+    let stop_receiving = async |mut intake: mpsc::Receiver<Intake>, mut receivers: JoinSet<()>| {
         let _ = stop_tx.send(true);
-        drop(intake);
+        intake.close();
+        while let Some(batch) = intake.recv().await {
+            if let Intake::Messages(batch) = batch {
+                for (d, _) in batch {
+                    let msg = std::slice::from_ref(&d.msg);
+                    intake::release(d.source.queue.as_ref(), msg, &stats).await;
+                }
+            }
+        }
         while receivers.join_next().await.is_some() {}
     };
     let mut jobs: JoinSet<JobResult> = JoinSet::new();
