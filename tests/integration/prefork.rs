@@ -10,7 +10,7 @@
 use crate::common::{hostile_path, modes_path};
 use crate::queue_backends::Backend;
 use crate::worker_harness::*;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasm_jobs::queue::OutgoingMessage;
 
 /// `worker child started` events, split into (warm, forked).
@@ -20,6 +20,12 @@ fn starts(log: &str) -> (usize, usize) {
     (warm, forked)
 }
 
+/// The fork server's children now (template, warm children, calls).
+fn children_of(pid: i32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .map_or(0, |c| c.split_whitespace().count())
+}
+
 /// Every message's call gets that message: "i" makes the job fail with its
 /// own message id, which becomes the dead-letter reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,22 +33,42 @@ async fn warm_children_take_the_calls_each_with_its_own_message() {
     let b = Backend::embedded();
     let (q, dlq) = b.create_with_dlq("warm-ids", 3, &config(30)).await;
     let addr = b.address_of(q.as_ref());
-    let mut ids = Vec::new();
-    // Ten: what one receive of the dead-letter queue returns.
-    for _ in 0..10 {
+    let w = Worker::start(
+        &b,
+        &addr,
+        &modes_path(),
+        &["--concurrency", "2", "--wait", "0"],
+    );
+    let mut ids = vec![q.send(&OutgoingMessage::new("i")).await.unwrap()];
+    let wait = Duration::from_secs(60);
+    w.wait_for("message dead-lettered", &[], wait);
+    // The first call forks (there is no template yet). Then, idle, the fork
+    // server keeps a template and a warm child per free slot: its copies.
+    let fork_server: i32 = field(&w.wait_for("fork server ready", &[], wait), "pid")
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + wait;
+    while children_of(fork_server) < 3 {
+        assert!(Instant::now() < deadline, "no warm children: {}", w.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Nine more: ten in all, what one receive of the dead-letter queue
+    // returns.
+    for _ in 0..9 {
         ids.push(q.send(&OutgoingMessage::new("i")).await.unwrap());
     }
-    let args = ["--concurrency", "2", "--wait", "0", "--drain"];
-    let w = Worker::start(&b, &addr, &modes_path(), &args);
-    let (status, log) = w.wait(Duration::from_secs(60));
-    assert!(status.success(), "{log}");
+    while w.count("message dead-lettered", &[]) < 10 {
+        assert!(Instant::now() < deadline, "{}", w.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = w.log();
     let (warm, forked) = starts(&log);
     assert_eq!(warm + forked, 10, "{log}");
-    // Only the first calls fork, before the template is ready: the child
-    // for the next free slot is asked for when a call ends (one more than
-    // the free slots), and the parent's next spawn comes after it has
-    // settled that call's message.
-    assert!(warm >= 8, "{warm} warm, {forked} forked: {log}");
+    // The first two of the nine find a warm child each, whatever the load;
+    // how many of the rest do depends on how fast the template copies itself
+    // while calls run (the benchmark measures that, with warm children off
+    // beside it).
+    assert!(warm >= 2, "{warm} warm, {forked} forked: {log}");
     let mut reasons = dead_letter_reasons(dlq.as_ref()).await;
     let mut ids: Vec<String> = ids
         .into_iter()
@@ -51,6 +77,10 @@ async fn warm_children_take_the_calls_each_with_its_own_message() {
     reasons.sort();
     ids.sort();
     assert_eq!(reasons, ids, "each call saw its own message: {log}");
+    w.signal(libc::SIGTERM);
+    let (status, log) = w.wait(wait);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{log}");
 }
 
 /// With `--warm-children 0` every call forks, as before pre-forking.
