@@ -128,6 +128,14 @@ pub(super) async fn receive_loop(
     }
 }
 
+/// Release messages a receiver handed to the run loop that will not run
+/// them (an exit signal came).
+pub(super) async fn release_handed(batch: Vec<(Delivery, Ticket)>, stats: &WorkerStats) {
+    for (d, _) in batch {
+        release(d.source.queue.as_ref(), std::slice::from_ref(&d.msg), stats).await;
+    }
+}
+
 /// Make messages visible again at once (received after an exit signal).
 pub(super) async fn release(queue: &dyn Queue, batch: &[ReceivedMessage], stats: &WorkerStats) {
     for m in batch {

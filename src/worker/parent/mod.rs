@@ -291,10 +291,7 @@ pub async fn run(
         intake.close();
         while let Some(batch) = intake.recv().await {
             if let Intake::Messages(batch) = batch {
-                for (d, _) in batch {
-                    let msg = std::slice::from_ref(&d.msg);
-                    intake::release(d.source.queue.as_ref(), msg, &stats).await;
-                }
+                intake::release_handed(batch, &stats).await;
             }
         }
         while receivers.join_next().await.is_some() {}
@@ -347,9 +344,7 @@ pub async fn run(
             }
             Some(batch) = intake.recv() => match batch {
                 Intake::Messages(batch) if signal.is_some() => {
-                    for (d, _) in batch {
-                        intake::release(d.source.queue.as_ref(), std::slice::from_ref(&d.msg), &stats).await;
-                    }
+                    intake::release_handed(batch, &stats).await;
                 }
                 Intake::Messages(batch) => {
                     for (d, ticket) in batch {
