@@ -289,6 +289,13 @@ pub trait Queue: Send + Sync {
     /// ReceiveMessage: up to `req.max_messages` visible messages, made
     /// invisible for the visibility timeout; waits up to `req.wait` for one.
     async fn receive(&self, req: ReceiveRequest) -> Result<Vec<ReceivedMessage>, QueueError>;
+    /// End the long polls on this handle, the ones under way and any made
+    /// later, as if their wait had run out, where that loses nothing: a
+    /// poll returns what its last check took, and no check runs after. The
+    /// embedded queue does so at once. SQS cannot: a ReceiveMessage under
+    /// way may already have taken messages that only its answer names, so
+    /// it is left to finish (within its wait of at most 20 s).
+    fn stop_waiting(&self);
     /// ChangeMessageVisibility: keep a received message invisible for
     /// `timeout` from now (zero releases it at once).
     async fn change_visibility(

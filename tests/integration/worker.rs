@@ -730,6 +730,39 @@ async fn a_draining_worker_exits_within_one_long_poll_of_its_last_job() {
     assert_eq!(counts(q.as_ref()).await, (0, 0, 0));
 }
 
+/// An idle worker in a 20 s long poll on the embedded queue stops at
+/// once on SIGTERM: the poll ends where it is (nothing is taken after its
+/// last check), instead of being waited out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_in_a_long_poll_stops_at_once_on_sigterm() {
+    let b = Backend::embedded();
+    let (q, addr) = b.create("term-poll", &config(30)).await;
+    q.send(&OutgoingMessage::new("o")).await.unwrap();
+    let w = Worker::start(&b, &addr, &modes_path(), &["--wait", "20"]);
+    // After its one job, the receiver is straight back in a 20 s poll.
+    let done = "job succeeded; message deleted";
+    wait_for_count(&w, done, 1, Duration::from_secs(30));
+    let signalled = Instant::now();
+    w.signal(libc::SIGTERM);
+    let (status, log) = w.wait(Duration::from_secs(30));
+    let after = signalled.elapsed();
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{log}");
+    assert!(
+        after < Duration::from_secs(10),
+        "stopped {after:?} after SIGTERM (the poll under way was 20 s): {log}"
+    );
+    assert_eq!(
+        count_in(
+            &log,
+            "released a message received after the exit signal",
+            &[]
+        ),
+        0,
+        "{log}"
+    );
+    assert_eq!(counts(q.as_ref()).await, (0, 0, 0));
+}
+
 crate::on_both_backends!(
     a_job_past_its_timeout_is_stopped_in_its_child,
     success_deletes_the_message,

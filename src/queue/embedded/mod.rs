@@ -412,6 +412,43 @@ mod tests {
         }
     }
 
+    /// `stop_waiting` ends a long poll under way at once, and makes later
+    /// ones return after their first check; a message there is still
+    /// handed out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_waiting_ends_long_polls_and_still_hands_out_what_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.create_queue("q", &QueueConfig::default()).unwrap();
+        let q = std::sync::Arc::new(store.queue("q").unwrap());
+        let long = ReceiveRequest {
+            max_messages: 10,
+            wait: Duration::from_secs(20),
+            visibility_timeout: None,
+        };
+        let started = std::time::Instant::now();
+        let polling = tokio::spawn({
+            let q = std::sync::Arc::clone(&q);
+            async move { q.receive(long).await }
+        });
+        // The poll made its wake watch (the file) before its first check.
+        let wake_file = dir.path().join("wake").join("q");
+        while !wake_file.exists() {
+            tokio::task::yield_now().await;
+        }
+        q.stop_waiting();
+        let got = polling.await.unwrap().unwrap();
+        assert!(got.is_empty());
+        let later = q.receive(long).await.unwrap();
+        assert!(later.is_empty());
+        // Two 20 s polls: neither waited its wait out.
+        assert!(started.elapsed() < Duration::from_secs(10));
+        q.send(&OutgoingMessage::new("there")).await.unwrap();
+        let got = q.receive(long).await.unwrap();
+        let bodies: Vec<&str> = got.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(bodies, ["there"]);
+    }
+
     /// A message's own operations run on the calling thread only when the
     /// database is free; while another process holds SQLite's write lock
     /// they wait for it on the blocking pool, as every operation did,

@@ -25,6 +25,8 @@ pub struct EmbeddedQueue {
     /// This handle's long-poll watch, made by the first long poll and kept
     /// (see [`WakeWatch::clear`]); a poll that finds it in use makes its own.
     watch: tokio::sync::Mutex<Option<WakeWatch>>,
+    /// Set by [`Queue::stop_waiting`]: long polls end after their check.
+    waiting_stopped: tokio::sync::watch::Sender<bool>,
 }
 
 impl EmbeddedQueue {
@@ -34,6 +36,7 @@ impl EmbeddedQueue {
             name,
             config,
             watch: tokio::sync::Mutex::new(None),
+            waiting_stopped: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -66,6 +69,12 @@ impl Queue for EmbeddedQueue {
         true
     }
 
+    /// A long poll here waits only between its checks, each one a whole
+    /// transaction, so it can end at any wait without losing a message.
+    fn stop_waiting(&self) {
+        self.waiting_stopped.send_replace(true);
+    }
+
     async fn peek(&self, max: usize) -> Result<Vec<ReceivedMessage>, QueueError> {
         let name = self.name.clone();
         self.store.write(move |tx| sql::peek(tx, &name, max)).await
@@ -77,6 +86,7 @@ impl Queue for EmbeddedQueue {
             .visibility_timeout
             .unwrap_or(self.config.visibility_timeout);
         let deadline = Instant::now() + req.wait;
+        let mut stopped = self.waiting_stopped.subscribe();
         let long = !req.wait.is_zero();
         let mut kept = if long {
             self.watch.try_lock().ok()
@@ -115,7 +125,7 @@ impl Queue for EmbeddedQueue {
                 self.store.write_quick(work).await?
             };
             let left = deadline.saturating_duration_since(Instant::now());
-            if !got.is_empty() || left.is_zero() {
+            if !got.is_empty() || left.is_zero() || *stopped.borrow_and_update() {
                 return Ok(got);
             }
             let nap = left
@@ -125,14 +135,21 @@ impl Queue for EmbeddedQueue {
                 Some(slot) => slot,
                 None => &mut own,
             };
-            let woke = match slot.as_mut() {
-                Some(w) => w.wait(nap).await,
-                None => Err(std::io::Error::other("no watch")),
+            let nap = async {
+                let woke = match slot.as_mut() {
+                    Some(w) => w.wait(nap).await,
+                    None => Err(std::io::Error::other("no watch")),
+                };
+                if woke.is_err() {
+                    // Without a working watch, poll at the nap's pace.
+                    *slot = None;
+                    tokio::time::sleep(nap).await;
+                }
             };
-            if woke.is_err() {
-                // Without a working watch, poll at the nap's pace.
-                *slot = None;
-                tokio::time::sleep(nap).await;
+            tokio::select! {
+                () = nap => {}
+                // The check above found nothing; nothing is taken after it.
+                _ = stopped.changed() => return Ok(Vec::new()),
             }
         }
     }

@@ -218,6 +218,10 @@ impl Queue for SqsQueue {
         &self.url
     }
 
+    /// Nothing to do: a ReceiveMessage under way is left to finish, as
+    /// dropping it could strand what it took until its visibility timeout.
+    fn stop_waiting(&self) {}
+
     async fn receive(&self, req: ReceiveRequest) -> Result<Vec<ReceivedMessage>, QueueError> {
         validate::receive(&req)?;
         let out = self

@@ -40,6 +40,9 @@ impl Queue for Counted {
         self.stats.queue_called("ReceiveMessage");
         self.inner.receive(req).await
     }
+    fn stop_waiting(&self) {
+        self.inner.stop_waiting();
+    }
     async fn change_visibility(
         &self,
         receipt_handle: &str,

@@ -286,8 +286,16 @@ pub async fn run(
     // Stop intake and wait for the receivers' last receives, so nothing they
     // got is left invisible: they release what they can no longer hand over,
     // and batches already handed over but not taken are released here.
-    let stop_receiving = async |mut intake: mpsc::Receiver<Intake>, mut receivers: JoinSet<()>| {
+    // Receivers start no receive after this, and the long polls under way
+    // end where that loses nothing (`Queue::stop_waiting`).
+    let stop_intake = || {
         let _ = stop_tx.send(true);
+        for s in &sources {
+            s.queue.stop_waiting();
+        }
+    };
+    let stop_receiving = async |mut intake: mpsc::Receiver<Intake>, mut receivers: JoinSet<()>| {
+        stop_intake();
         intake.close();
         while let Some(batch) = intake.recv().await {
             if let Intake::Messages(batch) = batch {
@@ -331,7 +339,7 @@ pub async fn run(
                     tracing::warn!(signal = sig, in_flight = jobs.len(), "exit signal received: stopping intake and handling every in-flight job");
                     signal = Some(sig);
                     let _ = exit_tx.send(Some(sig));
-                    let _ = stop_tx.send(true);
+                    stop_intake();
                 } else {
                     tracing::warn!(signal = sig, "already handling an exit signal; ignoring this one");
                 }
