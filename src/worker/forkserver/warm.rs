@@ -132,8 +132,11 @@ impl WarmPool {
             .as_ref()
             .is_some_and(|(_, at)| now >= *at + MAX_AGE)
         {
-            // Idle: nothing to wake up for until the next spawn.
+            // Idle: keep no child, however young (one forked for the last
+            // spawn's key just before its mark), and nothing to wake up for
+            // until the next spawn.
             self.expected = None;
+            retire.extend(self.children.drain(..).map(|w| w.pid));
         }
         let Some(key) = self.expected(now).cloned() else {
             return Plan { retire, fork: 0 };
@@ -315,34 +318,47 @@ mod tests {
     #[test]
     fn old_children_are_retired_and_an_idle_worker_keeps_none() {
         let t0 = Instant::now();
+        let t5 = t0 + Duration::from_secs(5);
         let mut pool = WarmPool::new(2);
         pool.expect(&key("a"), t0);
         pool.add(warm(10, &key("a"), t0));
-        pool.add(warm(11, &key("a"), t0 + Duration::from_secs(5)));
+        // Another spawn at 5 s keeps the key expected until 15 s.
+        pool.expect(&key("a"), t5);
+        pool.add(warm(11, &key("a"), t5));
         assert_eq!(pool.next_deadline(), Some(t0 + MAX_AGE));
-        let later = t0 + MAX_AGE;
+        let t10 = t0 + MAX_AGE;
         assert_eq!(
-            pool.plan(0, later),
+            pool.plan(2, t10),
             Plan {
                 retire: pids(&[10]),
                 fork: 0
-            }
+            },
+            "the old one goes; one waits for the next free slot"
         );
-        let later = t0 + Duration::from_secs(5) + MAX_AGE;
+        assert_eq!(pool.plan(1, t10).fork, 1, "a slot freed: replace it");
+        pool.add(warm(12, &key("a"), t10));
+        // No spawn since 5 s: at 15 s the pool keeps none, not even the
+        // child forked at 10 s.
+        assert_eq!(pool.next_deadline(), Some(t5 + MAX_AGE));
         assert_eq!(
-            pool.plan(0, later),
+            pool.plan(0, t5 + MAX_AGE),
             Plan {
-                retire: pids(&[11]),
+                retire: pids(&[11, 12]),
                 fork: 0
             }
         );
+        assert_eq!(pool.channels().count(), 0);
         assert_eq!(
             pool.next_deadline(),
             None,
             "an idle pool has nothing to wake up for"
         );
-        pool.expect(&key("a"), later);
-        assert_eq!(pool.plan(0, later).fork, 2, "a spawn starts it again");
+        pool.expect(&key("a"), t5 + MAX_AGE);
+        assert_eq!(
+            pool.plan(0, t5 + MAX_AGE).fork,
+            2,
+            "a spawn starts it again"
+        );
     }
 
     #[test]
