@@ -203,6 +203,7 @@ impl EmbeddedStore {
             .map_err(storage)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(storage)?;
+        prepare_once(&conn)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(storage)?;
@@ -366,6 +367,23 @@ fn load_config(
     )
     .optional()
     .map_err(storage)
+}
+
+/// Keep each statement prepared once per connection. SQLite (built with
+/// STAT4) otherwise marks a statement whose plan might depend on a bound
+/// value to be prepared again whenever one changes: the receive statement
+/// was, on every receive. The query planner stability guarantee (QPSG)
+/// plans without looking at bound values; the receive statements name
+/// their index anyway (`sql::receive_sql`).
+fn prepare_once(conn: &Connection) -> Result<(), QueueError> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .map_err(storage)?;
+    // Room for every statement `sql` caches (about 15).
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(())
 }
 
 #[cfg(test)]
