@@ -7,7 +7,10 @@
 //! (percentiles interpolated within the worker's histogram buckets); the
 //! parent's RSS with 64 jobs in flight and the heartbeat calls with 100.
 //! Each figure stands beside a physical reference measured in the same
-//! run: a bare fork()+waitpid() of a no-op child, a raw SQLite
+//! run: a bare fork()+waitpid() of a no-op child (measured again, in a
+//! fresh single-threaded process, just before each throughput run, and
+//! each ratio is the median of the runs' own ratios: this machine's speed
+//! drifts over the minutes a report takes), a raw SQLite
 //! insert+delete, a raw HTTP round trip to moto, and the rate at which one
 //! bare client drains a 200-message backlog from moto (receive 10, delete
 //! them in one batch, again: the most any single consumer gets from that
@@ -44,6 +47,63 @@ use wasm_jobs::worker::{ForkServerSettings, ForkServers, WorkerStats};
 
 const MESSAGES: usize = 2_000;
 const REPEATS: usize = 3;
+
+/// Set in the environment of this binary's copy that only measures the
+/// fork reference and prints it (µs).
+const FORK_REFERENCE_ONLY: &str = "WASM_JOBS_BENCH_FORK_REFERENCE";
+
+/// The fork reference now, in a fresh copy of this program (small and
+/// single-threaded, as this process was before it started the worker), in
+/// fork()+waitpid() per second.
+fn fork_rate_now() -> anyhow::Result<f64> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .env(FORK_REFERENCE_ONLY, "1")
+        .output()?;
+    anyhow::ensure!(out.status.success(), "fork reference: {}", out.status);
+    let us: f64 = String::from_utf8(out.stdout)?.trim().parse()?;
+    Ok(1e6 / us)
+}
+
+/// Throughput runs, each beside the fork rate measured just before it.
+#[derive(Default)]
+struct Paired {
+    rates: Vec<f64>,
+    forks: Vec<f64>,
+}
+
+impl Paired {
+    /// Measure the fork rate, then run.
+    async fn run(
+        &mut self,
+        all_forks: &mut Vec<f64>,
+        run: impl Future<Output = anyhow::Result<f64>>,
+    ) -> anyhow::Result<()> {
+        let fork = fork_rate_now()?;
+        all_forks.push(fork);
+        self.forks.push(fork);
+        self.rates.push(run.await?);
+        Ok(())
+    }
+    fn rate(&self) -> f64 {
+        median(self.rates.clone())
+    }
+    /// The median of each run's rate over its own fork rate.
+    fn ratio(&self) -> f64 {
+        median(
+            self.rates
+                .iter()
+                .zip(&self.forks)
+                .map(|(r, f)| r / f)
+                .collect(),
+        )
+    }
+    fn reference(&self) -> String {
+        format!(
+            "bare fork+waitpid {:.0}/s (before each run)",
+            median(self.forks.clone())
+        )
+    }
+}
 
 /// fork() + waitpid() of a child that exits at once, in µs. Before any thread.
 fn bare_fork_us() -> f64 {
@@ -122,9 +182,10 @@ fn main() -> anyhow::Result<()> {
         &module,
         wasm_jobs::componentize::job_component_from_core(&wat)?,
     )?;
-    // First, while this process is small and has no thread: the fork
-    // reference.
-    let fork_us = bare_fork_us();
+    if std::env::var_os(FORK_REFERENCE_ONLY).is_some() {
+        println!("{}", bare_fork_us());
+        return Ok(());
+    }
     let cache = dir.path().join("compiled");
     wasm_jobs::executor::Executor::new(EngineSettings::default(), &cache)?.load_file(&module)?;
     // The example guests that are built (the fork server compiles them on
@@ -147,7 +208,8 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let rows = rt.block_on(async {
+    let (rows, all_forks) = rt.block_on(async {
+        let mut all_forks = Vec::new();
         let settings = ForkServerSettings {
             exe: env!("CARGO_BIN_EXE_wasm-jobs").into(),
             cache_dir: cache,
@@ -183,24 +245,26 @@ fn main() -> anyhow::Result<()> {
             Ok(Arc::new(store.queue(&name)?))
         };
         let mut rows = Vec::new();
-        let fork_per_s = 1e6 / fork_us;
-        let fork_ref = format!("bare fork+waitpid {fork_per_s:.0}/s");
         for c in [1, 2, 8] {
-            let mut rates = Vec::new();
+            let mut runs = Paired::default();
             let mut cold_rates = Vec::new();
             let mut lats = Vec::new();
             for _ in 0..REPEATS {
-                let run = bench.run(queue("tp")?, "o", MESSAGES, Knobs::c(c), false).await?;
-                rates.push(run.jobs_per_s);
-                lats = run.exit_to_delete;
+                let q = queue("tp")?;
+                runs.run(&mut all_forks, async {
+                    let run = bench.run(q, "o", MESSAGES, Knobs::c(c), false).await?;
+                    lats = run.exit_to_delete;
+                    Ok(run.jobs_per_s)
+                })
+                .await?;
                 if c == 2 {
                     // Alternated with the warm runs, so both see the same machine.
                     let run = cold.run(queue("cold")?, "o", MESSAGES, Knobs::c(c), false).await?;
                     cold_rates.push(run.jobs_per_s);
                 }
             }
-            let rate = median(rates);
-            rows.push(format!("| trivial job, embedded queue, concurrency {c} (median of {REPEATS} × {MESSAGES}) | {rate:.0} jobs/s | {fork_ref} | {:.2} of fork rate | c=2: ≥ 0.5 of fork rate |", rate / fork_per_s));
+            let rate = runs.rate();
+            rows.push(format!("| trivial job, embedded queue, concurrency {c} (median of {REPEATS} × {MESSAGES}) | {rate:.0} jobs/s | {} | {:.2} of fork rate | c=2: ≥ 0.5 of fork rate |", runs.reference(), runs.ratio()));
             if c == 2 {
                 let cold_rate = median(cold_rates);
                 rows.push(format!("| the same, concurrency 2, warm children off (`--warm-children 0`), runs alternated with the row above | {cold_rate:.0} jobs/s | the row above: {rate:.0} jobs/s | warm / off = {:.2} | |", rate / cold_rate));
@@ -213,12 +277,12 @@ fn main() -> anyhow::Result<()> {
             }
         }
         for w in [1, 20] {
-            let mut rates = Vec::new();
+            let mut runs = Paired::default();
             for _ in 0..REPEATS {
-                rates.push(bench.run(queue("wait")?, "o", MESSAGES, Knobs::c(2).wait(w), false).await?.jobs_per_s);
+                let q = queue("wait")?;
+                runs.run(&mut all_forks, async { Ok(bench.run(q, "o", MESSAGES, Knobs::c(2).wait(w), false).await?.jobs_per_s) }).await?;
             }
-            let rate = median(rates);
-            rows.push(format!("| the same, concurrency 2, `--wait {w}` (long polls; median of {REPEATS} × {MESSAGES}) | {rate:.0} jobs/s | {fork_ref} | {:.2} of fork rate | as fast as `--wait 0` |", rate / fork_per_s));
+            rows.push(format!("| the same, concurrency 2, `--wait {w}` (long polls; median of {REPEATS} × {MESSAGES}) | {:.0} jobs/s | {} | {:.2} of fork rate | as fast as `--wait 0` |", runs.rate(), runs.reference(), runs.ratio()));
         }
         // What asking for outcomes costs: every message with a reply-to,
         // runs alternated with the same jobs without.
@@ -237,6 +301,8 @@ fn main() -> anyhow::Result<()> {
             let run = b.run(q, "o", 300, Knobs::c(2).wait(20), true).await?;
             Ok((percentile_ms(&run.receive_to_start, 0.5), percentile_ms(&run.receive_to_start, 0.99)))
         };
+        let fork_us = 1e6 / fork_rate_now()?;
+        all_forks.push(1e6 / fork_us);
         let (warm50, warm99) = latency(&bench, queue("latency")?).await?;
         let (cold50, cold99) = latency(&cold, queue("latency-cold")?).await?;
         rows.push(format!("| receive-to-start latency, idle worker, one message at a time (300), warm child: p50 / p99 | {warm50:.2} / {warm99:.2} ms | forked on demand: {cold50:.2} / {cold99:.2} ms; bare fork+waitpid {:.2} ms | warm p50 = {:.2} of a bare fork | p50 < 0.3 ms, p99 < 2 ms |", fork_us / 1e3, warm50 * 1e3 / fork_us));
@@ -246,13 +312,13 @@ fn main() -> anyhow::Result<()> {
             guest.run(queue("compile")?, body, 1, Knobs::c(1), false).await?;
             let runs: &[(usize, u64)] = if *lang == "python" { &[(1, 0), (2, 0), (2, 1), (4, 0)] } else { &[(1, 0), (2, 0), (4, 0)] };
             for &(c, w) in runs {
-                let mut rates = Vec::new();
+                let mut runs = Paired::default();
                 for _ in 0..REPEATS {
-                    rates.push(guest.run(queue(lang)?, body, 400, Knobs::c(c).wait(w), false).await?.jobs_per_s);
+                    let q = queue(lang)?;
+                    runs.run(&mut all_forks, async { Ok(guest.run(q, body, 400, Knobs::c(c).wait(w), false).await?.jobs_per_s) }).await?;
                 }
-                let rate = median(rates);
                 let target = if *lang == "python" && c == 2 { "≥ 800 jobs/s" } else { "" };
-                rows.push(format!("| {lang} example guest, embedded queue, concurrency {c}, `--wait {w}` (median of {REPEATS} × 400) | {rate:.0} jobs/s | {fork_ref} | {:.2} of fork rate | {target} |", rate / fork_per_s));
+                rows.push(format!("| {lang} example guest, embedded queue, concurrency {c}, `--wait {w}` (median of {REPEATS} × 400) | {:.0} jobs/s | {} | {:.2} of fork rate | {target} |", runs.rate(), runs.reference(), runs.ratio()));
             }
         }
         if let Some((_, port)) = &moto {
@@ -306,14 +372,22 @@ fn main() -> anyhow::Result<()> {
             .await?;
         let per_interval = calls as f64 / seconds; // heartbeat interval: 1 s
         rows.push(format!("| heartbeat calls with 100 jobs in flight (interval 1 s) | {:.0} calls/min ({per_interval:.1} per interval) | in-flight / 10 = 10 per interval | {:.2}× | ≤ in-flight/10 per interval |", per_interval * 60.0, per_interval / 10.0));
-        anyhow::Ok(rows)
+        anyhow::Ok((rows, all_forks))
     })?;
     if let Some((mut child, _)) = moto {
         let _ = child.kill();
     }
     println!("| measurement | value | physical reference (same run) | ratio | target |");
     println!("|---|---|---|---|---|");
-    println!("| bare fork()+waitpid() of a no-op child, median | {fork_us:.0} µs | | | |");
+    let fork_us: Vec<f64> = all_forks.iter().map(|per_s| 1e6 / per_s).collect();
+    let (fastest, slowest) = fork_us
+        .iter()
+        .fold((f64::MAX, 0f64), |(lo, hi), us| (lo.min(*us), hi.max(*us)));
+    println!(
+        "| bare fork()+waitpid() of a no-op child: median of the {} measured beside the runs below (fastest, slowest) | {:.0} µs ({fastest:.0}, {slowest:.0}) | | | |",
+        fork_us.len(),
+        median(fork_us.clone())
+    );
     println!(
         "| raw SQLite insert+delete (WAL, synchronous=NORMAL), median | {sqlite_us:.0} µs | | | |"
     );
