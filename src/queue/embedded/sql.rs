@@ -492,6 +492,8 @@ mod tests {
     fn a_receive_reads_its_index_in_order_and_never_sorts_the_backlog() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         conn.execute_batch(super::super::SCHEMA).unwrap();
+        // As the store's connection plans: without looking at bound values.
+        super::super::prepare_once(&conn).unwrap();
         for (fifo, index) in [
             (false, "messages_by_visibility"),
             (true, "messages_fifo_order"),
