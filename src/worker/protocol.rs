@@ -125,6 +125,10 @@ pub(crate) enum Command {
     Spawn(Spawn),
     /// Signal a process's group, if the fork server has not reaped it yet.
     Signal { process: u64, signal: i32 },
+    /// The worker is stopping: do not start this call if it still waits
+    /// for its module's compile (it fails with [`SpawnFailure::Cancelled`]);
+    /// a call already started, or about to, is left alone.
+    Cancel { process: u64 },
 }
 
 /// Whose fault a failed spawn is, which decides the message's fate.
@@ -136,6 +140,8 @@ pub(crate) enum SpawnFailure {
     /// Something passing: a fork failed, a compile helper was killed or timed
     /// out, the module file changed. Leave the message for redelivery.
     Passing,
+    /// Not started, as the parent asked ([`Command::Cancel`]).
+    Cancelled,
 }
 
 /// How a process ended, as `waitpid` saw it.
@@ -299,12 +305,13 @@ mod tests {
             policy: SandboxPolicy::default(),
             trace: TraceContext::for_job(None),
         });
+        let cancel = Command::Cancel { process: 7 };
         let mut buf = Vec::new();
         write_command(&mut buf, &cmd).unwrap();
-        write_command(&mut buf, &cmd).unwrap();
+        write_command(&mut buf, &cancel).unwrap();
         let mut r = &buf[..];
-        assert_eq!(read_command(&mut r).unwrap(), Some(cmd.clone()));
         assert_eq!(read_command(&mut r).unwrap(), Some(cmd));
+        assert_eq!(read_command(&mut r).unwrap(), Some(cancel));
         assert_eq!(read_command(&mut r).unwrap(), None);
     }
 

@@ -104,6 +104,35 @@ async fn a_killed_compile_helper_is_not_a_verdict() {
     assert_eq!(counts(q.as_ref()).await, (0, 0, 0));
 }
 
+/// SIGTERM while the 18 MB Python guest compiles: the calls waiting for
+/// the compile are not started when it ends (exit handling is for jobs
+/// that started); their messages are released at once and the worker stops
+/// without waiting for the compile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exit_signal_during_a_compile_starts_nothing_and_releases_its_messages() {
+    let b = Backend::embedded();
+    let (q, addr) = b.create("compiling", &config(60)).await;
+    for _ in 0..2 {
+        let body = r#"{"op":"count","text":"a b c"}"#;
+        q.send(&OutgoingMessage::new(body)).await.unwrap();
+    }
+    // A fresh data dir: the artifact cache is empty, so the module compiles.
+    let args = ["--concurrency", "2", "--wait", "0"];
+    let w = Worker::start(&b, &addr, &example_guest("python"), &args);
+    w.wait_for("compile helper started", &[], Duration::from_secs(60));
+    w.signal(libc::SIGTERM);
+    let (status, log) = w.wait(Duration::from_secs(120));
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{log}");
+    assert_eq!(count_in(&log, "worker child started", &[]), 0, "{log}");
+    let released = count_in(
+        &log,
+        "message released on the exit signal before its job started (its module was compiling)",
+        &[],
+    ) + count_in(&log, "prefetched message released on the exit signal", &[]);
+    assert_eq!(released, 2, "{log}");
+    assert_eq!(counts(q.as_ref()).await, (2, 0, 0), "both visible again");
+}
+
 /// SIGKILL of the fork server under a running job: the worker stays up,
 /// starts a new fork server at once, handles the lost job as killed (on-exit
 /// in a fresh instance, then requeue), and serves on; nothing is lost.

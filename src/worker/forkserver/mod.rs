@@ -22,10 +22,11 @@
 //! A component not yet compiled on this machine is compiled in a forked
 //! helper ([`compile`]) with a deadline and an address-space cap; the loop
 //! goes on serving other modules meanwhile, and the calls waiting for that
-//! module are forked when the helper succeeds. Only this process signals its
-//! children, and only those it has not reaped, so a recycled pid is never
-//! signalled. It dies with the parent (PR_SET_PDEATHSIG); its children die
-//! with it.
+//! module are forked when the helper succeeds (unless the parent cancelled
+//! them meanwhile: `Command::Cancel`, on an exit signal). Only this process
+//! signals its children, and only those it has not reaped, so a recycled
+//! pid is never signalled. It dies with the parent (PR_SET_PDEATHSIG); its
+//! children die with it.
 
 mod child;
 mod compile;
@@ -299,6 +300,7 @@ impl Server {
                 match protocol::read_command(&mut self.commands) {
                     Ok(Some(Command::Spawn(req))) => self.spawn(req),
                     Ok(Some(Command::Signal { process, signal })) => self.signal(process, signal),
+                    Ok(Some(Command::Cancel { process })) => self.cancel(process),
                     Ok(None) => return self.shutdown(0),
                     Err(e) => {
                         tracing::error!(error = %e, "fork server: bad command stream");
@@ -396,6 +398,21 @@ impl Server {
             && let Err(e) = killpg(pid, sig)
         {
             tracing::debug!(pid = pid.as_raw(), signal = ?sig, error = %e, "killpg failed");
+        }
+    }
+
+    /// Drop the call of `process` if it still waits for a compile; the
+    /// parent hears it was not started. Any other call is left as it is.
+    fn cancel(&mut self, process: u64) {
+        for c in self.compiling.values_mut() {
+            if let Some(i) = c.waiting.iter().position(|w| w.process == process) {
+                c.waiting.remove(i);
+                return self.fail(
+                    process,
+                    SpawnFailure::Cancelled,
+                    "not started: the worker is stopping".into(),
+                );
+            }
         }
     }
 

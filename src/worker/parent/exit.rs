@@ -27,7 +27,8 @@ async fn try_on_exit(
     let call = CallKind::OnExit {
         signal: signal as u32,
     };
-    let spawned = ctx.spawn(d, a, call).await;
+    // `on-exit` is what a stop waits for: it is never cancelled.
+    let spawned = ctx.spawn(d, a, call, std::future::pending()).await;
     let mut spawned = match spawned {
         Ok(s) => s,
         Err(e) => {

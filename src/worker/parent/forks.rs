@@ -69,6 +69,10 @@ pub(crate) enum SpawnError {
     /// No fork server is up (it died and has not been replaced in time).
     #[error("the fork server is gone")]
     ForkServerGone,
+    /// Not started: `stop` came while the call waited for its module's
+    /// compile ([`ForkServers::spawn`]).
+    #[error("{0}")]
+    Cancelled(String),
 }
 
 /// How to start a fork server.
@@ -252,8 +256,9 @@ impl ForkServers {
             .ok_or(SpawnError::ForkServerGone)
     }
 
-    /// Fork a process that makes `call` with `module` for `tenant`; resolves
-    /// once it has started (or failed to).
+    /// Ask for a process that makes `call` with `module` for `tenant`;
+    /// resolves once the fork server has the request. [`Starting::started`]
+    /// then waits for the process.
     pub(crate) async fn spawn(
         &self,
         module: ModuleRef,
@@ -262,7 +267,7 @@ impl ForkServers {
         call: CallKind,
         policy: SandboxPolicy,
         trace: TraceContext,
-    ) -> Result<Spawned, SpawnError> {
+    ) -> Result<Starting, SpawnError> {
         let conn = self.connection().await?;
         let process = self.next.fetch_add(1, Ordering::Relaxed);
         let (started_tx, started_rx) = oneshot::channel();
@@ -293,15 +298,52 @@ impl ForkServers {
             conn.lock_pending().remove(&process);
             return Err(SpawnError::ForkServerGone);
         }
-        let (pid, warm) = started_rx
-            .await
-            .unwrap_or(Err(SpawnError::ForkServerGone))?;
-        Ok(Spawned {
+        Ok(Starting {
             process,
             conn,
+            started: started_rx,
+            end: ended_rx,
+        })
+    }
+}
+
+/// A process the fork server was asked for and has not started yet.
+pub(crate) struct Starting {
+    process: u64,
+    conn: Arc<Conn>,
+    started: oneshot::Receiver<Result<(Pid, bool), SpawnError>>,
+    end: oneshot::Receiver<ProcessEnd>,
+}
+
+impl Starting {
+    /// Wait for the process to start. If `stop` comes first, ask the fork
+    /// server not to start it ([`Command::Cancel`]): a call still waiting
+    /// for its module's compile then fails with [`SpawnError::Cancelled`];
+    /// one the fork server already started (or starts before it reads the
+    /// request) starts, and is returned as usual.
+    pub(crate) async fn started(
+        mut self,
+        stop: impl Future<Output = ()>,
+    ) -> Result<Spawned, SpawnError> {
+        let started = tokio::select! {
+            biased;
+            started = &mut self.started => started,
+            () = stop => {
+                let cancel = Command::Cancel { process: self.process };
+                if self.conn.send(&cancel).await.is_err() {
+                    tracing::debug!("cannot cancel a spawn: the fork server is gone");
+                }
+                // The fork server answers either way.
+                (&mut self.started).await
+            }
+        };
+        let (pid, warm) = started.unwrap_or(Err(SpawnError::ForkServerGone))?;
+        Ok(Spawned {
+            process: self.process,
+            conn: self.conn,
             pid,
             warm,
-            end: ended_rx,
+            end: self.end,
         })
     }
 }
@@ -381,6 +423,7 @@ impl Conn {
                     let _ = s.send(Err(match failure {
                         SpawnFailure::InvalidComponent => SpawnError::InvalidComponent(error),
                         SpawnFailure::Passing => SpawnError::Passing(error),
+                        SpawnFailure::Cancelled => SpawnError::Cancelled(error),
                     }));
                 }
             }

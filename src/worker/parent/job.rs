@@ -107,20 +107,50 @@ pub(crate) async fn handle(ctx: Arc<JobContext>, mut d: Delivery, mut ticket: Ti
             slot = ctx.slots.acquire(ticket) => slot,
             _ = async { exit_signal.wait_for(Option::is_some).await.map(|_| ()) } => {
                 drop(lease);
-                let visibility = fate::requeue_visibility(d.source.long_poll);
-                let r = d.source.queue.change_visibility(&d.msg.receipt_handle, visibility).await;
-                if r.is_ok() {
-                    ctx.stats.released.inc();
-                    tracing::info!(visibility_s = visibility.as_secs(), "prefetched message released on the exit signal");
-                }
-                report_queue_error(&ctx, &d.msg.message_id, r);
-                return JobResult::default();
+                return release_unstarted(&ctx, &d, Unstarted::Prefetched).await;
             }
         };
         run(&ctx, &d, &a, lease, slot).await
     }
     .instrument(span)
     .await
+}
+
+/// Why a message's job had not started when the exit signal came.
+enum Unstarted {
+    /// It waited for a slot.
+    Prefetched,
+    /// Its call waited for its module's compile, and was cancelled.
+    Compiling,
+}
+
+/// Release a message whose job had not started when the exit signal came,
+/// with the visibility of a requeue (`fate::requeue_visibility`).
+async fn release_unstarted(ctx: &JobContext, d: &Delivery, why: Unstarted) -> JobResult {
+    let visibility = fate::requeue_visibility(d.source.long_poll);
+    let r = d
+        .source
+        .queue
+        .change_visibility(&d.msg.receipt_handle, visibility)
+        .await;
+    if r.is_ok() {
+        ctx.stats.released.inc();
+        let visibility_s = visibility.as_secs();
+        match why {
+            Unstarted::Prefetched => {
+                tracing::info!(
+                    visibility_s,
+                    "prefetched message released on the exit signal"
+                )
+            }
+            Unstarted::Compiling => tracing::info!(
+                visibility_s,
+                "message released on the exit signal before its job started (its module was compiling)"
+            ),
+        }
+    }
+    report_queue_error(ctx, &d.msg.message_id, r);
+    JobResult::default()
 }
 
 /// A shared queue's message whose tenant is at its cap: make it visible
@@ -152,16 +182,28 @@ async fn run(
     lease: super::heartbeat::Lease,
     slot: Slot,
 ) -> JobResult {
-    let spawned = ctx.spawn(d, a, CallKind::Run).await;
+    // An exit signal while the call waits for its module's compile: do not
+    // start it (a job that starts goes through exit handling).
+    let mut exit_signal = ctx.exit_signal.clone();
+    let stop = async move {
+        if exit_signal.wait_for(Option::is_some).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let spawned = ctx.spawn(d, a, CallKind::Run, stop).await;
     let spawned = match spawned {
         Ok(s) => s,
+        Err(SpawnError::Cancelled(_)) => {
+            drop(lease);
+            return release_unstarted(ctx, d, Unstarted::Compiling).await;
+        }
         Err(e) => {
             drop(lease);
             let end = match e {
                 SpawnError::InvalidComponent(why) => WorkerEnd::Unloadable(why),
-                e @ (SpawnError::Passing(_) | SpawnError::ForkServerGone) => {
-                    WorkerEnd::NotStarted(e.to_string())
-                }
+                e @ (SpawnError::Passing(_)
+                | SpawnError::ForkServerGone
+                | SpawnError::Cancelled(_)) => WorkerEnd::NotStarted(e.to_string()),
             };
             settle::never_ran(ctx, d, &end).await;
             return JobResult::default();

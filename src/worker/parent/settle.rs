@@ -71,16 +71,19 @@ pub(crate) struct JobResult {
 
 impl JobContext {
     /// Fork a process that makes `call` for this admitted message: the
-    /// digest, tenant and sandbox decided at admission.
+    /// digest, tenant and sandbox decided at admission. If `stop` comes
+    /// while the call waits for its module's compile, it is not started
+    /// ([`super::forks::Starting::started`]).
     pub(super) async fn spawn(
         &self,
         d: &Delivery,
         a: &super::admit::Admitted,
         call: crate::worker::protocol::CallKind,
+        stop: impl Future<Output = ()>,
     ) -> Result<super::forks::Spawned, super::forks::SpawnError> {
         let policy = a.policy.sandbox.clone();
         let message = d.job_message();
-        let spawned = (self.forks)
+        let starting = (self.forks)
             .spawn(
                 a.module.clone(),
                 &a.tenant,
@@ -90,6 +93,7 @@ impl JobContext {
                 d.trace.clone(),
             )
             .await?;
+        let spawned = starting.started(stop).await?;
         self.stats.process_started(spawned.warm);
         Ok(spawned)
     }
