@@ -193,17 +193,16 @@ async fn run(
     let spawned = ctx.spawn(d, a, CallKind::Run, stop).await;
     let spawned = match spawned {
         Ok(s) => s,
-        Err(SpawnError::Cancelled(_)) => {
-            drop(lease);
-            return release_unstarted(ctx, d, Unstarted::Compiling).await;
-        }
         Err(e) => {
             drop(lease);
             let end = match e {
+                SpawnError::Cancelled(_) => {
+                    return release_unstarted(ctx, d, Unstarted::Compiling).await;
+                }
                 SpawnError::InvalidComponent(why) => WorkerEnd::Unloadable(why),
-                e @ (SpawnError::Passing(_)
-                | SpawnError::ForkServerGone
-                | SpawnError::Cancelled(_)) => WorkerEnd::NotStarted(e.to_string()),
+                e @ (SpawnError::Passing(_) | SpawnError::ForkServerGone) => {
+                    WorkerEnd::NotStarted(e.to_string())
+                }
             };
             settle::never_ran(ctx, d, &end).await;
             return JobResult::default();
