@@ -102,10 +102,9 @@ pub(crate) async fn handle(ctx: Arc<JobContext>, mut d: Delivery, mut ticket: Ti
             drop((lease, ticket));
             return over_cap(&ctx, &d).await;
         }
-        let mut exit_signal = ctx.exit_signal.clone();
         let slot = tokio::select! {
             slot = ctx.slots.acquire(ticket) => slot,
-            _ = async { exit_signal.wait_for(Option::is_some).await.map(|_| ()) } => {
+            _ = ctx.exit_signalled() => {
                 drop(lease);
                 return release_unstarted(&ctx, &d, Unstarted::Prefetched).await;
             }
@@ -184,11 +183,8 @@ async fn run(
 ) -> JobResult {
     // An exit signal while the call waits for its module's compile: do not
     // start it (a job that starts goes through exit handling).
-    let mut exit_signal = ctx.exit_signal.clone();
-    let stop = async move {
-        if exit_signal.wait_for(Option::is_some).await.is_err() {
-            std::future::pending::<()>().await;
-        }
+    let stop = async {
+        ctx.exit_signalled().await;
     };
     let spawned = ctx.spawn(d, a, CallKind::Run, stop).await;
     let spawned = match spawned {
@@ -232,7 +228,6 @@ async fn run(
         ctx.stats.queue_to_start.observe(waited.as_secs_f64());
     }
     let mut spawned: Spawned = spawned;
-    let mut exit_signal = ctx.exit_signal.clone();
     let hard_limit = tokio::time::sleep(a.policy.sandbox.timeout + KILL_GRACE);
     tokio::pin!(hard_limit);
     let (mut output, mut http) = (None, None);
@@ -251,9 +246,7 @@ async fn run(
                 Err(_) => WorkerEnd::Lost,
             }
         }
-        Ok(signal) = async {
-            exit_signal.wait_for(Option::is_some).await.map(|s| (*s).unwrap_or(libc::SIGTERM))
-        } => {
+        signal = ctx.exit_signalled() => {
             drop(lease);
             return exit::handle(ctx, d, a, Some(spawned), signal).await;
         }

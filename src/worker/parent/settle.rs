@@ -70,6 +70,20 @@ pub(crate) struct JobResult {
 }
 
 impl JobContext {
+    /// The exit signal, once one has come (never, if the run loop is gone
+    /// without one).
+    pub(super) async fn exit_signalled(&self) -> i32 {
+        let mut exit_signal = self.exit_signal.clone();
+        let signal = exit_signal
+            .wait_for(Option::is_some)
+            .await
+            .map(|signal| (*signal).unwrap_or(libc::SIGTERM));
+        match signal {
+            Ok(signal) => signal,
+            Err(_) => std::future::pending().await,
+        }
+    }
+
     /// Fork a process that makes `call` for this admitted message: the
     /// digest, tenant and sandbox decided at admission. If `stop` comes
     /// while the call waits for its module's compile, it is not started
