@@ -34,6 +34,13 @@ fn read_report(channel: &OwnedFd) -> Option<protocol::Report> {
     }
 }
 
+/// How a call that sent `report` ended: with its outcome's exit code,
+/// the code its child exits with (`child::report_and_exit`), whatever
+/// happens to the process after the report (a kill, a late signal).
+fn reported_status(report: &protocol::Report) -> ExitStatus {
+    ExitStatus::Code(report.outcome.exit_code().into())
+}
+
 impl Server {
     /// The channels of the calls whose report may still come.
     pub(super) fn listening(&self) -> Vec<(Pid, BorrowedFd<'_>)> {
@@ -61,8 +68,7 @@ impl Server {
         };
         // Not reaped yet, so the pid (and its group) is still this child's.
         let _ = killpg(pid, Signal::SIGKILL);
-        let status = ExitStatus::Code(report.outcome.exit_code().into());
-        self.tell_end(call, status, Some(report));
+        self.tell_end(call, reported_status(&report), Some(report));
     }
 
     /// Tell the parent how `call` ended: its result, then `Exited`.
@@ -110,10 +116,7 @@ impl Server {
                 // Its report, if it came after this turn's poll: then, as
                 // in `report_arrived`, the report decides how it ended.
                 let report = read_report(&call.channel);
-                let status = match &report {
-                    Some(r) => ExitStatus::Code(r.outcome.exit_code().into()),
-                    None => status,
-                };
+                let status = report.as_ref().map_or(status, reported_status);
                 self.tell_end(call, status, report)
             }
             Some(Running::Reported) => {}
