@@ -326,7 +326,7 @@ pub async fn run(
                 // poll of its last job. Every queue was just empty; a
                 // message sent in this instant to a poll being dropped is
                 // not lost, only invisible until its visibility timeout.
-                let _ = stop_tx.send(true);
+                stop_intake();
                 drop(intake);
                 receivers.shutdown().await;
                 return WorkerExit::Drained;
