@@ -204,10 +204,8 @@ fn main() -> anyhow::Result<()> {
     let sqlite_us = raw_sqlite_us(dir.path())?;
     let moto = start_moto();
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    // The worker's own runtime, as `wasm-jobs worker` builds it.
+    let rt = wasm_jobs::worker::runtime()?;
     let (rows, all_forks) = rt.block_on(async {
         let mut all_forks = Vec::new();
         let settings = ForkServerSettings {

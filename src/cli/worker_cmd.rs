@@ -256,15 +256,7 @@ where
         .into_iter()
         .map(|(tenant, q)| Ok((tenant, QueueAddress::parse(&q)?, q)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    // One thread: the parent only waits, on sockets, timers and signals, and
-    // does a few tens of microseconds of work per event. A second worker
-    // thread cost more in wake-ups passed between the two than it saved
-    // (about 10% of a busy worker's CPU at --concurrency 2; bench/REPORT.md).
-    // SQLite transactions that must wait for a lock, and file reads, go to
-    // the blocking pool as before.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = worker::runtime()?;
     let ending = runtime.block_on(async {
         let forks = ForkServers::start(fork_server, Arc::clone(&stats))
             .await

@@ -32,4 +32,4 @@ pub(crate) mod protocol;
 pub use parent::forks::{ForkServerSettings, ForkServers};
 pub use parent::reply::ReplyQueues;
 pub use parent::stats::WorkerStats;
-pub use parent::{BoundQueue, WorkerConfig, WorkerExit, check_config, run};
+pub use parent::{BoundQueue, WorkerConfig, WorkerExit, check_config, run, runtime};

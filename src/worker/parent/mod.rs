@@ -215,8 +215,21 @@ async fn all_empty(sources: &[Arc<Source>]) -> bool {
     true
 }
 
+/// The runtime [`run`] is meant for: one thread. The parent only waits, on
+/// sockets, timers and signals, and does a few tens of microseconds of work
+/// per event; a second worker thread cost more in wake-ups handed between
+/// the two than it saved (about 10% of a busy worker's CPU at concurrency
+/// 2). SQLite transactions that must wait for a lock go to the blocking
+/// pool. The CLI and the worker benchmark both build it here, so the
+/// benchmark measures what the CLI runs.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 /// Run the worker until drained, signaled or broken. `signals` yields the
-/// exit signals the process receives.
+/// exit signals the process receives. Run it on [`runtime`].
 pub async fn run(
     config: WorkerConfig,
     queues: Vec<BoundQueue>,
