@@ -176,6 +176,7 @@ impl ArtifactCache {
                 return Ok(None);
             }
         }
+        tracing::debug!(path = %path.display(), bytes = bytes.len(), "loading a compiled component from the artifact cache");
         let key = self.key()?;
         let verified = bytes
             .len()

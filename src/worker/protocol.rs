@@ -125,9 +125,10 @@ pub(crate) enum Command {
     Spawn(Spawn),
     /// Signal a process's group, if the fork server has not reaped it yet.
     Signal { process: u64, signal: i32 },
-    /// The worker is stopping: do not start this call if it still waits
-    /// for its module's compile (it fails with [`SpawnFailure::Cancelled`]);
-    /// a call already started, or about to, is left alone.
+    /// The worker is stopping: do not start this call if it has not started
+    /// yet (it fails with [`SpawnFailure::Cancelled`]): its spawn still
+    /// unread, or waiting for its module's compile or load. A call already
+    /// started is left alone.
     Cancel { process: u64 },
 }
 

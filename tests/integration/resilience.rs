@@ -126,7 +126,45 @@ async fn an_exit_signal_during_a_compile_starts_nothing_and_releases_its_message
     assert_eq!(count_in(&log, "worker child started", &[]), 0, "{log}");
     let released = count_in(
         &log,
-        "message released on the exit signal before its job started (its module was compiling)",
+        "message released on the exit signal before its job started (its module was still being prepared)",
+        &[],
+    ) + count_in(&log, "prefetched message released on the exit signal", &[]);
+    assert_eq!(released, 2, "{log}");
+    assert_eq!(counts(q.as_ref()).await, (2, 0, 0), "both visible again");
+}
+
+/// SIGTERM while the fork server loads the Python guest from the artifact
+/// cache (a few hundred ms): as during a compile, the calls waiting for it
+/// are not started once it is loaded; their messages are released at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exit_signal_during_a_cache_load_starts_nothing_and_releases_its_messages() {
+    let b = Backend::embedded();
+    let (q, addr) = b.create("loading", &config(60)).await;
+    let body = r#"{"op":"count","text":"a b c"}"#;
+    let python = example_guest("python");
+    // One job to the end first: the module is then in the artifact cache.
+    q.send(&OutgoingMessage::new(body)).await.unwrap();
+    let w = Worker::start(&b, &addr, &python, &["--wait", "0", "--drain"]);
+    let (status, log) = w.wait(Duration::from_secs(180));
+    assert!(status.success(), "{log}");
+    for _ in 0..2 {
+        q.send(&OutgoingMessage::new(body)).await.unwrap();
+    }
+    let args = ["--queue", &addr, "--module", python.to_str().unwrap()];
+    let mut cmd = Worker::command(&b, &args, &[]);
+    cmd.args(["--concurrency", "2", "--wait", "0"])
+        .env("RUST_LOG", "info,wasm_jobs::artifact_cache=debug");
+    let w = Worker::spawn(cmd);
+    let loading = "loading a compiled component from the artifact cache";
+    w.wait_for(loading, &[], Duration::from_secs(60));
+    w.signal(libc::SIGTERM);
+    let (status, log) = w.wait(Duration::from_secs(60));
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{log}");
+    assert_eq!(count_in(&log, "compile helper started", &[]), 0, "{log}");
+    assert_eq!(count_in(&log, "worker child started", &[]), 0, "{log}");
+    let released = count_in(
+        &log,
+        "message released on the exit signal before its job started (its module was still being prepared)",
         &[],
     ) + count_in(&log, "prefetched message released on the exit signal", &[]);
     assert_eq!(released, 2, "{log}");

@@ -22,13 +22,15 @@
 //! A component not yet compiled on this machine is compiled in a forked
 //! helper ([`compile`]) with a deadline and an address-space cap; the loop
 //! goes on serving other modules meanwhile, and the calls waiting for that
-//! module are forked when the helper succeeds (unless the parent cancelled
-//! them meanwhile: `Command::Cancel`, on an exit signal). Only this process
-//! signals its children, and only those it has not reaped, so a recycled
-//! pid is never signalled. It dies with the parent (PR_SET_PDEATHSIG); its
-//! children die with it.
+//! module are forked when the helper succeeds. A call not started yet,
+//! waiting for a compile or for a load from the artifact cache, is dropped
+//! when the parent cancels it (`Command::Cancel`, on an exit signal;
+//! [`commands`]). Only this process signals its children, and only those
+//! it has not reaped, so a recycled pid is never signalled. It dies with
+//! the parent (PR_SET_PDEATHSIG); its children die with it.
 
 mod child;
+mod commands;
 mod compile;
 mod confine;
 mod fdpass;
@@ -51,7 +53,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{MsgFlags, send};
 use nix::unistd::{Pid, getpid, getppid};
 use output::OutputFile;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
@@ -143,7 +145,11 @@ struct Server {
     /// The last key whose template died before it was ready, and when.
     template_failed: Option<(WarmKey, Instant)>,
     /// Calls waiting for the template's next copy, oldest first.
-    awaiting_copy: std::collections::VecDeque<start::Assigned>,
+    awaiting_copy: VecDeque<start::Assigned>,
+    /// Commands read and not yet acted on, oldest first ([`Server::read_commands`]).
+    pending: VecDeque<Command>,
+    /// The command stream ended (0) or broke (1): the exit code to shut down with.
+    commands_ended: Option<i32>,
 }
 
 /// The fork server's `main`: `config` is the JSON [`ForkServerConfig`];
@@ -224,7 +230,9 @@ pub(crate) fn main(config: &str) -> i32 {
         warm: WarmPool::new(warm_children),
         template: None,
         template_failed: None,
-        awaiting_copy: std::collections::VecDeque::new(),
+        awaiting_copy: VecDeque::new(),
+        pending: VecDeque::new(),
+        commands_ended: None,
     };
     if let Err(e) = server.confinement.confine_fork_server() {
         tracing::error!(error = %e, "fork server: cannot install its seccomp filter");
@@ -283,6 +291,11 @@ impl Server {
                     reported,
                 )
             };
+            // Commands first: a cancel read now reaches calls that would
+            // otherwise start below, when their compile ends.
+            if cmd_ready {
+                self.read_commands();
+            }
             if template_ready {
                 self.template_said();
             }
@@ -296,17 +309,16 @@ impl Server {
                 self.reap();
             }
             self.expire_compiles();
-            if cmd_ready {
-                match protocol::read_command(&mut self.commands) {
-                    Ok(Some(Command::Spawn(req))) => self.spawn(req),
-                    Ok(Some(Command::Signal { process, signal })) => self.signal(process, signal),
-                    Ok(Some(Command::Cancel { process })) => self.cancel(process),
-                    Ok(None) => return self.shutdown(0),
-                    Err(e) => {
-                        tracing::error!(error = %e, "fork server: bad command stream");
-                        return self.shutdown(1);
-                    }
+            while let Some(command) = self.pending.pop_front() {
+                match command {
+                    Command::Spawn(req) => self.spawn(req),
+                    Command::Signal { process, signal } => self.signal(process, signal),
+                    // Applied as read.
+                    Command::Cancel { .. } => {}
                 }
+            }
+            if let Some(code) = self.commands_ended {
+                return self.shutdown(code);
             }
             self.top_up();
         }
@@ -341,7 +353,13 @@ impl Server {
             Err(why) => return self.fail(req.process, SpawnFailure::Passing, why),
         };
         match self.load(&req.module, &bytes) {
-            Ok(Some(job)) => return self.start_call(req, &key, &job),
+            Ok(Some(_)) => {
+                // A load takes up to a few hundred milliseconds: what the
+                // parent said meanwhile (a cancel for this very call, on an
+                // exit signal) is read before the call starts, next in turn.
+                self.pending.push_front(Command::Spawn(req));
+                return self.read_commands();
+            }
             Ok(None) => {}
             Err((failure, why)) => return self.fail(req.process, failure, why),
         }
@@ -382,38 +400,6 @@ impl Server {
         let job = Rc::new(job);
         self.modules.insert(module.digest.clone(), Rc::clone(&job));
         Ok(Some(job))
-    }
-
-    fn signal(&self, process: u64, sig: i32) {
-        let Ok(sig) = Signal::try_from(sig) else {
-            return;
-        };
-        let pid = self
-            .running
-            .iter()
-            .find(|(_, r)| matches!(r, Running::Call(c) if c.process == process))
-            .map(|(pid, _)| *pid);
-        // Not found: already reaped (or never started); nothing to signal.
-        if let Some(pid) = pid
-            && let Err(e) = killpg(pid, sig)
-        {
-            tracing::debug!(pid = pid.as_raw(), signal = ?sig, error = %e, "killpg failed");
-        }
-    }
-
-    /// Drop the call of `process` if it still waits for a compile; the
-    /// parent hears it was not started. Any other call is left as it is.
-    fn cancel(&mut self, process: u64) {
-        for c in self.compiling.values_mut() {
-            if let Some(i) = c.waiting.iter().position(|w| w.process == process) {
-                c.waiting.remove(i);
-                return self.fail(
-                    process,
-                    SpawnFailure::Cancelled,
-                    "not started: the worker is stopping".into(),
-                );
-            }
-        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {

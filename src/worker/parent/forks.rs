@@ -318,7 +318,8 @@ pub(crate) struct Starting {
 impl Starting {
     /// Wait for the process to start. If `stop` comes first, ask the fork
     /// server not to start it ([`Command::Cancel`]): a call still waiting
-    /// for its module's compile then fails with [`SpawnError::Cancelled`];
+    /// for its module's compile or load then fails with
+    /// [`SpawnError::Cancelled`];
     /// one the fork server already started (or starts before it reads the
     /// request) starts, and is returned as usual.
     pub(crate) async fn started(

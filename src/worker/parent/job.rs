@@ -119,8 +119,9 @@ pub(crate) async fn handle(ctx: Arc<JobContext>, mut d: Delivery, mut ticket: Ti
 enum Unstarted {
     /// It waited for a slot.
     Prefetched,
-    /// Its call waited for its module's compile, and was cancelled.
-    Compiling,
+    /// Its call waited in the fork server for its module (a compile, a load
+    /// from the artifact cache), and was cancelled.
+    Cancelled,
 }
 
 /// Release a message whose job had not started when the exit signal came,
@@ -142,9 +143,9 @@ async fn release_unstarted(ctx: &JobContext, d: &Delivery, why: Unstarted) -> Jo
                     "prefetched message released on the exit signal"
                 )
             }
-            Unstarted::Compiling => tracing::info!(
+            Unstarted::Cancelled => tracing::info!(
                 visibility_s,
-                "message released on the exit signal before its job started (its module was compiling)"
+                "message released on the exit signal before its job started (its module was still being prepared)"
             ),
         }
     }
@@ -193,7 +194,7 @@ async fn run(
             drop(lease);
             let end = match e {
                 SpawnError::Cancelled(_) => {
-                    return release_unstarted(ctx, d, Unstarted::Compiling).await;
+                    return release_unstarted(ctx, d, Unstarted::Cancelled).await;
                 }
                 SpawnError::InvalidComponent(why) => WorkerEnd::Unloadable(why),
                 e @ (SpawnError::Passing(_) | SpawnError::ForkServerGone) => {
