@@ -8,7 +8,7 @@ use crate::queue_backends::Backend;
 use crate::worker_harness::*;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
-use wasm_jobs::queue::{AttributeValue, OutgoingMessage, QueueConfig};
+use wasm_jobs::queue::{AttributeValue, OutgoingMessage, Queue, QueueConfig};
 
 crate::on_both_backends!(
     a_killed_fork_server_is_replaced_and_loses_nothing,
@@ -120,8 +120,15 @@ async fn an_exit_signal_during_a_compile_starts_nothing_and_releases_its_message
     let args = ["--concurrency", "2", "--wait", "0"];
     let w = Worker::start(&b, &addr, &example_guest("python"), &args);
     w.wait_for("compile helper started", &[], Duration::from_secs(60));
+    stopped_before_any_start(w, q.as_ref(), Duration::from_secs(120)).await;
+}
+
+/// SIGTERM `w`, whose two messages of `q` wait for their module, and check
+/// that it died by the signal without starting either job and released
+/// both, all within `within`. Returns the log.
+async fn stopped_before_any_start(w: Worker, q: &dyn Queue, within: Duration) -> String {
     w.signal(libc::SIGTERM);
-    let (status, log) = w.wait(Duration::from_secs(120));
+    let (status, log) = w.wait(within);
     assert_eq!(status.signal(), Some(libc::SIGTERM), "{log}");
     assert_eq!(count_in(&log, "worker child started", &[]), 0, "{log}");
     let released = count_in(
@@ -130,12 +137,13 @@ async fn an_exit_signal_during_a_compile_starts_nothing_and_releases_its_message
         &[],
     ) + count_in(&log, "prefetched message released on the exit signal", &[]);
     assert_eq!(released, 2, "{log}");
-    assert_eq!(counts(q.as_ref()).await, (2, 0, 0), "both visible again");
+    assert_eq!(counts(q).await, (2, 0, 0), "both visible again");
+    log
 }
 
 /// SIGTERM while the fork server loads the Python guest from the artifact
 /// cache (a few hundred ms): as during a compile, the calls waiting for it
-/// are not started once it is loaded; their messages are released at once.
+/// are not started once it is loaded; their messages are released then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exit_signal_during_a_cache_load_starts_nothing_and_releases_its_messages() {
     let b = Backend::embedded();
@@ -157,18 +165,8 @@ async fn an_exit_signal_during_a_cache_load_starts_nothing_and_releases_its_mess
     let w = Worker::spawn(cmd);
     let loading = "loading a compiled component from the artifact cache";
     w.wait_for(loading, &[], Duration::from_secs(60));
-    w.signal(libc::SIGTERM);
-    let (status, log) = w.wait(Duration::from_secs(60));
-    assert_eq!(status.signal(), Some(libc::SIGTERM), "{log}");
+    let log = stopped_before_any_start(w, q.as_ref(), Duration::from_secs(60)).await;
     assert_eq!(count_in(&log, "compile helper started", &[]), 0, "{log}");
-    assert_eq!(count_in(&log, "worker child started", &[]), 0, "{log}");
-    let released = count_in(
-        &log,
-        "message released on the exit signal before its job started (its module was still being prepared)",
-        &[],
-    ) + count_in(&log, "prefetched message released on the exit signal", &[]);
-    assert_eq!(released, 2, "{log}");
-    assert_eq!(counts(q.as_ref()).await, (2, 0, 0), "both visible again");
 }
 
 /// SIGKILL of the fork server under a running job: the worker stays up,
