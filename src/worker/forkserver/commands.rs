@@ -46,9 +46,10 @@ impl Server {
         }
     }
 
-    /// Drop the call of `process` if it is not started yet: still to be
-    /// read from `pending`, or waiting for its module's compile. The parent
-    /// hears it was not started. Any other call is left as it is.
+    /// Drop the call of `process` if it has not started: queued in
+    /// `pending` (where a call goes back after its module's load), or
+    /// waiting for its module's compile. The parent hears it was not
+    /// started. Any other call is left as it is.
     fn cancel(&mut self, process: u64) {
         let queued = self
             .pending

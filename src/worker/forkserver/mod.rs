@@ -313,7 +313,7 @@ impl Server {
                 match command {
                     Command::Spawn(req) => self.spawn(req),
                     Command::Signal { process, signal } => self.signal(process, signal),
-                    // Applied as read.
+                    // Never queued: applied as read.
                     Command::Cancel { .. } => {}
                 }
             }
