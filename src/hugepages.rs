@@ -14,8 +14,9 @@
 //!
 //! - [`move_program_to_huge_pages`]: at the fork server's start, before it
 //!   loads anything or forks, the 2 MiB-aligned interior of each of its
-//!   read-only mappings (text, read-only data) is copied into fresh
-//!   anonymous memory marked for huge pages, made read-only (and
+//!   read-only mappings (text, read-only data; `build.rs` links each to
+//!   start on a 2 MiB boundary, so only its tail is left out) is copied
+//!   into fresh anonymous memory marked for huge pages, made read-only (and
 //!   executable, for text), and moved over the original with one `mremap`
 //!   (the bytes are identical, so the code running that call returns into
 //!   the same instructions). Nothing is ever writable and executable at
