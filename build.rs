@@ -2,14 +2,17 @@
 //! (read-only data, code, data) each starting on a 2 MiB boundary, in the
 //! file and in memory.
 //!
-//! The fork server moves the 2 MiB-aligned part of its code and read-only
-//! data into huge pages (`src/hugepages.rs`), which every forked child then
-//! shares with one page-table entry per 2 MiB. With the default 4 KiB
-//! alignment each segment began partway into a 2 MiB page, and that head
-//! (about 1.6 MB of read-only data and 1.9 MB of code) stayed in small
-//! pages: about 400 more entries for each fork to copy, and about 8 more
-//! page faults per child. The cost is up to 2 MiB of padding per segment
-//! in the file (the binary grows by about 2 MB).
+//! The fork server moves its code and read-only data into huge pages
+//! (`src/hugepages.rs`), which every forked child then shares with one
+//! page-table entry per 2 MiB, from each mapping's first 2 MiB boundary
+//! (and up to its last one, rounded up when nothing follows it there).
+//! With the default 4 KiB alignment each segment began partway into a
+//! 2 MiB page and ended partway into another, right before the next
+//! segment, and those heads and tails stayed in small pages: hundreds more
+//! entries for each fork to copy, and page faults in every child. Here
+//! every segment starts on a boundary and is followed by free space up to
+//! the next, so all of it moves. The cost is up to 2 MiB of padding per
+//! segment in the file (the binary grows by about 2 MB).
 
 fn main() {
     println!("cargo:rustc-link-arg-bins=-Wl,-z,max-page-size=0x200000");

@@ -5,7 +5,7 @@
 //! call, a message too large for a handover is forked on demand, and no
 //! child outlives the worker. Children for the expected key are copies of a
 //! template process that instantiated the job once; each copy draws its
-//! own random numbers.
+//! own random numbers. The fork server's own code is in huge pages.
 
 use crate::common::{hostile_path, modes_path};
 use crate::queue_backends::Backend;
@@ -104,6 +104,72 @@ async fn warm_children_can_be_turned_off() {
     let (status, log) = w.wait(Duration::from_secs(60));
     assert!(status.success(), "{log}");
     assert_eq!(starts(&log), (0, 6), "{log}");
+}
+
+/// What every fork copies: the fork server keeps none of the program's
+/// code or read-only data (the relocated part included) in a mapping of
+/// its file, where children would fault it in or fork copy an entry per
+/// small page; all of it, each segment's last partial 2 MiB page too, is
+/// in anonymous memory marked for huge pages (`src/hugepages.rs`, with the
+/// segment layout of `build.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fork_server_holds_no_read_only_part_of_its_program_in_small_file_pages() {
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+    if thp.is_ok_and(|s| s.contains("[never]")) {
+        eprintln!("skipped: this kernel gives no huge pages");
+        return;
+    }
+    let b = Backend::embedded();
+    let (_q, addr) = b.create("huge-text", &config(30)).await;
+    let w = Worker::start(&b, &addr, &modes_path(), &["--wait", "0"]);
+    let ready = w.wait_for("fork server ready", &[], Duration::from_secs(60));
+    let pid: i32 = field(&ready, "pid").parse().unwrap();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    w.signal(libc::SIGTERM);
+    w.wait(Duration::from_secs(20));
+    // (range, permissions, path, VmFlags) of each mapping.
+    let mut mappings: Vec<(String, String, String, String)> = Vec::new();
+    for line in smaps.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            mappings.last_mut().unwrap().3 = flags.trim().to_owned();
+        } else if line
+            .split_whitespace()
+            .next()
+            .is_some_and(|f| f.contains('-'))
+        {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let path = f.get(5).copied().unwrap_or("").to_owned();
+            mappings.push((f[0].into(), f[1].into(), path, String::new()));
+        }
+    }
+    let exe = exe.to_str().unwrap();
+    let left: Vec<_> = mappings
+        .iter()
+        .filter(|(_, perms, path, _)| path == exe && perms.starts_with("r-"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "read-only parts left in the file: {left:?}"
+    );
+    // Text, read-only data and the relocated data: three anonymous
+    // read-only mappings marked for huge pages, each a whole number of
+    // 2 MiB pages.
+    let huge: Vec<_> = mappings
+        .iter()
+        .filter(|(_, perms, path, flags)| {
+            path.is_empty() && perms.starts_with("r-") && flags.split(' ').any(|f| f == "hg")
+        })
+        .collect();
+    assert!(huge.len() >= 3, "{huge:?}");
+    for (range, ..) in &huge {
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b) = (
+            u64::from_str_radix(a, 16).unwrap(),
+            u64::from_str_radix(b, 16).unwrap(),
+        );
+        assert!(a % (2 << 20) == 0 && b % (2 << 20) == 0, "{range}");
+    }
 }
 
 /// Two tenants whose policies grant different directories, their messages
