@@ -1,7 +1,8 @@
 //! Worker benchmark (not a test): the whole worker, in-process, on the
 //! embedded queue and through a moto server. The trivial job at several
 //! concurrencies, with warm children and without, with long polls of 0, 1
-//! and 20 s; the Python and JavaScript example guests (when built); queue
+//! and 20 s; the Python and JavaScript example guests (when built), and
+//! the trivial job again with their modules loaded beside it; queue
 //! calls per job (the worker's own `wasm_jobs_queue_calls_total`) and what
 //! the delete window costs; receive-to-start and exit-to-delete latencies
 //! (percentiles interpolated within the worker's histogram buckets); the
@@ -318,6 +319,16 @@ fn main() -> anyhow::Result<()> {
                 let target = if *lang == "python" && c == 2 { "≥ 800 jobs/s" } else { "" };
                 rows.push(format!("| {lang} example guest, embedded queue, concurrency {c}, `--wait {w}` (median of {REPEATS} × 400) | {:.0} jobs/s | {} | {:.2} of fork rate | {target} |", runs.rate(), runs.reference(), runs.ratio()));
             }
+        }
+        // The trivial job again, its fork server now holding the guests'
+        // modules too, as a worker serving several modules does.
+        if !guests.is_empty() {
+            let mut runs = Paired::default();
+            for _ in 0..REPEATS {
+                let q = queue("beside")?;
+                runs.run(&mut all_forks, async { Ok(bench.run(q, "o", MESSAGES, Knobs::c(2), false).await?.jobs_per_s) }).await?;
+            }
+            rows.push(format!("| trivial job, embedded queue, concurrency 2, after the guests above ran in the same worker (their modules still loaded in its fork server; median of {REPEATS} × {MESSAGES}) | {:.0} jobs/s | {} | {:.2} of fork rate | as the trivial job alone |", runs.rate(), runs.reference(), runs.ratio()));
         }
         if let Some((_, port)) = &moto {
             let raw = raw_moto_ms(*port);
