@@ -4,11 +4,12 @@
 //! jobs are done. Nothing is lost and nothing is dead-lettered.
 
 use crate::common::{example_guest, hostile_path, modes_path, push_module};
+use crate::fleet::with_module;
 use crate::queue_backends::Backend;
 use crate::worker_harness::*;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
-use wasm_jobs::queue::{AttributeValue, OutgoingMessage, Queue, QueueConfig};
+use wasm_jobs::queue::{OutgoingMessage, Queue, QueueConfig};
 
 crate::on_both_backends!(
     a_killed_fork_server_is_replaced_and_loses_nothing,
@@ -18,13 +19,6 @@ crate::on_both_backends!(
 fn kill(pid: i32, sig: i32) {
     // SAFETY: signalling a process of this test's own worker.
     unsafe { libc::kill(pid, sig) };
-}
-
-fn with_module(body: &str, module: &str) -> OutgoingMessage {
-    let mut m = OutgoingMessage::new(body);
-    m.attributes
-        .insert("module".into(), AttributeValue::String(module.into()));
-    m
 }
 
 /// The 18 MB Python guest compiles for seconds in a helper; killing the
@@ -41,7 +35,7 @@ async fn a_killed_compile_helper_is_not_a_verdict() {
         push_module(pushed.path(), name, None, &path);
     }
     let (q, dlq) = b.create_with_dlq("compile", 5, &config(60)).await;
-    q.send(&with_module(r#"{"op":"count","text":"a b c"}"#, "py"))
+    q.send(&with_module("py", r#"{"op":"count","text":"a b c"}"#))
         .await
         .unwrap();
     let registry = pushed.path().join("registry");
@@ -63,7 +57,7 @@ async fn a_killed_compile_helper_is_not_a_verdict() {
     let helper: i32 = field(&first, "helper_pid").parse().unwrap();
     // While Python compiles, small jobs of another module come and go.
     for _ in 0..3 {
-        q.send(&with_module("o", "modes")).await.unwrap();
+        q.send(&with_module("modes", "o")).await.unwrap();
     }
     w.wait_until("a modes job done", Duration::from_secs(30), |e| {
         is(e, "job succeeded; message deleted", &[("module", "modes")])
