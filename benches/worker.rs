@@ -220,6 +220,7 @@ fn main() -> anyhow::Result<()> {
                 filter: "error".into(),
             },
             warm_children: 10,
+            loaded_modules_memory: 1 << 30,
         };
         let cold_settings = ForkServerSettings {
             warm_children: 0,

@@ -136,6 +136,15 @@ pub struct LoadedJob {
     pub publishes_output: bool,
 }
 
+impl LoadedJob {
+    /// The size of its compiled code and data in memory (the component's
+    /// image).
+    pub(crate) fn code_bytes(&self) -> u64 {
+        let image = self.pre.instance_pre().component().image_range();
+        (image.end as usize - image.start as usize) as u64
+    }
+}
+
 /// Loads components and calls them. Cheap to share by reference.
 pub struct Executor {
     engine: Engine,

@@ -83,6 +83,7 @@ pub(super) fn run(args: DemoArgs, log: &crate::logging::LogSettings) -> anyhow::
         ui_token_file: None,
         compile_timeout: Duration::from_secs(300),
         compile_memory: 4 << 30,
+        loaded_modules_memory: 1 << 30,
         location: Location {
             data_dir: Some(dir.clone()),
             endpoint_url: None,

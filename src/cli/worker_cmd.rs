@@ -105,6 +105,12 @@ pub(super) struct WorkerArgs {
     /// A compile helper's address-space limit.
     #[arg(long, value_parser = parse_bytes, default_value = "4GiB")]
     pub(super) compile_memory: u64,
+    /// The fork server's budget for loaded modules (their compiled code
+    /// and what loading them allocated): past it the least recently used
+    /// are unloaded, and loaded again from the artifact cache when a
+    /// message needs them.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, default_value = "1GiB")]
+    pub(super) loaded_modules_memory: u64,
     #[command(flatten)]
     pub(super) location: Location,
 }
@@ -210,6 +216,7 @@ where
         compile_memory: args.compile_memory,
         log: log.clone(),
         warm_children: args.warm_children.unwrap_or(args.concurrency),
+        loaded_modules_memory: args.loaded_modules_memory,
     };
     let bindings = bindings(args, &policies)?;
     let config = WorkerConfig {

@@ -74,6 +74,9 @@ pub(crate) struct ForkServerConfig {
     /// How many children to keep forked and set up ahead of their calls
     /// (the worker's concurrency); 0 forks every call on demand.
     pub(crate) warm_children: usize,
+    /// The budget for loaded components, in bytes: past it the least
+    /// recently used are unloaded.
+    pub(crate) loaded_modules_memory: u64,
 }
 
 /// The module a call runs, decided once when the message was admitted: the

@@ -4,8 +4,11 @@
 //! `wasm-jobs exec` process with `--max-memory 1MiB`: it must end typed
 //! `out_of_memory` (exit 21) with the process's peak resident memory below
 //! the limit plus 64 MiB (measured with `wait4`), and once through a worker.
+//! And the modules a sender can make a worker's fork server load: kept
+//! within `--loaded-modules-memory`.
 
 use crate::common::*;
+use crate::fleet::with_module;
 use crate::queue_backends::Backend;
 use crate::worker_harness::*;
 use std::path::PathBuf;
@@ -252,5 +255,57 @@ async fn a_table_bomb_through_the_worker_ends_out_of_memory() {
         "job did not succeed; leaving the message for redelivery",
         &[],
         Duration::from_secs(10),
+    );
+}
+
+/// With a budget smaller than any module, each module the fork server
+/// loads unloads the one loaded before (logged, its code unmapped from the
+/// fork server), and a message for a module unloaded loads it again from
+/// the artifact cache and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fork_server_unloads_modules_past_their_memory_budget() {
+    const UNLOADED: &str = "module unloaded: the loaded modules are over their memory budget";
+    const DONE: &str = "job succeeded; message deleted";
+    let b = Backend::embedded();
+    let (w, q, _registry) =
+        two_module_worker(&b, "module-budget", &["--loaded-modules-memory", "1"]).await;
+    let wait = Duration::from_secs(60);
+    let fork_server: i32 = field(&w.wait_for("fork server ready", &[], wait), "pid")
+        .parse()
+        .unwrap();
+    let mut mapped = Vec::new();
+    for (i, (module, body)) in [("modes", "o"), ("publish", "N"), ("modes", "o")]
+        .into_iter()
+        .enumerate()
+    {
+        q.send(&with_module(module, body)).await.unwrap();
+        wait_for_count(&w, DONE, i + 1, wait);
+        mapped.push(artifacts_mapped(fork_server));
+    }
+    w.signal(libc::SIGTERM);
+    let (_, log) = w.wait(Duration::from_secs(20));
+    let events = events_of(&log);
+    let loads: Vec<String> = events
+        .iter()
+        .filter(|e| is(e, "module loaded", &[]))
+        .map(|e| field(e, "module"))
+        .collect();
+    assert_eq!(loads, ["modes", "publish", "modes"], "{log}");
+    let unloads: Vec<(String, u64)> = events
+        .iter()
+        .filter(|e| is(e, UNLOADED, &[]))
+        .map(|e| (field(e, "module"), field(e, "bytes").parse().unwrap()))
+        .collect();
+    assert_eq!(unloads.len(), 2, "{log}");
+    assert_eq!(
+        (unloads[0].0.as_str(), unloads[1].0.as_str()),
+        ("modes", "publish")
+    );
+    assert!(unloads.iter().all(|(_, bytes)| *bytes > 0), "{unloads:?}");
+    // One module's code mapped at a time, and a new mapping each time.
+    assert!(mapped.iter().all(|m| m.len() == 1), "{mapped:?}");
+    assert!(
+        mapped[0] != mapped[1] && mapped[1] != mapped[2],
+        "{mapped:?}"
     );
 }

@@ -7,7 +7,7 @@
 //! template process that instantiated the job once; each copy draws its
 //! own random numbers. The fork server's own code is in huge pages.
 
-use crate::common::{hostile_path, modes_path, publish_path, push_module};
+use crate::common::{hostile_path, modes_path};
 use crate::fleet::with_module;
 use crate::queue_backends::Backend;
 use crate::worker_harness::*;
@@ -173,38 +173,13 @@ async fn the_fork_server_holds_no_read_only_part_of_its_program_in_small_file_pa
     }
 }
 
-/// The compiled modules a process has mapped: the distinct memory files
-/// (inodes) its artifacts are mapped from (small modules' code is mapped
-/// from a sealed memory file; `src/artifact_cache.rs`).
-fn artifacts_mapped(pid: i32) -> std::collections::BTreeSet<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("/memfd:wasm-jobs-artifact"))
-        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
-        .collect()
-}
-
-/// A template holds only its own module: the fork server keeps every
-/// component it loaded, but a template lets go of the others, so its
+/// A template holds only its own module: the fork server keeps the
+/// components it loaded (within their budget), but a template lets go of the others, so its
 /// copies (one per call) neither inherit nor pay for them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_holds_only_its_own_module() {
     let b = Backend::embedded();
-    let pushed = tempfile::tempdir().unwrap();
-    push_module(pushed.path(), "modes", None, &modes_path());
-    push_module(pushed.path(), "publish", None, &publish_path());
-    let (q, addr) = b.create("one-module", &config(30)).await;
-    let registry = pushed.path().join("registry");
-    let args = [
-        "--queue",
-        &addr,
-        "--registry",
-        registry.to_str().unwrap(),
-        "--wait",
-        "0",
-    ];
-    let w = Worker::with_args(&b, &args);
+    let (w, q, _registry) = two_module_worker(&b, "one-module", &[]).await;
     let wait = Duration::from_secs(60);
     q.send(&with_module("publish", "N")).await.unwrap();
     w.wait_until("the publish job done", wait, |e| {

@@ -287,3 +287,45 @@ pub(crate) async fn dead_letter_reasons(dlq: &dyn Queue) -> Vec<String> {
         .map(|m| m.attributes["wasm-jobs.dead-letter-reason"].as_text())
         .collect()
 }
+
+/// A worker on `b`'s queue `name` (returned) with a registry that holds
+/// `modes` and `publish` (in the returned directory), with `extra`
+/// arguments.
+pub(crate) async fn two_module_worker(
+    b: &Backend,
+    name: &str,
+    extra: &[&str],
+) -> (Worker, Arc<dyn Queue>, tempfile::TempDir) {
+    let pushed = tempfile::tempdir().unwrap();
+    crate::common::push_module(pushed.path(), "modes", None, &crate::common::modes_path());
+    crate::common::push_module(
+        pushed.path(),
+        "publish",
+        None,
+        &crate::common::publish_path(),
+    );
+    let (q, addr) = b.create(name, &config(30)).await;
+    let registry = pushed.path().join("registry");
+    let mut args = vec![
+        "--queue",
+        &addr,
+        "--registry",
+        registry.to_str().unwrap(),
+        "--wait",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    (Worker::with_args(b, &args), q, pushed)
+}
+
+/// The compiled modules a process has mapped: the distinct memory files
+/// (inodes) its artifacts are mapped from (small modules' code is mapped
+/// from a sealed memory file; `src/artifact_cache.rs`).
+pub(crate) fn artifacts_mapped(pid: i32) -> std::collections::BTreeSet<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("/memfd:wasm-jobs-artifact"))
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .collect()
+}

@@ -22,7 +22,9 @@
 //! A component not yet compiled on this machine is compiled in a forked
 //! helper ([`compile`]) with a deadline and an address-space cap; the loop
 //! goes on serving other modules meanwhile, and the calls waiting for that
-//! module are forked when the helper succeeds. A call not started yet,
+//! module are forked when the helper succeeds. Loaded components are kept
+//! within a memory budget, the least recently used unloaded past it
+//! ([`loaded`]). A call not started yet,
 //! waiting for a compile or for a load from the artifact cache, is dropped
 //! when the parent cancels it (`Command::Cancel`, on an exit signal;
 //! [`commands`]). Only this process signals its children, and only those
@@ -34,6 +36,7 @@ mod commands;
 mod compile;
 mod confine;
 mod fdpass;
+mod loaded;
 mod output;
 mod reap;
 mod start;
@@ -47,6 +50,7 @@ use crate::engine::EngineSettings;
 use crate::executor::{Executor, LoadedJob};
 use compile::Compiling;
 use confine::Confinement;
+use loaded::Loaded;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, killpg, signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -133,8 +137,8 @@ struct Server {
     events: OwnedFd,
     commands: UnixStream,
     sigfd: SignalFd,
-    /// Loaded components by digest.
-    modules: HashMap<String, Rc<LoadedJob>>,
+    /// Loaded components by digest, within their budget ([`loaded`]).
+    modules: Loaded<LoadedJob>,
     running: HashMap<Pid, Running>,
     /// Compiles under way by digest, with the calls waiting for them.
     compiling: HashMap<String, Compiling>,
@@ -217,6 +221,7 @@ pub(crate) fn main(config: &str) -> i32 {
         }
     };
     let warm_children = config.warm_children;
+    let budget = config.loaded_modules_memory;
     let mut server = Server {
         config,
         executor,
@@ -224,7 +229,7 @@ pub(crate) fn main(config: &str) -> i32 {
         events,
         commands,
         sigfd,
-        modules: HashMap::new(),
+        modules: Loaded::new(budget),
         running: HashMap::new(),
         compiling: HashMap::new(),
         warm: WarmPool::new(warm_children),
@@ -341,7 +346,6 @@ impl Server {
         let key = WarmKey::of(&req);
         self.warm.expect(&key, Instant::now());
         if let Some(job) = self.modules.get(&req.module.digest) {
-            let job = Rc::clone(job);
             return self.start_call(req, &key, &job);
         }
         if let Some(c) = self.compiling.get_mut(&req.module.digest) {
@@ -387,6 +391,7 @@ impl Server {
         module: &ModuleRef,
         bytes: &[u8],
     ) -> Result<Option<Rc<LoadedJob>>, (SpawnFailure, String)> {
+        let heap_before = loaded::heap_in_use();
         let job = self.executor.load_cached(bytes).map_err(|e| {
             let failure = if e.is_invalid_component() {
                 SpawnFailure::InvalidComponent
@@ -396,9 +401,37 @@ impl Server {
             (failure, e.to_string())
         })?;
         let Some(job) = job else { return Ok(None) };
-        tracing::info!(module = %module.label, digest = %job.digest, source = ?job.source, "module loaded");
+        // What loading it cost this process: its code, and the metadata
+        // the load allocated.
+        let bytes = job.code_bytes() + loaded::heap_in_use().saturating_sub(heap_before);
+        tracing::info!(module = %module.label, digest = %job.digest, source = ?job.source, bytes, "module loaded");
         let job = Rc::new(job);
-        self.modules.insert(module.digest.clone(), Rc::clone(&job));
+        // Calls waiting for the template's copies may yet need its module
+        // (to fork on demand should the template go).
+        let pinned = self
+            .template
+            .as_ref()
+            .filter(|_| !self.awaiting_copy.is_empty())
+            .map(|t| t.key.module.digest.as_str());
+        let let_go = self.modules.insert(
+            module.digest.clone(),
+            module.label.clone(),
+            Rc::clone(&job),
+            bytes,
+            pinned,
+        );
+        let (count, used) = self.modules.usage();
+        for m in let_go {
+            tracing::info!(
+                module = %m.label,
+                digest = %m.digest,
+                bytes = m.bytes,
+                loaded = count,
+                loaded_bytes = used,
+                budget = self.config.loaded_modules_memory,
+                "module unloaded: the loaded modules are over their memory budget"
+            );
+        }
         Ok(Some(job))
     }
 

@@ -15,7 +15,6 @@ use crate::executor::LoadedJob;
 use nix::sys::signal::Signal;
 use nix::unistd::{ForkResult, Pid, fork, getpid};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::rc::Rc;
 use std::time::Instant;
 
 impl Server {
@@ -124,7 +123,7 @@ impl Server {
             }
             return;
         }
-        let Some(job) = self.modules.get(&key.module.digest).map(Rc::clone) else {
+        let Some(job) = self.modules.get(&key.module.digest) else {
             return;
         };
         for _ in 0..fork {
@@ -178,7 +177,7 @@ impl Server {
             return self.started(call, pid, channel, false);
         }
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-        match self.modules.get(&key.module.digest).map(Rc::clone) {
+        match self.modules.get(&key.module.digest) {
             Some(job) => self.fork_for(call, key, &job),
             None => self.fail(
                 call.handover.process,
@@ -210,7 +209,7 @@ impl Server {
         };
         tracing::debug!(pid = t.pid.as_raw(), why, "retiring a template process");
         let _ = nix::sys::signal::kill(t.pid, Signal::SIGKILL);
-        let job = self.modules.get(&t.key.module.digest).map(Rc::clone);
+        let job = self.modules.get(&t.key.module.digest);
         for call in std::mem::take(&mut self.awaiting_copy) {
             match &job {
                 Some(job) => self.fork_for(call, &t.key, job),
@@ -251,7 +250,7 @@ impl Server {
         if self.template.is_some() || failed {
             return;
         }
-        let Some(job) = self.modules.get(&key.module.digest).map(Rc::clone) else {
+        let Some(job) = self.modules.get(&key.module.digest) else {
             return;
         };
         match self.fork_process(&key, &job, Role::Template) {

@@ -94,6 +94,11 @@ pub struct ForkServerSettings {
     /// calls, for the module the fork server expects next (the worker's
     /// concurrency); 0 forks every call on demand.
     pub warm_children: usize,
+    /// The fork server's budget for loaded components (their code and
+    /// what loading them allocated), in bytes: past it the least recently
+    /// used are unloaded, and loaded again from the artifact cache when a
+    /// call needs them.
+    pub loaded_modules_memory: u64,
 }
 
 impl ForkServerSettings {
@@ -105,6 +110,7 @@ impl ForkServerSettings {
             compile_memory: self.compile_memory,
             parent: std::process::id() as i32,
             warm_children: self.warm_children,
+            loaded_modules_memory: self.loaded_modules_memory,
         }
     }
 }
