@@ -33,6 +33,8 @@
 //!   bundled job.
 //! - [`logging`], `paths`, `units`: log set-up, the data directory, byte
 //!   sizes.
+//! - [`wipe`]: the binary's allocator, which wipes freed memory in the fork
+//!   server and every process forked from it.
 
 pub(crate) mod addresses;
 pub mod artifact_cache;
@@ -59,4 +61,5 @@ pub mod sandbox;
 pub mod signing;
 pub(crate) mod trace_context;
 pub(crate) mod units;
+pub mod wipe;
 pub mod worker;

@@ -5,6 +5,10 @@
 
 use std::process::ExitCode;
 
+/// Wipes freed blocks in the fork server and what it forks (see `wipe`).
+#[global_allocator]
+static ALLOCATOR: wasm_jobs::wipe::WipingAllocator = wasm_jobs::wipe::WipingAllocator;
+
 fn main() -> ExitCode {
     wasm_jobs::cli::main()
 }

@@ -1,7 +1,8 @@
 //! What a worker child holds, read from its `/proc` entry while it runs a
 //! job: an empty environment (no AWS credentials, nothing of the worker's),
 //! `no_new_privs`, a seccomp filter, no core dumps, bounded open files, file
-//! sizes and data; and what happens to a child its filter kills. (That a
+//! sizes and data, no earlier call's message in its memory; and what
+//! happens to a child its filter kills. (That a
 //! forbidden system call does kill is unit-tested in the fork server's
 //! `confine` module: a guest cannot make one on purpose.)
 
@@ -182,4 +183,95 @@ fn files_wasm_jobs_creates_are_private_and_a_shared_data_dir_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("writable by group or others"), "{err}");
+}
+
+/// Every byte of `pid`'s private writable mappings (heap, stacks, guest
+/// memory), read through `/proc/PID/mem`; regions that cannot be read are
+/// skipped.
+fn private_memory(pid: i32) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut bytes = Vec::new();
+    for line in maps.lines() {
+        let mut cols = line.split_whitespace();
+        let (range, perms) = (cols.next().unwrap(), cols.next().unwrap());
+        if !perms.starts_with("rw") || !perms.ends_with('p') {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        let mut region = vec![0u8; (end - start) as usize];
+        if mem.read_exact_at(&mut region, start).is_ok() {
+            bytes.extend_from_slice(&region);
+        }
+    }
+    bytes
+}
+
+fn holds(memory: &[u8], marker: &str) -> bool {
+    memory.windows(marker.len()).any(|w| w == marker.as_bytes())
+}
+
+/// A worker child holds no earlier message: the fork server wipes what it
+/// frees, so a later call's child (forked on demand, or set up ahead from
+/// the fork server or a template) finds none of an earlier call's body in
+/// its memory, and neither does the fork server; its own body is there
+/// (the search works).
+async fn a_child_holds_no_earlier_message(extra: &[&str]) {
+    let b = Backend::embedded();
+    let (q, addr) = b.create("wiped", &config(30)).await;
+    let args = [&["--wait", "0"], extra].concat();
+    let w = Worker::start(&b, &addr, &crate::common::modes_path(), &args);
+    let wait = Duration::from_secs(30);
+    let fork_server: i32 = field(&w.wait_for("fork server ready", &[], wait), "pid")
+        .parse()
+        .unwrap();
+    let nonce = format!("{}-{}", std::process::id(), now_ms());
+    let (earlier, own) = (format!("earlier-body-{nonce}"), format!("own-body-{nonce}"));
+    // Many copies over 8 KiB: blocks of another size may reuse parts of it.
+    q.send(&OutgoingMessage::new(format!(
+        "o {}",
+        format!("{earlier} ").repeat(200)
+    )))
+    .await
+    .unwrap();
+    wait_for_count(&w, "job succeeded; message deleted", 1, wait);
+    q.send(&OutgoingMessage::new(format!("l {own}")))
+        .await
+        .unwrap();
+    wait_for_count(&w, "worker child started", 2, wait);
+    let child: i32 = w
+        .events()
+        .iter()
+        .filter(|e| is(e, "worker child started", &[]))
+        .map(|e| field(e, "pid").parse().unwrap())
+        .next_back()
+        .unwrap();
+    let (in_child, in_fork_server) = (private_memory(child), private_memory(fork_server));
+    assert!(alive(child), "read while the job ran");
+    w.signal(libc::SIGKILL);
+    assert!(
+        holds(&in_child, &own),
+        "the search finds the child's own body"
+    );
+    assert!(
+        !holds(&in_child, &earlier),
+        "the child holds an earlier body"
+    );
+    assert!(
+        !holds(&in_fork_server, &earlier),
+        "the fork server holds an earlier body"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_forked_on_demand_holds_no_earlier_message() {
+    a_child_holds_no_earlier_message(&["--warm-children", "0"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_set_up_ahead_holds_no_earlier_message() {
+    a_child_holds_no_earlier_message(&[]).await;
 }

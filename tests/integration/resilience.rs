@@ -301,6 +301,15 @@ async fn chaos_kills_lose_and_dead_letter_nothing(b: Backend) {
                 break 'runs;
             }
             let events = w.events();
+            // Pids from the log are killed only while they are still this
+            // worker's: a process that ended long ago may have its pid
+            // reused by any other process of the test suite by now.
+            let server = events
+                .iter()
+                .rev()
+                .find(|e| message(e) == "fork server ready")
+                .map(|e| field(e, "pid").parse::<i32>().unwrap())
+                .filter(|p| alive(*p) && parent_of(*p) == Some(w.child.id() as i32));
             match rng.next(3) {
                 0 => {
                     parents += 1;
@@ -310,12 +319,7 @@ async fn chaos_kills_lose_and_dead_letter_nothing(b: Backend) {
                     continue 'runs;
                 }
                 1 => {
-                    let server = events
-                        .iter()
-                        .rev()
-                        .find(|e| message(e) == "fork server ready")
-                        .map(|e| field(e, "pid").parse::<i32>().unwrap());
-                    if let Some(pid) = server.filter(|p| alive(*p)) {
+                    if let Some(pid) = server {
                         servers += 1;
                         kill(pid, libc::SIGKILL);
                     }
@@ -326,7 +330,7 @@ async fn chaos_kills_lose_and_dead_letter_nothing(b: Backend) {
                         .rev()
                         .filter(|e| message(e) == "worker child started")
                         .map(|e| field(e, "pid").parse::<i32>().unwrap())
-                        .find(|p| alive(*p));
+                        .find(|p| alive(*p) && server.is_some() && parent_of(*p) == server);
                     if let Some(pid) = child {
                         children += 1;
                         kill(pid, libc::SIGKILL);

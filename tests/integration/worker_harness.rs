@@ -225,6 +225,17 @@ pub(crate) fn alive(pid: i32) -> bool {
     }
 }
 
+/// The parent of `pid`, if it is running (from `/proc/PID/stat`).
+pub(crate) fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 pub(crate) fn process_state(pid: i32) -> char {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     stat.rsplit(')')

@@ -51,18 +51,21 @@ pub(super) fn read_verified(module: &ModuleRef) -> Result<Vec<u8>, String> {
 pub(super) type Compiled = Result<Vec<u8>, (SpawnFailure, String)>;
 
 /// Fork a helper that compiles `bytes` into the artifact cache; the calls
-/// that wait for it are added to [`Compiling::waiting`].
+/// that wait for it are added to [`Compiling::waiting`]. The helper first
+/// calls `shed` (which lets go of the fork server's calls).
 pub(super) fn start(
     executor: &Executor,
     bytes: Vec<u8>,
     config: &ForkServerConfig,
     close: &[std::os::fd::RawFd],
+    shed: impl FnOnce(),
 ) -> Result<Compiling, String> {
     let (read_end, write_end) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
     let me = getpid();
     // SAFETY: the fork server is single-threaded (see its module docs).
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
+            shed();
             drop(read_end);
             super::die_with_parent(me);
             for fd in close {

@@ -278,6 +278,11 @@ impl Server {
                 Ok((child, ours))
             }
             Ok(ForkResult::Child) => {
+                super::shed_other_calls(
+                    &mut self.pending,
+                    &mut self.awaiting_copy,
+                    &mut self.compiling,
+                );
                 if matches!(role, Role::Template) {
                     self.shed_other_modules();
                 }
