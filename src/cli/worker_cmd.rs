@@ -108,7 +108,7 @@ pub(super) struct WorkerArgs {
     /// The fork server's budget for loaded modules (their compiled code
     /// and what loading them allocated): past it the least recently used
     /// are unloaded, and loaded again from the artifact cache when a
-    /// message needs them.
+    /// message needs them (0 keeps only the module in use).
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, default_value = "1GiB")]
     pub(super) loaded_modules_memory: u64,
     #[command(flatten)]

@@ -185,35 +185,6 @@ fn files_wasm_jobs_creates_are_private_and_a_shared_data_dir_is_refused() {
     assert!(err.contains("writable by group or others"), "{err}");
 }
 
-/// Every byte of `pid`'s private writable mappings (heap, stacks, guest
-/// memory), read through `/proc/PID/mem`; regions that cannot be read are
-/// skipped.
-fn private_memory(pid: i32) -> Vec<u8> {
-    use std::os::unix::fs::FileExt;
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
-    let mut bytes = Vec::new();
-    for line in maps.lines() {
-        let mut cols = line.split_whitespace();
-        let (range, perms) = (cols.next().unwrap(), cols.next().unwrap());
-        if !perms.starts_with("rw") || !perms.ends_with('p') {
-            continue;
-        }
-        let (start, end) = range.split_once('-').unwrap();
-        let start = u64::from_str_radix(start, 16).unwrap();
-        let end = u64::from_str_radix(end, 16).unwrap();
-        let mut region = vec![0u8; (end - start) as usize];
-        if mem.read_exact_at(&mut region, start).is_ok() {
-            bytes.extend_from_slice(&region);
-        }
-    }
-    bytes
-}
-
-fn holds(memory: &[u8], marker: &str) -> bool {
-    memory.windows(marker.len()).any(|w| w == marker.as_bytes())
-}
-
 /// A worker child holds no earlier message: the fork server wipes what it
 /// frees, so a later call's child (forked on demand, or set up ahead from
 /// the fork server or a template) finds none of an earlier call's body in

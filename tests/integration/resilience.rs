@@ -24,7 +24,8 @@ fn kill(pid: i32, sig: i32) {
 /// The 18 MB Python guest compiles for seconds in a helper; killing the
 /// helper leaves its message for redelivery (not the dead-letter queue),
 /// the next compile succeeds and the job runs. Meanwhile another module's
-/// jobs start and end.
+/// jobs start and end. The helper does not hold the message it compiles
+/// for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_compile_helper_is_not_a_verdict() {
     let b = Backend::embedded();
@@ -35,9 +36,9 @@ async fn a_killed_compile_helper_is_not_a_verdict() {
         push_module(pushed.path(), name, None, &path);
     }
     let (q, dlq) = b.create_with_dlq("compile", 5, &config(60)).await;
-    q.send(&with_module("py", r#"{"op":"count","text":"a b c"}"#))
-        .await
-        .unwrap();
+    let marker = format!("compiled-for-{}-{}", std::process::id(), now_ms());
+    let body = format!(r#"{{"op":"count","text":"a b c {marker}"}}"#);
+    q.send(&with_module("py", &body)).await.unwrap();
     let registry = pushed.path().join("registry");
     let w = Worker::with_args(
         &b,
@@ -55,6 +56,13 @@ async fn a_killed_compile_helper_is_not_a_verdict() {
     );
     let first = w.wait_for("compile helper started", &[], Duration::from_secs(30));
     let helper: i32 = field(&first, "helper_pid").parse().unwrap();
+    // The helper compiles for the call; it does not hold its message.
+    let memory = private_memory(helper);
+    assert!(alive(helper) && !memory.is_empty());
+    assert!(
+        !holds(&memory, &marker),
+        "the compile helper holds the body"
+    );
     // While Python compiles, small jobs of another module come and go.
     for _ in 0..3 {
         q.send(&with_module("modes", "o")).await.unwrap();
@@ -220,6 +228,44 @@ async fn a_killed_fork_server_is_replaced_and_loses_nothing(b: Backend) {
     let (status, log) = w.wait(Duration::from_secs(30));
     assert_eq!(status.signal(), Some(libc::SIGTERM), "{log}");
     assert!(all(dlq.as_ref()).await.is_empty(), "{log}");
+    assert_eq!(counts(q.as_ref()).await, (0, 0, 0), "{log}");
+}
+
+/// A template process killed from outside is replaced, with a warning;
+/// the calls after it run from its successor's copies, and none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_template_is_replaced_with_a_warning() {
+    let b = Backend::embedded();
+    let (q, addr) = b.create("template-killed", &config(30)).await;
+    let w = Worker::start(&b, &addr, &modes_path(), &["--wait", "0"]);
+    let wait = Duration::from_secs(30);
+    q.send(&OutgoingMessage::new("o")).await.unwrap();
+    let ready = w.wait_for("template process ready", &[], wait);
+    let template: i32 = field(&ready, "pid").parse().unwrap();
+    kill(template, libc::SIGKILL);
+    let died = w.wait_until("the warning", wait, |e| {
+        is(
+            e,
+            "a template process died; its calls fork on demand, and another is started",
+            &[("pid", &template.to_string())],
+        )
+    });
+    assert_eq!(field(&died, "module"), modes_path().display().to_string());
+    let batch: Vec<OutgoingMessage> = (0..10).map(|_| OutgoingMessage::new("o")).collect();
+    for r in q.send_batch(&batch).await.unwrap() {
+        r.result.unwrap();
+    }
+    wait_for_count(&w, "job succeeded; message deleted", 11, wait);
+    w.wait_until("another template", wait, |e| {
+        message(e) == "template process ready" && field(e, "pid") != template.to_string()
+    });
+    w.signal(libc::SIGTERM);
+    let (_, log) = w.wait(wait);
+    assert_eq!(
+        count_in(&log, "job succeeded; message deleted", &[]),
+        11,
+        "{log}"
+    );
     assert_eq!(counts(q.as_ref()).await, (0, 0, 0), "{log}");
 }
 

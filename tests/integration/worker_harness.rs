@@ -340,3 +340,34 @@ pub(crate) fn artifacts_mapped(pid: i32) -> std::collections::BTreeSet<String> {
         .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
         .collect()
 }
+
+/// Every byte of `pid`'s private writable mappings (heap, stacks, guest
+/// memory), read through `/proc/PID/mem`; regions that cannot be read are
+/// skipped.
+pub(crate) fn private_memory(pid: i32) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut bytes = Vec::new();
+    for line in maps.lines() {
+        let mut cols = line.split_whitespace();
+        let (range, perms) = (cols.next().unwrap(), cols.next().unwrap());
+        if !perms.starts_with("rw") || !perms.ends_with('p') {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        let mut region = vec![0u8; (end - start) as usize];
+        if mem.read_exact_at(&mut region, start).is_ok() {
+            bytes.extend_from_slice(&region);
+        }
+    }
+    bytes
+}
+
+/// Whether `memory` holds the ASCII `marker` (searched with the standard
+/// library's optimized string search, on a lossy copy).
+pub(crate) fn holds(memory: &[u8], marker: &str) -> bool {
+    String::from_utf8_lossy(memory).contains(marker)
+}

@@ -50,14 +50,16 @@ pub(super) fn read_verified(module: &ModuleRef) -> Result<Vec<u8>, String> {
 /// What a finished compile gives: the bytes to load, or whose fault it is.
 pub(super) type Compiled = Result<Vec<u8>, (SpawnFailure, String)>;
 
-/// Fork a helper that compiles `bytes` into the artifact cache; the calls
-/// that wait for it are added to [`Compiling::waiting`]. The helper first
-/// calls `shed` (which lets go of the fork server's calls).
+/// Fork a helper that compiles `bytes` into the artifact cache for `first`
+/// and the calls that join it in [`Compiling::waiting`]. The helper first
+/// lets go of `first`, then calls `shed` (which lets go of the fork
+/// server's other calls): it runs none of them.
 pub(super) fn start(
     executor: &Executor,
     bytes: Vec<u8>,
     config: &ForkServerConfig,
     close: &[std::os::fd::RawFd],
+    first: Spawn,
     shed: impl FnOnce(),
 ) -> Result<Compiling, String> {
     let (read_end, write_end) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
@@ -65,6 +67,7 @@ pub(super) fn start(
     // SAFETY: the fork server is single-threaded (see its module docs).
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
+            drop(first);
             shed();
             drop(read_end);
             super::die_with_parent(me);
@@ -96,7 +99,7 @@ pub(super) fn start(
             helper: child,
             deadline: Instant::now() + config.compile_timeout,
             timed_out: false,
-            waiting: Vec::new(),
+            waiting: vec![first],
             bytes,
             errors: read_end,
         }),

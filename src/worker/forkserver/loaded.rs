@@ -50,6 +50,8 @@ pub(super) struct LetGo {
     pub(super) label: String,
     pub(super) digest: String,
     pub(super) bytes: u64,
+    /// How many stayed loaded right after it went, and their charges.
+    pub(super) left: (usize, u64),
 }
 
 impl<T> Loaded<T> {
@@ -109,6 +111,7 @@ impl<T> Loaded<T> {
                 label: e.label,
                 digest: oldest,
                 bytes: e.bytes,
+                left: self.usage(),
             });
         }
         let_go
@@ -150,6 +153,17 @@ mod tests {
         .into_iter()
         .map(|g| g.digest)
         .collect()
+    }
+
+    #[test]
+    fn each_module_let_go_says_what_stayed_after_it() {
+        let mut l = Loaded::new(100);
+        for d in ["a", "b", "c"] {
+            load(&mut l, d, 30, None);
+        }
+        let gone = l.insert("big".into(), "big".into(), Rc::new(()), 80, None);
+        let left: Vec<_> = gone.iter().map(|g| (g.digest.as_str(), g.left)).collect();
+        assert_eq!(left, [("a", (3, 140)), ("b", (2, 110)), ("c", (1, 80))]);
     }
 
     #[test]

@@ -401,15 +401,15 @@ impl Server {
                 &mut self.compiling,
             )
         };
-        match compile::start(&self.executor, bytes, &self.config, &close, shed) {
-            Ok(mut c) => {
+        let process = req.process;
+        match compile::start(&self.executor, bytes, &self.config, &close, req, shed) {
+            Ok(c) => {
                 tracing::info!(helper_pid = c.helper.as_raw(), %digest, "compile helper started");
-                c.waiting.push(req);
                 self.running
                     .insert(c.helper, Running::Helper(digest.clone()));
                 self.compiling.insert(digest, c);
             }
-            Err(why) => self.fail(req.process, SpawnFailure::Passing, why),
+            Err(why) => self.fail(process, SpawnFailure::Passing, why),
         }
     }
 
@@ -449,14 +449,13 @@ impl Server {
             bytes,
             pinned,
         );
-        let (count, used) = self.modules.usage();
         for m in let_go {
             tracing::info!(
                 module = %m.label,
                 digest = %m.digest,
                 bytes = m.bytes,
-                loaded = count,
-                loaded_bytes = used,
+                loaded = m.left.0,
+                loaded_bytes = m.left.1,
                 budget = self.config.loaded_modules_memory,
                 "module unloaded: the loaded modules are over their memory budget"
             );

@@ -15,8 +15,7 @@
 //! - A template or a pre-forked child that dies waiting pauses pre-forking
 //!   for its key ([`super::warm`]).
 
-use super::protocol::{self, Event, ExitStatus, SpawnFailure};
-use super::warm::WarmKey;
+use super::protocol::{self, Command, Event, ExitStatus, SpawnFailure};
 use super::{Call, Running, Server, output, send_event};
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::socket::{MsgFlags, recv};
@@ -134,6 +133,15 @@ impl Server {
                         "a template process ended before its job was instantiated; forking on demand for a while"
                     );
                     self.template_failed = Some((t.key.clone(), Instant::now()));
+                } else if let Some(t) = &self.template {
+                    // A ready template is retired (and forgotten) before it
+                    // is reaped: this one died on its own, or was killed.
+                    tracing::warn!(
+                        pid = pid.as_raw(),
+                        ?status,
+                        module = %t.key.module.label,
+                        "a template process died; its calls fork on demand, and another is started"
+                    );
                 }
                 self.retire_template("it ended");
             }
@@ -155,21 +163,27 @@ impl Server {
             return;
         };
         let (result, waiting) = c.finish(status);
-        let job = result.and_then(|bytes| {
+        let loaded = result.and_then(|bytes| {
             let module = waiting
                 .first()
                 .map(|r| r.module.clone())
                 .ok_or((SpawnFailure::Passing, String::new()))?;
-            self.load(&module, &bytes)?.ok_or_else(|| {
-                let why = "the artifact its compile helper stored did not load";
-                (SpawnFailure::Passing, why.to_owned())
-            })
+            match self.load(&module, &bytes)? {
+                Some(_) => Ok(()),
+                None => Err((
+                    SpawnFailure::Passing,
+                    "the artifact its compile helper stored did not load".to_owned(),
+                )),
+            }
         });
-        match job {
-            Ok(job) => {
-                for req in waiting {
-                    let key = WarmKey::of(&req);
-                    self.start_call(req, &key, &job);
+        match loaded {
+            Ok(()) => {
+                // First in line, in their order, for the loop to start: a
+                // process forked for one of them then finds the others
+                // where it lets go of them (`shed_other_calls`), not held
+                // here.
+                for req in waiting.into_iter().rev() {
+                    self.pending.push_front(Command::Spawn(req));
                 }
             }
             Err((failure, why)) => {

@@ -210,7 +210,9 @@ impl Server {
         tracing::debug!(pid = t.pid.as_raw(), why, "retiring a template process");
         let _ = nix::sys::signal::kill(t.pid, Signal::SIGKILL);
         let job = self.modules.get(&t.key.module.digest);
-        for call in std::mem::take(&mut self.awaiting_copy) {
+        // One at a time: the others stay in `awaiting_copy`, where a process
+        // forked for this one lets go of them (`shed_other_calls`).
+        while let Some(call) = self.awaiting_copy.pop_front() {
             match &job {
                 Some(job) => self.fork_for(call, &t.key, job),
                 None => self.fail(
