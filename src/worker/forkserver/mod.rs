@@ -22,7 +22,7 @@
 //! A component not yet compiled on this machine is compiled in a forked
 //! helper ([`compile`]) with a deadline and an address-space cap; the loop
 //! goes on serving other modules meanwhile, and the calls waiting for that
-//! module are forked when the helper succeeds. Loaded components are kept
+//! module start when the helper succeeds. Loaded components are kept
 //! within a memory budget, the least recently used unloaded past it
 //! ([`loaded`]). A call not started yet,
 //! waiting for a compile or for a load from the artifact cache, is dropped

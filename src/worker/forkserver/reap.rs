@@ -10,8 +10,8 @@
 //!   instant does not stay behind. It is reaped later, silently.
 //! - A worker child that ends without a report (killed, crashed, a limit)
 //!   is told with its real exit status when it is reaped.
-//! - A compile helper's end loads the module and starts the calls that
-//!   waited for it, or fails them.
+//! - A compile helper's end loads the module and puts the calls that
+//!   waited for it first in line to start, or fails them.
 //! - A template or a pre-forked child that dies waiting pauses pre-forking
 //!   for its key ([`super::warm`]).
 
@@ -168,13 +168,10 @@ impl Server {
                 .first()
                 .map(|r| r.module.clone())
                 .ok_or((SpawnFailure::Passing, String::new()))?;
-            match self.load(&module, &bytes)? {
-                Some(_) => Ok(()),
-                None => Err((
-                    SpawnFailure::Passing,
-                    "the artifact its compile helper stored did not load".to_owned(),
-                )),
-            }
+            self.load(&module, &bytes)?.map(drop).ok_or_else(|| {
+                let why = "the artifact its compile helper stored did not load";
+                (SpawnFailure::Passing, why.to_owned())
+            })
         });
         match loaded {
             Ok(()) => {
