@@ -196,9 +196,7 @@ async fn a_child_holds_no_earlier_message(extra: &[&str]) {
     let args = [&["--wait", "0"], extra].concat();
     let w = Worker::start(&b, &addr, &crate::common::modes_path(), &args);
     let wait = Duration::from_secs(30);
-    let fork_server: i32 = field(&w.wait_for("fork server ready", &[], wait), "pid")
-        .parse()
-        .unwrap();
+    let fork_server = w.fork_server_pid(wait);
     let nonce = format!("{}-{}", std::process::id(), now_ms());
     let (earlier, own) = (format!("earlier-body-{nonce}"), format!("own-body-{nonce}"));
     // Many copies over 8 KiB: blocks of another size may reuse parts of it.

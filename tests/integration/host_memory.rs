@@ -270,9 +270,7 @@ async fn the_fork_server_unloads_modules_past_their_memory_budget() {
     let (w, q, _registry) =
         two_module_worker(&b, "module-budget", &["--loaded-modules-memory", "1"]).await;
     let wait = Duration::from_secs(60);
-    let fork_server: i32 = field(&w.wait_for("fork server ready", &[], wait), "pid")
-        .parse()
-        .unwrap();
+    let fork_server = w.fork_server_pid(wait);
     let mut mapped = Vec::new();
     for (i, (module, body)) in [("modes", "o"), ("publish", "N"), ("modes", "o")]
         .into_iter()

@@ -45,9 +45,7 @@ async fn warm_children_take_the_calls_each_with_its_own_message() {
     w.wait_for("message dead-lettered", &[], wait);
     // The first call forks (there is no template yet). Then, idle, the fork
     // server keeps a template and a warm child per free slot: its copies.
-    let fork_server: i32 = field(&w.wait_for("fork server ready", &[], wait), "pid")
-        .parse()
-        .unwrap();
+    let fork_server = w.fork_server_pid(wait);
     let deadline = Instant::now() + wait;
     while children_of(fork_server) < 3 {
         assert!(Instant::now() < deadline, "no warm children: {}", w.log());
@@ -123,8 +121,7 @@ async fn the_fork_server_holds_no_read_only_part_of_its_program_in_small_file_pa
     let b = Backend::embedded();
     let (_q, addr) = b.create("huge-text", &config(30)).await;
     let w = Worker::start(&b, &addr, &modes_path(), &["--wait", "0"]);
-    let ready = w.wait_for("fork server ready", &[], Duration::from_secs(60));
-    let pid: i32 = field(&ready, "pid").parse().unwrap();
+    let pid = w.fork_server_pid(Duration::from_secs(60));
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
     w.signal(libc::SIGTERM);
@@ -194,9 +191,7 @@ async fn a_template_holds_only_its_own_module() {
         is(e, "template process ready", &[("module", "modes")])
     });
     let template: i32 = field(&ready, "pid").parse().unwrap();
-    let fork_server: i32 = field(&w.wait_for("fork server ready", &[], wait), "pid")
-        .parse()
-        .unwrap();
+    let fork_server = w.fork_server_pid(wait);
     let (held, kept) = (artifacts_mapped(fork_server), artifacts_mapped(template));
     w.signal(libc::SIGTERM);
     w.wait(Duration::from_secs(20));

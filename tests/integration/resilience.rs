@@ -198,8 +198,7 @@ async fn a_killed_fork_server_is_replaced_and_loses_nothing(b: Backend) {
             "1",
         ],
     );
-    let ready = w.wait_for("fork server ready", &[], Duration::from_secs(30));
-    let server: i32 = field(&ready, "pid").parse().unwrap();
+    let server = w.fork_server_pid(Duration::from_secs(30));
     let child = w.child_pid(Duration::from_secs(30));
     let killed = Instant::now();
     kill(server, libc::SIGKILL);

@@ -158,6 +158,12 @@ impl Worker {
         field(&e, "pid").parse().unwrap()
     }
 
+    /// The pid of the first fork server that said it was ready.
+    pub(crate) fn fork_server_pid(&self, timeout: Duration) -> i32 {
+        let e = self.wait_for("fork server ready", &[], timeout);
+        field(&e, "pid").parse().unwrap()
+    }
+
     pub(crate) fn signal(&self, sig: i32) {
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(self.child.id() as i32, sig) };
