@@ -23,23 +23,6 @@
 //!
 //! Processes already running a module (children, a template) hold their
 //! own copy of the fork server's memory and are not affected.
-//!
-//! # Where a large module's metadata lives
-//! Every process the fork server forks allocates from the heap it inherits.
-//! Loading a large component (the 19 MB Python example) allocates about
-//! 14 MB of metadata there, interleaved with the fork server's own blocks;
-//! a template lets go of the modules it does not run, and what they held
-//! becomes holes spread over the whole heap. Each copy's allocations then
-//! land in those holes, on pages nobody has touched since (the trivial job
-//! beside the Python and JavaScript examples: 86 page faults per job
-//! against 58 alone). So a component of [`OWN_ARENA_FROM`] bytes or more
-//! is loaded on a short-lived thread of its own ([`load_apart`]): the C
-//! library gives that thread one of its secondary arenas, where the
-//! metadata stays, and the main heap every child allocates from stays as
-//! compact as if the module had never been loaded. Smaller components load
-//! in place: their metadata is a few kilobytes, and in the same pages as
-//! the fork server's own it costs a copy fewer faults than in pages of
-//! their own.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -146,43 +129,8 @@ impl<T> Loaded<T> {
     }
 }
 
-/// Components at least this large are loaded by [`load_apart`] on a
-/// thread of their own (module docs). The examples' sizes: the trivial job
-/// 2 KB, C and Rust 0.1 MB, JavaScript 12 MB, Python 19 MB.
-pub(super) const OWN_ARENA_FROM: usize = 1 << 20;
-
-/// Run `load`, the load of a component of `len` bytes, so that what it
-/// allocates for the module stays out of the main heap when the component
-/// is large (module docs): on a thread joined before this returns, so the
-/// fork server is single-threaded again before its next fork. If no thread
-/// can be started, it loads in place.
-pub(super) fn load_apart<T: Send>(len: usize, load: impl FnOnce() -> T + Send) -> T {
-    let mut load = Some(load);
-    if len >= OWN_ARENA_FROM {
-        let apart = std::thread::scope(|s| {
-            let load = &mut load;
-            let thread = std::thread::Builder::new()
-                .name("module loader".into())
-                .spawn_scoped(s, move || load.take().map(|f| f()));
-            match thread {
-                Ok(t) => t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot start a module loader thread; loading in place");
-                    None
-                }
-            }
-        });
-        if let Some(loaded) = apart {
-            return loaded;
-        }
-    }
-    let load = load.take().expect("not run on a thread");
-    load()
-}
-
 /// Bytes the allocator has handed out and not had back: glibc's
-/// `mallinfo2`, in-use arena chunks plus chunks mapped on their own, summed
-/// over all its arenas.
+/// `mallinfo2`, in-use arena chunks plus chunks mapped on their own.
 pub(super) fn heap_in_use() -> u64 {
     // SAFETY: mallinfo2 takes no pointer and only reads the allocator's
     // statistics, under the allocator's own locks.

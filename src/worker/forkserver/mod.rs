@@ -421,9 +421,7 @@ impl Server {
         bytes: &[u8],
     ) -> Result<Option<Rc<LoadedJob>>, (SpawnFailure, String)> {
         let heap_before = loaded::heap_in_use();
-        let executor = &self.executor;
-        let job = loaded::load_apart(bytes.len(), || executor.load_cached(bytes));
-        let job = job.map_err(|e| {
+        let job = self.executor.load_cached(bytes).map_err(|e| {
             let failure = if e.is_invalid_component() {
                 SpawnFailure::InvalidComponent
             } else {
