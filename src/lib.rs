@@ -34,7 +34,8 @@
 //! - [`logging`], `paths`, `units`: log set-up, the data directory, byte
 //!   sizes.
 //! - [`wipe`]: the binary's allocator, which wipes freed memory in the fork
-//!   server and every process forked from it.
+//!   server and every process forked from it; `fresh_heap`: the heap a
+//!   template process and its copies allocate from.
 
 pub(crate) mod addresses;
 pub mod artifact_cache;
@@ -46,6 +47,7 @@ pub mod contract;
 pub(crate) mod dashboard;
 pub mod engine;
 pub mod executor;
+pub(crate) mod fresh_heap;
 pub(crate) mod guest_random;
 pub mod http;
 pub(crate) mod hugepages;

@@ -1,5 +1,7 @@
-//! The `wasm-jobs` binary's global allocator: the system's, which also
-//! wipes each block as it is freed while [`wipe_freed_memory`] says so.
+//! The `wasm-jobs` binary's global allocator: the system's (or, in a
+//! template process and its copies, their own heap: [`crate::fresh_heap`]),
+//! which also wipes each block as it is freed while [`wipe_freed_memory`]
+//! says so.
 //! The fork server turns it on first thing; a process it forks (child,
 //! template, compile helper) turns it off once it has let go of the calls
 //! it was not forked for, as nothing it frees after that is another call's.
@@ -20,6 +22,7 @@
 //! a dead store before `free`. A reallocation that moves a block wipes the
 //! old one too (so it is always a move while wiping is on).
 
+use crate::fresh_heap;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -45,15 +48,45 @@ unsafe fn wipe(ptr: *mut u8, len: usize) {
     unsafe { libc::explicit_bzero(ptr.cast(), len) };
 }
 
-// SAFETY: every block comes from `System` with the layout it is given back
-// with; wiping writes only inside a block that is being freed.
+/// Where a block is freed: the fresh heap's blocks to it, others to the
+/// system's allocator.
+///
+/// # Safety
+/// As `GlobalAlloc::dealloc`.
+unsafe fn free(ptr: *mut u8, layout: Layout) {
+    if fresh_heap::owns(ptr) {
+        // SAFETY: a live block of the fresh heap (the caller vouches).
+        unsafe { fresh_heap::free(ptr, layout) }
+    } else {
+        // SAFETY: a live block of the system's allocator (the caller vouches).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+// SAFETY: every block comes from the fresh heap or `System` and goes back
+// to the one it came from ([`fresh_heap::owns`]), with the layout it was
+// allocated with; wiping writes only inside a block that is being freed.
 unsafe impl GlobalAlloc for WipingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if fresh_heap::active() {
+            // SAFETY: as the caller of `alloc` vouches.
+            let p = unsafe { fresh_heap::alloc(layout, false) };
+            if !p.is_null() {
+                return p;
+            }
+        }
         // SAFETY: as the caller of `alloc` vouches.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if fresh_heap::active() {
+            // SAFETY: as the caller of `alloc_zeroed` vouches.
+            let p = unsafe { fresh_heap::alloc(layout, true) };
+            if !p.is_null() {
+                return p;
+            }
+        }
         // SAFETY: as the caller of `alloc_zeroed` vouches.
         unsafe { System.alloc_zeroed(layout) }
     }
@@ -65,23 +98,34 @@ unsafe impl GlobalAlloc for WipingAllocator {
             unsafe { wipe(ptr, layout.size()) };
         }
         // SAFETY: as the caller of `dealloc` vouches.
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { free(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // In place when not wiping, and the block's heap is the one that
+        // allocates now (a block of the C library's heap moves to the fresh
+        // one once it is started).
         if !WIPE.load(Ordering::Relaxed) {
-            // SAFETY: as the caller of `realloc` vouches.
-            return unsafe { System.realloc(ptr, layout, new_size) };
+            if fresh_heap::owns(ptr) {
+                // SAFETY: as the caller of `realloc` vouches.
+                let p = unsafe { fresh_heap::realloc(ptr, layout, new_size) };
+                if !p.is_null() {
+                    return p;
+                }
+            } else if !fresh_heap::active() {
+                // SAFETY: as the caller of `realloc` vouches.
+                return unsafe { System.realloc(ptr, layout, new_size) };
+            }
         }
         // SAFETY: the caller of `realloc` vouches that `new_size`, rounded
         // up to `layout.align()`, does not overflow.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         // SAFETY: `new_layout` has a non-zero size (the caller vouches).
-        let new = unsafe { System.alloc(new_layout) };
+        let new = unsafe { self.alloc(new_layout) };
         if !new.is_null() {
             // SAFETY: both blocks are live and distinct, each at least
-            // `min(old, new)` bytes long; the old one is then freed,
-            // wiped, with the layout it was allocated with.
+            // `min(old, new)` bytes long; the old one is then freed (wiped
+            // if wiping) with the layout it was allocated with.
             unsafe {
                 std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
                 self.dealloc(ptr, layout);
@@ -109,6 +153,31 @@ mod tests {
             assert!(!q.is_null() && q != p);
             assert!((0..4096).all(|i| *q.add(i) == 0xAB));
             a.dealloc(q, Layout::from_size_align(8192, 8).expect("a valid layout"));
+        }
+    }
+
+    #[test]
+    fn once_a_fresh_heap_is_started_blocks_come_from_it_and_go_back_where_they_came_from() {
+        let a = WipingAllocator;
+        let small = Layout::from_size_align(64, 8).expect("a valid layout");
+        let large = Layout::from_size_align(128, 8).expect("a valid layout");
+        // SAFETY: blocks from `a` or `System`, used within their sizes,
+        // each freed once with its layout.
+        unsafe {
+            let before = System.alloc(small);
+            assert!(!before.is_null());
+            std::ptr::write_bytes(before, 0x5A, 64);
+            fresh_heap::start().expect("a fresh heap");
+            let p = a.alloc(small);
+            assert!(fresh_heap::owns(p));
+            assert!(!fresh_heap::owns(before));
+            let moved = a.realloc(before, small, 128);
+            assert!(fresh_heap::owns(moved), "a block from before moves over");
+            assert!((0..64).all(|i| *moved.add(i) == 0x5A));
+            a.dealloc(moved, large);
+            a.dealloc(p, small);
+            let system = System.alloc(small);
+            a.dealloc(system, small);
         }
     }
 

@@ -5,7 +5,7 @@
 
 use crate::common::{example_guest, free_port, modes_path};
 use crate::queue_backends::Backend;
-use crate::worker_harness::{LogEvent, Worker, events_of, get, is, message};
+use crate::worker_harness::{LogEvent, Worker, cpu_seconds, events_of, get, is, message};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
@@ -306,21 +306,6 @@ fn serving_worker(b: &Backend, queue: &str, env: &[(&str, &str)]) -> (Command, S
     let args = ["--queue", queue, "--module", &module, "--wait", "1"];
     let cmd = Worker::command(b, &[&args[..], &["--metrics-addr", &addr]].concat(), env);
     (cmd, addr)
-}
-
-/// CPU time (user + system) a process has used so far, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // After the command name in parentheses: state is field 3, utime 14, stime 15.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf only reads a constant.
-    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 /// This process's descriptor limit up to its hard limit (500 sockets must

@@ -207,8 +207,20 @@ impl Drop for Worker {
 
 /// Wait until the worker's log has at least `n` events with this message.
 pub(crate) fn wait_for_count(w: &Worker, msg: &str, n: usize, timeout: Duration) {
+    wait_for_count_of(w, msg, &[], n, timeout);
+}
+
+/// Wait until the worker has logged `n` events with this message and these
+/// fields.
+pub(crate) fn wait_for_count_of(
+    w: &Worker,
+    msg: &str,
+    fields: &[(&str, &str)],
+    n: usize,
+    timeout: Duration,
+) {
     let deadline = Instant::now() + timeout;
-    while w.count(msg, &[]) < n {
+    while w.count(msg, fields) < n {
         assert!(
             Instant::now() < deadline,
             "fewer than {n} {msg:?} events in:\n{}",
@@ -216,6 +228,21 @@ pub(crate) fn wait_for_count(w: &Worker, msg: &str, n: usize, timeout: Duration)
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// CPU time (user + system) a process has used so far, in seconds.
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a constant.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 pub(crate) fn alive(pid: i32) -> bool {

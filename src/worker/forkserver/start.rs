@@ -330,6 +330,11 @@ impl Server {
         // kernel; this process is single-threaded, so no other thread is
         // inside the allocator.
         unsafe { libc::malloc_trim(0) };
+        // What the template and its copies allocate from now on goes on
+        // pages of its own, not into the holes those components left.
+        if let Err(e) = crate::fresh_heap::start() {
+            tracing::warn!(error = %e, "template: allocating from the fork server's heap");
+        }
     }
 
     /// The fork server's end of every child's channel, and every result

@@ -21,8 +21,9 @@
 //! The fork server forks a template for the key (module, tenant, policy)
 //! it expects next ([`super::warm`]). The template first lets go of every
 //! other component the fork server has loaded (`Server::shed_other_modules`
-//! in [`super::start`]), so its copies carry only their own module's pages;
-//! then it confines itself like a child (limits, Landlock, seccomp:
+//! in [`super::start`]), so its copies carry only their own module's pages,
+//! and allocates from then on from a heap of its own, apart from the holes
+//! those modules left ([`crate::fresh_heap`]); then it confines itself like a child (limits, Landlock, seccomp:
 //! [`super::confine`]), except that its filter lets it `clone` with
 //! exactly `CLONE_PARENT | SIGCHLD`;
 //! instantiates the job under the policy's timeout; says it is ready; then
