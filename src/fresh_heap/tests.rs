@@ -1,3 +1,7 @@
+//! Unit tests of the fresh heap: the reserved range handed out and given
+//! back page by page, and blocks of the started heap (run in the test
+//! process, whose own allocator stays the system's).
+
 use super::*;
 
 /// A `Range` over a reservation of its own (not the process's heap).
