@@ -69,22 +69,27 @@ struct Range {
 }
 
 impl Range {
-    /// Return `[from, to)` to the kernel and make it inaccessible; the
-    /// range's end goes back to the bump pointer for reuse.
+    /// Make `[from, to)` inaccessible and return its pages to the kernel;
+    /// the range's end goes back to the bump pointer for reuse. False,
+    /// with the memory untouched, when it cannot be made inaccessible
+    /// (dlmalloc then keeps it, bytes and all).
     fn release(&self, from: usize, to: usize) -> bool {
         if from >= to {
             return true;
         }
+        let (start, len) = (from as *mut libc::c_void, to - from);
         // SAFETY: `[from, to)` is page-aligned memory of the reserved
         // range that dlmalloc gives back: nothing refers to it any more.
-        let released = unsafe {
-            libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_DONTNEED) == 0
-                && libc::mprotect(from as *mut libc::c_void, to - from, libc::PROT_NONE) == 0
-        };
-        if released && to == self.next.get() {
+        if unsafe { libc::mprotect(start, len, libc::PROT_NONE) } != 0 {
+            return false;
+        }
+        // SAFETY: as above. Should this fail, the pages stay resident
+        // until reused, but inaccessible.
+        unsafe { libc::madvise(start, len, libc::MADV_DONTNEED) };
+        if to == self.next.get() {
             self.next.set(from);
         }
-        released
+        true
     }
 }
 

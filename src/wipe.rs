@@ -48,6 +48,28 @@ unsafe fn wipe(ptr: *mut u8, len: usize) {
     unsafe { libc::explicit_bzero(ptr.cast(), len) };
 }
 
+/// A block from the fresh heap once it is started (and has room), else
+/// from the system's allocator; zeroed if asked.
+///
+/// # Safety
+/// As `GlobalAlloc::alloc`.
+unsafe fn allocate(layout: Layout, zeroed: bool) -> *mut u8 {
+    if fresh_heap::active() {
+        // SAFETY: as the caller vouches.
+        let p = unsafe { fresh_heap::alloc(layout, zeroed) };
+        if !p.is_null() {
+            return p;
+        }
+    }
+    if zeroed {
+        // SAFETY: as the caller vouches.
+        unsafe { System.alloc_zeroed(layout) }
+    } else {
+        // SAFETY: as the caller vouches.
+        unsafe { System.alloc(layout) }
+    }
+}
+
 /// Where a block is freed: the fresh heap's blocks to it, others to the
 /// system's allocator.
 ///
@@ -68,27 +90,13 @@ unsafe fn free(ptr: *mut u8, layout: Layout) {
 // allocated with; wiping writes only inside a block that is being freed.
 unsafe impl GlobalAlloc for WipingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if fresh_heap::active() {
-            // SAFETY: as the caller of `alloc` vouches.
-            let p = unsafe { fresh_heap::alloc(layout, false) };
-            if !p.is_null() {
-                return p;
-            }
-        }
         // SAFETY: as the caller of `alloc` vouches.
-        unsafe { System.alloc(layout) }
+        unsafe { allocate(layout, false) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if fresh_heap::active() {
-            // SAFETY: as the caller of `alloc_zeroed` vouches.
-            let p = unsafe { fresh_heap::alloc(layout, true) };
-            if !p.is_null() {
-                return p;
-            }
-        }
         // SAFETY: as the caller of `alloc_zeroed` vouches.
-        unsafe { System.alloc_zeroed(layout) }
+        unsafe { allocate(layout, true) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
