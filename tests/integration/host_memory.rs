@@ -310,29 +310,19 @@ async fn the_fork_server_unloads_modules_past_their_memory_budget() {
 }
 
 /// Kibibytes of heap a running process has written to pages of its own
-/// (`Private_Dirty`): its C library heap (`[heap]`) and anonymous
-/// mappings starting within 2 MiB above it (a template's fresh heap).
+/// (`Private_Dirty`): its C library heap (`[heap]`) and the anonymous
+/// mappings starting less than 1 MiB above its end (a template's fresh
+/// heap, reserved 256 KiB above the program break).
 fn heap_private_dirty_kib(pid: i32) -> u64 {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-    let mut mappings: Vec<(u64, String, u64)> = Vec::new();
-    for line in smaps.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if let Some((start, _)) = f[0].split_once('-').filter(|_| f.len() >= 5) {
-            let start = u64::from_str_radix(start, 16).unwrap();
-            let name = f.get(5).copied().unwrap_or("").to_owned();
-            mappings.push((start, name, 0));
-        } else if f[0] == "Private_Dirty:" {
-            mappings.last_mut().unwrap().2 = f[1].parse().unwrap();
-        }
-    }
-    let heap_start = mappings.iter().find(|m| m.1 == "[heap]").unwrap().0;
+    let mappings = mappings(pid);
+    let heap = |m: &&Mapping| m.path == "[heap]";
+    let heap_end = mappings.iter().filter(heap).map(|m| m.end).max().unwrap();
     mappings
         .iter()
-        .filter(|(start, name, _)| {
-            name == "[heap]"
-                || (name.is_empty() && *start > heap_start && *start - heap_start < 64 << 20)
+        .filter(|m| {
+            heap(m) || (m.path.is_empty() && (heap_end..heap_end + (1 << 20)).contains(&m.start))
         })
-        .map(|m| m.2)
+        .map(|m| m.private_dirty_kib)
         .sum()
 }
 

@@ -123,28 +123,13 @@ async fn the_fork_server_holds_no_read_only_part_of_its_program_in_small_file_pa
     let w = Worker::start(&b, &addr, &modes_path(), &["--wait", "0"]);
     let pid = w.fork_server_pid(Duration::from_secs(60));
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mappings = mappings(pid);
     w.signal(libc::SIGTERM);
     w.wait(Duration::from_secs(20));
-    // (range, permissions, path, VmFlags) of each mapping.
-    let mut mappings: Vec<(String, String, String, String)> = Vec::new();
-    for line in smaps.lines() {
-        if let Some(flags) = line.strip_prefix("VmFlags:") {
-            mappings.last_mut().unwrap().3 = flags.trim().to_owned();
-        } else if line
-            .split_whitespace()
-            .next()
-            .is_some_and(|f| f.contains('-'))
-        {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let path = f.get(5).copied().unwrap_or("").to_owned();
-            mappings.push((f[0].into(), f[1].into(), path, String::new()));
-        }
-    }
     let exe = exe.to_str().unwrap();
     let left: Vec<_> = mappings
         .iter()
-        .filter(|(_, perms, path, _)| path == exe && perms.starts_with("r-"))
+        .filter(|m| m.path == exe && m.perms.starts_with("r-"))
         .collect();
     assert!(
         left.is_empty(),
@@ -155,18 +140,15 @@ async fn the_fork_server_holds_no_read_only_part_of_its_program_in_small_file_pa
     // 2 MiB pages.
     let huge: Vec<_> = mappings
         .iter()
-        .filter(|(_, perms, path, flags)| {
-            path.is_empty() && perms.starts_with("r-") && flags.split(' ').any(|f| f == "hg")
+        .filter(|m| {
+            m.path.is_empty()
+                && m.perms.starts_with("r-")
+                && m.vm_flags.split(' ').any(|f| f == "hg")
         })
         .collect();
     assert!(huge.len() >= 3, "{huge:?}");
-    for (range, ..) in &huge {
-        let (a, b) = range.split_once('-').unwrap();
-        let (a, b) = (
-            u64::from_str_radix(a, 16).unwrap(),
-            u64::from_str_radix(b, 16).unwrap(),
-        );
-        assert!(a % (2 << 20) == 0 && b % (2 << 20) == 0, "{range}");
+    for m in &huge {
+        assert!(m.start % (2 << 20) == 0 && m.end % (2 << 20) == 0, "{m:?}");
     }
 }
 

@@ -374,6 +374,46 @@ pub(crate) fn artifacts_mapped(pid: i32) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// One mapping of a process, from `/proc/PID/smaps`.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) perms: String,
+    /// The file or pseudo-path (`[heap]`); empty for anonymous memory.
+    pub(crate) path: String,
+    pub(crate) vm_flags: String,
+    /// Kibibytes written by this process alone (`Private_Dirty`).
+    pub(crate) private_dirty_kib: u64,
+}
+
+/// `pid`'s mappings now.
+pub(crate) fn mappings(pid: i32) -> Vec<Mapping> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut mappings: Vec<Mapping> = Vec::new();
+    for line in smaps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.is_empty() {
+            continue;
+        }
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            mappings.last_mut().unwrap().vm_flags = flags.trim().to_owned();
+        } else if f[0] == "Private_Dirty:" {
+            mappings.last_mut().unwrap().private_dirty_kib = f[1].parse().unwrap();
+        } else if let Some((start, end)) = f[0].split_once('-') {
+            mappings.push(Mapping {
+                start: u64::from_str_radix(start, 16).unwrap(),
+                end: u64::from_str_radix(end, 16).unwrap(),
+                perms: f[1].into(),
+                path: f.get(5).copied().unwrap_or("").to_owned(),
+                vm_flags: String::new(),
+                private_dirty_kib: 0,
+            });
+        }
+    }
+    mappings
+}
+
 /// Every byte of `pid`'s private writable mappings (heap, stacks, guest
 /// memory), read through `/proc/PID/mem`; regions that cannot be read are
 /// skipped.
