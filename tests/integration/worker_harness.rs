@@ -1,7 +1,7 @@
-//! The worker-process harness for `worker.rs`: start a real `wasm-jobs
-//! worker`, read its log as it is written, signal it, and inspect processes
-//! through /proc. A dropped `Worker` is SIGKILLed, so a failing test leaves
-//! nothing running.
+//! The worker-process harness for `worker.rs`, `worker_serving.rs` and the
+//! other worker tests: start a real `wasm-jobs worker`, read its log as it
+//! is written, signal it, and inspect processes through /proc. A dropped
+//! `Worker` is SIGKILLed, so a failing test leaves nothing running.
 
 use crate::queue_backends::Backend;
 use std::io::{BufRead, BufReader};
@@ -443,4 +443,22 @@ pub(crate) fn private_memory(pid: i32) -> Vec<u8> {
 /// library's optimized string search, on a lossy copy).
 pub(crate) fn holds(memory: &[u8], marker: &str) -> bool {
     String::from_utf8_lossy(memory).contains(marker)
+}
+
+/// Worker flags for quick scenarios: a 4 s visibility timeout held by a
+/// heartbeat every second, a 2 s exit timeout, no long polls.
+pub(crate) const FAST: &[&str] = &[
+    "--visibility-timeout",
+    "4",
+    "--heartbeat",
+    "1",
+    "--exit-timeout",
+    "2",
+    "--wait",
+    "0",
+];
+
+/// The index of the first event that satisfies `pred`.
+pub(crate) fn position(events: &[LogEvent], pred: impl Fn(&LogEvent) -> bool) -> Option<usize> {
+    events.iter().position(pred)
 }
