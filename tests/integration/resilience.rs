@@ -172,8 +172,10 @@ async fn an_exit_signal_during_a_cache_load_starts_nothing_and_releases_its_mess
     }
     let args = ["--queue", &addr, "--module", python.to_str().unwrap()];
     let mut cmd = Worker::command(&b, &args, &[]);
-    cmd.args(["--concurrency", "2", "--wait", "0"])
-        .env("RUST_LOG", "info,wasm_jobs::artifact_cache=debug");
+    cmd.args(["--concurrency", "2", "--wait", "0"]).env(
+        "RUST_LOG",
+        format!("{TEST_LOG},wasm_jobs::artifact_cache=debug"),
+    );
     let w = Worker::spawn(cmd);
     let loading = "loading a compiled component from the artifact cache";
     w.wait_for(loading, &[], Duration::from_secs(60));

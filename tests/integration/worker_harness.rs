@@ -83,7 +83,7 @@ impl Worker {
         cmd.arg("worker")
             .args(args)
             .args(["--log-format", "json"])
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", TEST_LOG)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -444,6 +444,10 @@ pub(crate) fn private_memory(pid: i32) -> Vec<u8> {
 pub(crate) fn holds(memory: &[u8], marker: &str) -> bool {
     String::from_utf8_lossy(memory).contains(marker)
 }
+
+/// The worker tests' log filter: info, and each job's start and end lines
+/// (debug, since a job that succeeds logs one line at info: its success).
+pub(crate) const TEST_LOG: &str = "info,wasm_jobs::worker::parent::job=debug";
 
 /// Worker flags for quick scenarios: a 4 s visibility timeout held by a
 /// heartbeat every second, a 2 s exit timeout, no long polls.

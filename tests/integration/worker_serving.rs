@@ -331,7 +331,7 @@ async fn registry_modules_run_by_name_and_unknown_ones_are_dead_lettered(b: Back
             "--registry",
         ])
         .arg(registry.path())
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", TEST_LOG)
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);

@@ -25,6 +25,19 @@ use tracing::Instrument;
 /// Extra time a job gets past its own timeout before the parent kills it.
 const KILL_GRACE: Duration = Duration::from_secs(10);
 
+/// "worker child ended": at info for an end that is not a success (its
+/// message's fate follows at warn or info), at debug for a success, whose
+/// one line at info is the success line after the delete (with `run_ms`):
+/// a busy worker's log is a third as long.
+fn log_end(end: &WorkerEnd, ran_for: Duration, output_bytes: Option<usize>) {
+    let run_ms = ran_for.as_secs_f64() * 1e3;
+    if matches!(end, WorkerEnd::Reported(Outcome::Ok)) {
+        tracing::debug!(end = %end, run_ms, output_bytes, "worker child ended");
+    } else {
+        tracing::info!(end = %end, run_ms, output_bytes, "worker child ended");
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -206,7 +219,8 @@ async fn run(
         }
     };
     tracing::Span::current().record("pid", spawned.pid.as_raw());
-    tracing::info!(warm = spawned.warm, "worker child started");
+    // Debug: at info a job that succeeds is one line, its success line.
+    tracing::debug!(warm = spawned.warm, "worker child started");
     let started = Instant::now();
     ctx.stats
         .receive_to_start
@@ -261,12 +275,7 @@ async fn run(
     };
     let ended_at = Instant::now();
     let ran_for = started.elapsed();
-    tracing::info!(
-        end = %end,
-        run_ms = ran_for.as_secs_f64() * 1e3,
-        output_bytes = output.as_ref().map(Vec::len),
-        "worker child ended"
-    );
+    log_end(&end, ran_for, output.as_ref().map(Vec::len));
     ctx.stats.running.ended(
         d.source.queue.name(),
         matches!(end, WorkerEnd::Reported(Outcome::Ok)),
@@ -285,5 +294,59 @@ async fn run(
             ctx.stats.record_exit_to_settled(ended_at.elapsed());
             JobResult::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// The levels of the lines `log_end` writes for `end`, at debug.
+    fn levels_of(end: WorkerEnd) -> Vec<String> {
+        let lines: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            log_end(&end, Duration::from_millis(3), None);
+        });
+        let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                assert_eq!(v["fields"]["message"], "worker child ended", "{l}");
+                assert_eq!(v["fields"]["run_ms"], 3.0, "{l}");
+                v["level"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_success_ends_at_debug_and_any_other_end_at_info() {
+        assert_eq!(levels_of(WorkerEnd::Reported(Outcome::Ok)), ["DEBUG"]);
+        assert_eq!(
+            levels_of(WorkerEnd::Reported(Outcome::Fatal {
+                reason: "no".into()
+            })),
+            ["INFO"]
+        );
+        assert_eq!(levels_of(WorkerEnd::Killed(9)), ["INFO"]);
+        assert_eq!(levels_of(WorkerEnd::Lost), ["INFO"]);
     }
 }

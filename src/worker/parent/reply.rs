@@ -131,6 +131,11 @@ pub(crate) struct Ending {
 }
 
 impl Ending {
+    /// How long its process ran, in milliseconds (for the log).
+    pub(crate) fn run_ms(&self) -> Option<f64> {
+        self.ran_for.map(|d| d.as_secs_f64() * 1e3)
+    }
+
     /// A worker's end, with what it published and how long it ran.
     pub(crate) fn of(end: &WorkerEnd, output: Option<Vec<u8>>, ran_for: Option<Duration>) -> Self {
         let exit_code = match end {

@@ -214,7 +214,7 @@ pub(super) async fn apply(ctx: &JobContext, d: &Delivery, fate: Fate, ending: &E
             let r = d.source.deletes.delete(receipt).await;
             if r.is_ok() {
                 ctx.stats.succeeded.inc();
-                tracing::info!(message_id = %id, "job succeeded; message deleted");
+                tracing::info!(message_id = %id, run_ms = ending.run_ms(), "job succeeded; message deleted");
             }
             r
         }
