@@ -4,7 +4,8 @@
 //! and 20 s; the Python and JavaScript example guests (when built), and
 //! the trivial job again with their modules loaded beside it; queue
 //! calls per job (the worker's own `wasm_jobs_queue_calls_total`) and what
-//! the delete window costs; receive-to-start and exit-to-delete latencies
+//! the delete window costs; what asking for outcomes and what JSON logs at
+//! info cost; receive-to-start and exit-to-delete latencies
 //! (percentiles interpolated within the worker's histogram buckets); the
 //! parent's RSS with 64 jobs in flight and the heartbeat calls with 100.
 //! Each figure stands beside a physical reference measured in the same
@@ -295,6 +296,23 @@ fn main() -> anyhow::Result<()> {
         }
         let (with, without) = (median(with), median(without));
         rows.push(format!("| `reply-to` on every message (one outcome message each), trivial job, embedded queue, concurrency 2, runs alternated with the same jobs without | {with:.0} jobs/s; {:.0} µs more per job | without: {without:.0} jobs/s | {:.2} of the rate without | the cost of outcomes |", (1e6 / with - 1e6 / without), with / without));
+        // What logging costs: the worker's JSON lines at info into a file,
+        // as `wasm-jobs worker` writes them under a service manager (this
+        // runtime is single-threaded, so a default set on this thread is
+        // every task's), runs alternated with the same jobs logging nothing.
+        let log_path = dir.path().join("worker.log");
+        let (mut logged, mut quiet, mut log_bytes) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..REPEATS {
+            let file = Arc::new(std::fs::File::create(&log_path)?);
+            let logs = tracing::Dispatch::new(wasm_jobs::logging::json_subscriber("info", file));
+            let guard = tracing::dispatcher::set_default(&logs);
+            logged.push(bench.run(queue("logged")?, "o", MESSAGES, Knobs::c(2), false).await?.jobs_per_s);
+            drop(guard);
+            log_bytes.push(std::fs::metadata(&log_path)?.len() as f64 / MESSAGES as f64);
+            quiet.push(bench.run(queue("quiet")?, "o", MESSAGES, Knobs::c(2), false).await?.jobs_per_s);
+        }
+        let (logged, quiet) = (median(logged), median(quiet));
+        rows.push(format!("| JSON logs at info written to a file (as the binary writes them), trivial job, embedded queue, concurrency 2, runs alternated with the same jobs logging nothing | {logged:.0} jobs/s; {:.0} µs more per job; {:.0} bytes of log per job | without: {quiet:.0} jobs/s | {:.2} of the rate without | what logging costs |", (1e6 / logged - 1e6 / quiet), median(log_bytes), logged / quiet));
         // An idle worker long-polling: each message sent once the one
         // before has succeeded, so nothing waits for a slot.
         let latency = async |b: &Bench, q| -> anyhow::Result<(f64, f64)> {

@@ -12,6 +12,8 @@
 
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::{Format, Json, JsonFields};
+use tracing_subscriber::fmt::{MakeWriter, SubscriberBuilder};
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -70,19 +72,39 @@ pub(crate) fn init(default_level: &str, format: Option<LogFormat>) -> LogSetting
 
 /// Install the global subscriber with exactly these settings.
 pub(crate) fn install(settings: &LogSettings) {
-    let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
     let _ = match settings.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
-        LogFormat::Pretty => builder
+        LogFormat::Json => json(&settings.filter, std::io::stderr).try_init(),
+        LogFormat::Pretty => tracing_subscriber::fmt()
+            .with_env_filter(env_filter(&settings.filter))
+            .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
             .try_init(),
     };
+}
+
+/// The JSON subscriber the binary logs with, filtered by `filter` and
+/// writing to `writer` instead of stderr: for the worker benchmark, which
+/// measures what logging costs a worker.
+pub fn json_subscriber<W>(filter: &str, writer: W) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    json(filter, writer).finish()
+}
+
+fn json<W>(filter: &str, writer: W) -> SubscriberBuilder<JsonFields, Format<Json>, EnvFilter, W>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(env_filter(filter))
+        .with_writer(writer)
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+}
+
+fn env_filter(filter: &str) -> EnvFilter {
+    EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"))
 }
