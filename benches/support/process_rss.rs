@@ -72,6 +72,8 @@ pub(crate) fn worker_parent_rss(exe: &Path, module: &Path, n: usize) -> anyhow::
             "json",
         ])
         .env("WASM_JOBS_HOME", home.path())
+        // Each start is a line at debug (a success is one line at info).
+        .env("RUST_LOG", "info,wasm_jobs::worker::parent::job=debug")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)
         .spawn()?;
