@@ -302,15 +302,12 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    /// The levels of the lines `log_end` writes for `end`, at debug.
+    /// The levels of the lines `log_end` writes for `end`, logged as the
+    /// binary logs, at debug.
     fn levels_of(end: WorkerEnd) -> Vec<String> {
         let lines: Arc<Mutex<Vec<u8>>> = Arc::default();
         let sink = lines.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_writer(move || Sink(sink.clone()))
-            .finish();
+        let subscriber = crate::logging::json_subscriber("debug", move || Sink(sink.clone()));
         tracing::subscriber::with_default(subscriber, || {
             log_end(&end, Duration::from_millis(3), None);
         });
@@ -318,8 +315,8 @@ mod tests {
         text.lines()
             .map(|l| {
                 let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                assert_eq!(v["fields"]["message"], "worker child ended", "{l}");
-                assert_eq!(v["fields"]["run_ms"], 3.0, "{l}");
+                assert_eq!(v["message"], "worker child ended", "{l}");
+                assert_eq!(v["run_ms"], 3.0, "{l}");
                 v["level"].as_str().unwrap().to_owned()
             })
             .collect()
