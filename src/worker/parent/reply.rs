@@ -131,7 +131,8 @@ pub(crate) struct Ending {
 }
 
 impl Ending {
-    /// How long its process ran, in milliseconds (for the log).
+    /// How long its process ran, in milliseconds (the log and the outcome
+    /// message give it so).
     pub(crate) fn run_ms(&self) -> Option<f64> {
         self.ran_for.map(|d| d.as_secs_f64() * 1e3)
     }
@@ -310,7 +311,7 @@ fn body(d: &About<'_>, reply: &ReplyTo, told: Told, reason: Option<&str>, e: &En
         detail: &e.detail,
         exit_code: e.exit_code,
         attempts: d.msg.receive_count,
-        duration_ms: e.ran_for.map(|t| t.as_secs_f64() * 1e3),
+        duration_ms: e.run_ms(),
         trace_id: d.trace_id,
         http: e.http.as_ref(),
         output: e.output.clone().map(Published),
