@@ -18,25 +18,34 @@ pub(crate) async fn send_all(q: &dyn Queue, n: usize) -> anyhow::Result<Duration
     Ok(started.elapsed())
 }
 
+/// Receive up to ten messages and delete them in one batch; how many.
+pub(crate) async fn receive_delete_ten(q: &dyn Queue) -> anyhow::Result<usize> {
+    let got = q
+        .receive(ReceiveRequest {
+            max_messages: 10,
+            wait: Duration::ZERO,
+            visibility_timeout: None,
+        })
+        .await?;
+    if got.is_empty() {
+        return Ok(0);
+    }
+    let receipts: Vec<String> = got.iter().map(|m| m.receipt_handle.clone()).collect();
+    for r in q.delete_batch(&receipts).await? {
+        r.result?;
+    }
+    Ok(got.len())
+}
+
 /// Receive `n` messages ten at a time and delete each ten in one batch;
 /// how long it took. Fails if the queue runs dry first.
 pub(crate) async fn receive_delete_all(q: &dyn Queue, n: usize) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let mut done = 0;
     while done < n {
-        let got = q
-            .receive(ReceiveRequest {
-                max_messages: 10,
-                wait: Duration::ZERO,
-                visibility_timeout: None,
-            })
-            .await?;
-        anyhow::ensure!(!got.is_empty(), "queue ran dry at {done}");
-        let receipts: Vec<String> = got.iter().map(|m| m.receipt_handle.clone()).collect();
-        for r in q.delete_batch(&receipts).await? {
-            r.result?;
-        }
-        done += got.len();
+        let got = receive_delete_ten(q).await?;
+        anyhow::ensure!(got > 0, "queue ran dry at {done}");
+        done += got;
     }
     Ok(started.elapsed())
 }

@@ -143,6 +143,34 @@ pub(crate) async fn fill(q: &dyn Queue, body: &str, n: usize, reply: bool) -> an
     Ok(())
 }
 
+/// How a run's messages reach the queue.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Feed {
+    /// All of them sent before the worker starts: a backlog.
+    Backlog,
+    /// Sent while the worker runs, in batches of up to ten, each batch once
+    /// at most `k` sent messages (with it) have not yet succeeded. `Ahead(1)`
+    /// sends each message once the one before succeeded, to an idle worker.
+    Ahead(usize),
+}
+
+impl Feed {
+    /// How many to send now, with `sent` of `n` sent and `done` succeeded.
+    pub(crate) fn due(self, n: usize, sent: usize, done: usize) -> usize {
+        match self {
+            Feed::Backlog => 0,
+            Feed::Ahead(k) => {
+                let batch = k.min(10).min(n - sent);
+                if batch > 0 && sent - done + batch <= k {
+                    batch
+                } else {
+                    0
+                }
+            }
+        }
+    }
+}
+
 /// What one run measured.
 pub(crate) struct Run {
     pub(crate) jobs_per_s: f64,
@@ -170,17 +198,17 @@ impl Bench {
     /// Start the worker on `q`, holding `n` messages with `body`, until
     /// all `n` succeeded (timed from the start to the last success; the
     /// worker is then stopped where it is, as a long poll may be open).
-    /// `one_at_a_time` sends each message once the one before succeeded,
-    /// to an idle worker.
+    /// `feed` says whether they wait in the queue first or are sent as
+    /// the worker goes.
     pub(crate) async fn run(
         &self,
         q: Arc<dyn Queue>,
         body: &str,
         n: usize,
         knobs: Knobs,
-        one_at_a_time: bool,
+        feed: Feed,
     ) -> anyhow::Result<Run> {
-        if !one_at_a_time {
+        if let Feed::Backlog = feed {
             fill(q.as_ref(), body, n, knobs.reply).await?;
         }
         let stats = Arc::new(WorkerStats::default());
@@ -203,9 +231,15 @@ impl Bench {
             if done >= n {
                 break started.elapsed();
             }
-            if one_at_a_time && sent == done {
-                q.send(&message(q.as_ref(), body, knobs.reply)).await?;
-                sent += 1;
+            let due = feed.due(n, sent, done);
+            if due > 0 {
+                let batch: Vec<OutgoingMessage> = (0..due)
+                    .map(|_| message(q.as_ref(), body, knobs.reply))
+                    .collect();
+                for r in q.send_batch(&batch).await? {
+                    r.result?;
+                }
+                sent += due;
             }
             anyhow::ensure!(
                 !worker.is_finished(),
