@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use wasm_jobs::engine::EngineSettings;
 use wasm_jobs::queue::embedded::EmbeddedStore;
 use wasm_jobs::queue::sqs::SqsQueue;
-use wasm_jobs::queue::{OutgoingMessage, Queue, QueueConfig};
+use wasm_jobs::queue::{Queue, QueueConfig};
 use wasm_jobs::worker::{ForkServerSettings, ForkServers, WorkerStats};
 
 const MESSAGES: usize = 2_000;
@@ -181,16 +181,19 @@ async fn bare_drain_per_s(queue: &dyn Queue, n: usize, feed: Feed) -> anyhow::Re
     let started = Instant::now();
     let send = async {
         while sent < n {
-            let due = feed.due(n, sent, done.load(Ordering::Relaxed));
-            if due == 0 {
-                tokio::time::sleep(Duration::from_micros(500)).await;
-                continue;
+            match runs::send_due(
+                queue,
+                feed,
+                n,
+                (sent, done.load(Ordering::Relaxed)),
+                "o",
+                false,
+            )
+            .await?
+            {
+                0 => tokio::time::sleep(Duration::from_micros(500)).await,
+                due => sent += due,
             }
-            let batch: Vec<OutgoingMessage> = (0..due).map(|_| OutgoingMessage::new("o")).collect();
-            for r in queue.send_batch(&batch).await? {
-                r.result?;
-            }
-            sent += due;
         }
         anyhow::Ok(())
     };

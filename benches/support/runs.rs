@@ -171,6 +171,26 @@ impl Feed {
     }
 }
 
+/// Send what `feed` says is due with `sent` of `n` sent and `done`
+/// succeeded, in one batch of messages with `body`; how many.
+pub(crate) async fn send_due(
+    q: &dyn Queue,
+    feed: Feed,
+    n: usize,
+    (sent, done): (usize, usize),
+    body: &str,
+    reply: bool,
+) -> anyhow::Result<usize> {
+    let due = feed.due(n, sent, done);
+    if due > 0 {
+        let batch: Vec<OutgoingMessage> = (0..due).map(|_| message(q, body, reply)).collect();
+        for r in q.send_batch(&batch).await? {
+            r.result?;
+        }
+    }
+    Ok(due)
+}
+
 /// What one run measured.
 pub(crate) struct Run {
     pub(crate) jobs_per_s: f64,
@@ -231,16 +251,7 @@ impl Bench {
             if done >= n {
                 break started.elapsed();
             }
-            let due = feed.due(n, sent, done);
-            if due > 0 {
-                let batch: Vec<OutgoingMessage> = (0..due)
-                    .map(|_| message(q.as_ref(), body, knobs.reply))
-                    .collect();
-                for r in q.send_batch(&batch).await? {
-                    r.result?;
-                }
-                sent += due;
-            }
+            sent += send_due(q.as_ref(), feed, n, (sent, done), body, knobs.reply).await?;
             anyhow::ensure!(
                 !worker.is_finished(),
                 "the worker stopped: {:?}",
