@@ -343,7 +343,9 @@ unsafe fn deserialize_verified(engine: &Engine, artifact: &[u8]) -> wasmtime::Re
 
 /// Deserialize from memory into anonymous memory and collapse the code
 /// into huge pages ([`crate::hugepages`]): fork then copies a few entries
-/// per 2 MiB and children fault nothing in. `None` where huge pages are
+/// per 2 MiB and children fault nothing in. The ends left in small pages
+/// are mapped from a sealed memory file ([`crate::hugepages::file_back_edges`]),
+/// which fork need not copy. `None` where huge pages are
 /// not to be had (the caller maps a sealed file instead, whose pages
 /// children fault in but fork need not copy).
 ///
@@ -358,6 +360,17 @@ unsafe fn deserialize_in_huge_pages(engine: &Engine, artifact: &[u8]) -> Option<
     match unsafe { crate::hugepages::collapse(image.start as usize..image.end as usize) } {
         Ok(bytes) => {
             tracing::debug!(bytes, "compiled code in huge pages");
+            let text = component.text().as_ptr_range();
+            // SAFETY: as above; `text` is that code's executable part.
+            match unsafe {
+                crate::hugepages::file_back_edges(
+                    image.start as usize..image.end as usize,
+                    text.start as usize..text.end as usize,
+                )
+            } {
+                Ok(bytes) => tracing::debug!(bytes, "compiled code's edges mapped from a file"),
+                Err(e) => tracing::debug!(error = %e, "compiled code's edges stay anonymous"),
+            }
             Some(component)
         }
         Err(e) => {

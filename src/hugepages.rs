@@ -31,7 +31,12 @@
 //!   anonymous memory.
 //! - [`collapse`]: a compiled component deserialized from memory already
 //!   lives in anonymous memory; its aligned interior is collapsed into huge
-//!   pages in place (`MADV_COLLAPSE`).
+//!   pages in place (`MADV_COLLAPSE`). [`file_back_edges`]: what is left
+//!   in small pages (the ends of its text and of its read-only data, about
+//!   4 MB of an 18 MB guest's) is mapped from a sealed memory file instead,
+//!   so that fork copies no entries for it and a child maps only what it
+//!   reads (measured with the Python example at c=2: 10-12% less CPU per
+//!   call, 6-15% more calls per second in four alternated pairs).
 //! - [`move_wasm_memories_to_huge_pages`]: a template process's instance
 //!   has its linear memory mapped from wasmtime's memory image file, which
 //!   instantiation barely touches, so each copy used to fault in every page
@@ -354,6 +359,114 @@ pub(crate) unsafe fn collapse(range: Range<usize>) -> Result<usize, HugePagesErr
         )?;
     }
     Ok(end - start)
+}
+
+/// The parts of a compiled image left in small pages once its interior is
+/// in huge ones: the edges of each of its two mappings (read-only data
+/// around the executable text) that hold no whole aligned 2 MiB page, with
+/// whether each is executable. `image` and `text` are page-aligned at their
+/// starts; the text's mapping ends on the page boundary after it.
+fn small_edges(image: Range<usize>, text: Range<usize>) -> Vec<(Range<usize>, bool)> {
+    const PAGE: usize = 4096;
+    let text_end = text.end.next_multiple_of(PAGE);
+    let mappings = [
+        (image.start..text.start, false),
+        (text.start..text_end, true),
+        (text_end..image.end.next_multiple_of(PAGE), false),
+    ];
+    let mut edges = Vec::new();
+    for (mapping, exec) in mappings {
+        let (up, down) = (
+            mapping.start.next_multiple_of(HUGE),
+            mapping.end / HUGE * HUGE,
+        );
+        let parts = if up < down {
+            [mapping.start..up, down..mapping.end]
+        } else {
+            [mapping.clone(), 0..0]
+        };
+        edges.extend(
+            parts
+                .into_iter()
+                .filter(|part| part.start < part.end)
+                .map(|part| (part, exec)),
+        );
+    }
+    edges
+}
+
+/// Map the small-page edges of a compiled image ([`small_edges`]) from a
+/// sealed memory file holding the same bytes, in place of the anonymous
+/// pages they were in; returns how many bytes now are. Fork copies no
+/// page-table entry for a file mapping nothing wrote, and exit drops none:
+/// a child maps the few of those pages its call reads, shared, instead of
+/// every child copying and dropping an entry for each of them (about a
+/// thousand for an 18 MB guest). The aligned interior stays in huge pages
+/// ([`collapse`]). On failure an edge not yet replaced stays as it was.
+///
+/// # Safety
+/// `image` must be a compiled image mapped read-only by this process, with
+/// `text` the executable part of it (wasmtime's published code memory),
+/// that nothing writes; the bytes and protections come back the same, so
+/// every pointer into it stays valid.
+pub(crate) unsafe fn file_back_edges(
+    image: Range<usize>,
+    text: Range<usize>,
+) -> Result<usize, HugePagesError> {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let io = |what| move |e: nix::Error| HugePagesError::Call(what, e.into());
+    let edges = small_edges(image.clone(), text);
+    let fd = memfd_create(
+        c"wasm-jobs-code-edges",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .map_err(io("memfd_create"))?;
+    let file = std::fs::File::from(fd);
+    for (edge, _) in &edges {
+        // SAFETY: the edge lies in the image, mapped readable (the
+        // caller's word).
+        let bytes =
+            unsafe { std::slice::from_raw_parts(edge.start as *const u8, edge.end - edge.start) };
+        file.write_all_at(bytes, (edge.start - image.start) as u64)
+            .map_err(|e| HugePagesError::Call("write", e))?;
+    }
+    let seals = SealFlag::F_SEAL_WRITE
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_SEAL;
+    fcntl(&file, FcntlArg::F_ADD_SEALS(seals)).map_err(io("fcntl(F_ADD_SEALS)"))?;
+    let mut moved = 0;
+    for (edge, exec) in edges {
+        let prot = if exec {
+            libc::PROT_READ | libc::PROT_EXEC
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: the file holds the edge's bytes at this offset and can no
+        // longer change; they replace the same bytes with the same
+        // protection (the caller's word), in one call.
+        let to = unsafe {
+            libc::mmap(
+                edge.start as *mut _,
+                edge.end - edge.start,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_FIXED,
+                file.as_raw_fd(),
+                (edge.start - image.start) as libc::off_t,
+            )
+        };
+        if to == libc::MAP_FAILED {
+            return Err(HugePagesError::Call(
+                "mmap",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        moved += edge.end - edge.start;
+    }
+    Ok(moved)
 }
 
 #[cfg(test)]

@@ -184,3 +184,118 @@ fn the_program_moves_into_huge_pages_and_runs_on() {
         }
     }
 }
+
+#[test]
+fn small_edges_are_the_ends_of_each_mapping_outside_whole_2_mib_pages() {
+    const M: usize = HUGE;
+    // A page of headers, then text to 5 MiB, then read-only data to 9 MiB
+    // + 12 KiB; the text starts on a 2 MiB boundary.
+    let base = 0x7f00_0000_0000 + M - 0x1000;
+    let edges = small_edges(
+        base..base + 9 * M / 2 + 0x3000,
+        base + 0x1000..base + 5 * M / 2,
+    );
+    let text_start = base + 0x1000;
+    assert_eq!(text_start % M, 0, "the text starts on a 2 MiB page here");
+    assert_eq!(
+        edges,
+        vec![
+            (base..text_start, false),
+            (text_start + 2 * M..text_start + 5 * M / 2 - 0x1000, true),
+            (text_start + 5 * M / 2 - 0x1000..text_start + 3 * M, false),
+            (text_start + 4 * M..base + 9 * M / 2 + 0x3000, false),
+        ]
+    );
+    // A mapping holding no whole 2 MiB page is an edge all of it.
+    assert_eq!(
+        small_edges(0x1000..0x9000, 0x2000..0x4800),
+        vec![
+            (0x1000..0x2000, false),
+            (0x2000..0x5000, true),
+            (0x5000..0x9000, false),
+        ]
+    );
+}
+
+/// The path and permissions of the mapping holding `addr`.
+fn mapping_of(addr: usize) -> (String, String) {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let (_, perms, path) = parse_maps(&maps)
+        .into_iter()
+        .find(|(range, _, _)| range.contains(&addr))
+        .unwrap();
+    (perms.to_owned(), path.to_owned())
+}
+
+#[test]
+fn edges_map_from_a_sealed_file_with_the_same_bytes_for_this_process_and_its_children() {
+    let len = 9 << 20;
+    // SAFETY: a fresh private anonymous mapping, unmapped below.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len + 2 * HUGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(raw, libc::MAP_FAILED);
+    // An image starting 12 KiB into a 2 MiB page, its text 8 KiB later.
+    let start = (raw as usize).next_multiple_of(HUGE) + 0x3000;
+    let image = start..start + len;
+    let text = start + 0x2000..start + (5 << 20) + 100;
+    // SAFETY: `image` lies inside the mapping made above.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, len) };
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    let text_end = text.end.next_multiple_of(4096);
+    // SAFETY: protections on parts of the mapping made above, as wasmtime
+    // publishes an image: all read-only, then the text executable.
+    unsafe {
+        assert_eq!(libc::mprotect(start as *mut _, len, libc::PROT_READ), 0);
+        let exec = libc::PROT_READ | libc::PROT_EXEC;
+        assert_eq!(
+            libc::mprotect(text.start as *mut _, text_end - text.start, exec),
+            0
+        );
+    }
+    // SAFETY: the image is ours, read-only and written by nothing.
+    let moved = unsafe { file_back_edges(image.clone(), text.clone()) }.unwrap();
+    let edges = small_edges(image.clone(), text.clone());
+    assert_eq!(moved, edges.iter().map(|(e, _)| e.len()).sum::<usize>());
+    for (edge, exec) in &edges {
+        let perms = if *exec { "r-xp" } else { "r--p" };
+        for addr in [edge.start, edge.end - 1] {
+            let (p, path) = mapping_of(addr);
+            assert_eq!(p, perms, "{addr:x}");
+            assert!(path.starts_with("/memfd:wasm-jobs-code-edges"), "{path}");
+        }
+    }
+    // The interior stays anonymous, its protections as they were.
+    assert_eq!(
+        mapping_of(text.start + HUGE),
+        ("r-xp".into(), String::new())
+    );
+    assert_eq!(
+        mapping_of(start + (7 << 20)),
+        ("r--p".into(), String::new())
+    );
+    let same = |b: &[u8]| b.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8);
+    assert!(same(bytes));
+    // SAFETY: the child only reads the image and _exits.
+    match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => {
+            // SAFETY: _exit ends the child without the harness's destructors.
+            unsafe { libc::_exit(if same(bytes) { 0 } else { 1 }) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let status = nix::sys::wait::waitpid(child, None).unwrap();
+            assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+        }
+    }
+    // SAFETY: unmapping the mapping made above; `bytes` is not used again.
+    unsafe { libc::munmap(raw, len + 2 * HUGE) };
+}
