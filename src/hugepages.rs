@@ -35,8 +35,9 @@
 //!   in small pages (the ends of its text and of its read-only data, about
 //!   4 MB of an 18 MB guest's) is mapped from a sealed memory file instead,
 //!   so that fork copies no entries for it and a child maps only what it
-//!   reads (measured with the Python example at c=2: 10-12% less CPU per
-//!   call, 6-15% more calls per second in four alternated pairs).
+//!   reads (measured at c=2 in alternated pairs, with the fork server's
+//!   own CPU per call as the gauge of the machine's speed: 8% less CPU per
+//!   call with the Python example, 5% with the JavaScript one).
 //! - [`move_wasm_memories_to_huge_pages`]: a template process's instance
 //!   has its linear memory mapped from wasmtime's memory image file, which
 //!   instantiation barely touches, so each copy used to fault in every page
