@@ -54,6 +54,8 @@ use std::ops::Range;
 
 const HUGE: usize = 2 << 20;
 
+const PAGE: usize = 4096;
+
 /// Errors while moving the text; the text stays as it was.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HugePagesError {
@@ -63,6 +65,8 @@ pub(crate) enum HugePagesError {
     NoText,
     #[error("{0} bytes hold no aligned 2 MiB page")]
     TooSmall(usize),
+    #[error("text {0:#x?} is not a page-aligned part of image {1:#x?}")]
+    NotInImage(Range<usize>, Range<usize>),
     #[error("{0} failed: {1}")]
     Call(&'static str, std::io::Error),
 }
@@ -368,7 +372,6 @@ pub(crate) unsafe fn collapse(range: Range<usize>) -> Result<usize, HugePagesErr
 /// whether each is executable. `image` and `text` are page-aligned at their
 /// starts; the text's mapping ends on the page boundary after it.
 fn small_edges(image: Range<usize>, text: Range<usize>) -> Vec<(Range<usize>, bool)> {
-    const PAGE: usize = 4096;
     let text_end = text.end.next_multiple_of(PAGE);
     let mappings = [
         (image.start..text.start, false),
@@ -403,7 +406,9 @@ fn small_edges(image: Range<usize>, text: Range<usize>) -> Vec<(Range<usize>, bo
 /// a child maps the few of those pages its call reads, shared, instead of
 /// every child copying and dropping an entry for each of them (about a
 /// thousand for an 18 MB guest). The aligned interior stays in huge pages
-/// ([`collapse`]). On failure an edge not yet replaced stays as it was.
+/// ([`collapse`]). A `text` that is not a page-aligned part of `image` is
+/// refused before anything is read; on a later failure an edge not yet
+/// replaced stays as it was.
 ///
 /// # Safety
 /// `image` must be a compiled image mapped read-only by this process, with
@@ -419,6 +424,10 @@ pub(crate) unsafe fn file_back_edges(
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
     let io = |what| move |e: nix::Error| HugePagesError::Call(what, e.into());
+    let aligned = image.start.is_multiple_of(PAGE) && text.start.is_multiple_of(PAGE);
+    if !(aligned && image.start <= text.start && text.start <= text.end && text.end <= image.end) {
+        return Err(HugePagesError::NotInImage(text, image));
+    }
     let edges = small_edges(image.clone(), text);
     let fd = memfd_create(
         c"wasm-jobs-code-edges",

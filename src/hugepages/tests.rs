@@ -217,6 +217,23 @@ fn small_edges_are_the_ends_of_each_mapping_outside_whole_2_mib_pages() {
     );
 }
 
+#[test]
+fn edges_of_a_text_outside_its_image_or_unaligned_are_refused_untouched() {
+    let image = 0x7f00_0000_0000..0x7f00_0090_0000;
+    for text in [
+        0x1000..0x1000,
+        0x7f00_0000_0000..0x7f00_00a0_0000,
+        0x7f00_0000_0800..0x7f00_0010_0000,
+    ] {
+        // SAFETY: refused before any byte of either range is read or mapped.
+        let refused = unsafe { file_back_edges(image.clone(), text) };
+        assert!(
+            matches!(refused, Err(HugePagesError::NotInImage(..))),
+            "{refused:?}"
+        );
+    }
+}
+
 /// The path and permissions of the mapping holding `addr`.
 fn mapping_of(addr: usize) -> (String, String) {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
