@@ -321,7 +321,7 @@ unsafe fn deserialize_verified(engine: &Engine, artifact: &[u8]) -> wasmtime::Re
         return Ok(c);
     }
     use std::os::fd::AsRawFd;
-    match sealed_file(artifact) {
+    match crate::sealed_file::sealed_file(c"wasm-jobs-artifact", &[(0, artifact)]) {
         Ok(file) => {
             let path = format!("/proc/self/fd/{}", file.as_raw_fd());
             // SAFETY: the sealed file holds exactly `artifact`'s bytes, which
@@ -380,24 +380,6 @@ unsafe fn deserialize_in_huge_pages(engine: &Engine, artifact: &[u8]) -> Option<
     }
 }
 
-/// `bytes` in a new memory file, sealed against any change.
-fn sealed_file(bytes: &[u8]) -> std::io::Result<fs::File> {
-    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
-    use nix::sys::memfd::{MFdFlags, memfd_create};
-    let fd = memfd_create(
-        c"wasm-jobs-artifact",
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )?;
-    let mut file = fs::File::from(fd);
-    file.write_all(bytes)?;
-    let seals = SealFlag::F_SEAL_WRITE
-        | SealFlag::F_SEAL_GROW
-        | SealFlag::F_SEAL_SHRINK
-        | SealFlag::F_SEAL_SEAL;
-    fcntl(&file, FcntlArg::F_ADD_SEALS(seals))?;
-    Ok(file)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,19 +397,6 @@ mod tests {
         assert_eq!(a, cache.artifact_path(&plain, b"one"));
         assert_ne!(a, cache.artifact_path(&plain, b"two"));
         assert_ne!(a, cache.artifact_path(&fuel, b"one"));
-    }
-
-    #[test]
-    fn a_sealed_artifact_file_cannot_change() {
-        use std::io::{Seek, SeekFrom};
-        let mut file = sealed_file(b"compiled code").unwrap();
-        assert!(file.write_all(b"x").is_err(), "writing is sealed");
-        assert!(file.set_len(4).is_err(), "shrinking is sealed");
-        assert!(file.set_len(64).is_err(), "growing is sealed");
-        let mut back = String::new();
-        file.seek(SeekFrom::Start(0)).unwrap();
-        file.read_to_string(&mut back).unwrap();
-        assert_eq!(back, "compiled code");
     }
 
     #[test]

@@ -419,35 +419,23 @@ pub(crate) unsafe fn file_back_edges(
     image: Range<usize>,
     text: Range<usize>,
 ) -> Result<usize, HugePagesError> {
-    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
-    use nix::sys::memfd::{MFdFlags, memfd_create};
     use std::os::fd::AsRawFd;
-    use std::os::unix::fs::FileExt;
-    let io = |what| move |e: nix::Error| HugePagesError::Call(what, e.into());
     let aligned = image.start.is_multiple_of(PAGE) && text.start.is_multiple_of(PAGE);
     if !(aligned && image.start <= text.start && text.start <= text.end && text.end <= image.end) {
         return Err(HugePagesError::NotInImage(text, image));
     }
     let edges = small_edges(image.clone(), text);
-    let fd = memfd_create(
-        c"wasm-jobs-code-edges",
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )
-    .map_err(io("memfd_create"))?;
-    let file = std::fs::File::from(fd);
-    for (edge, _) in &edges {
-        // SAFETY: the edge lies in the image, mapped readable (the
-        // caller's word).
-        let bytes =
-            unsafe { std::slice::from_raw_parts(edge.start as *const u8, edge.end - edge.start) };
-        file.write_all_at(bytes, (edge.start - image.start) as u64)
-            .map_err(|e| HugePagesError::Call("write", e))?;
-    }
-    let seals = SealFlag::F_SEAL_WRITE
-        | SealFlag::F_SEAL_GROW
-        | SealFlag::F_SEAL_SHRINK
-        | SealFlag::F_SEAL_SEAL;
-    fcntl(&file, FcntlArg::F_ADD_SEALS(seals)).map_err(io("fcntl(F_ADD_SEALS)"))?;
+    // SAFETY: each edge lies in the image, mapped readable and unchanging
+    // (the caller's word) while the file is filled.
+    let part = |edge: &Range<usize>| unsafe {
+        std::slice::from_raw_parts(edge.start as *const u8, edge.end - edge.start)
+    };
+    let parts: Vec<(u64, &[u8])> = edges
+        .iter()
+        .map(|(edge, _)| ((edge.start - image.start) as u64, part(edge)))
+        .collect();
+    let file = crate::sealed_file::sealed_file(c"wasm-jobs-code-edges", &parts)
+        .map_err(|e| HugePagesError::Call("sealing a memory file", e))?;
     let mut moved = 0;
     for (edge, exec) in edges {
         let prot = if exec {

@@ -28,7 +28,8 @@
 //!   `guest_random`: the executor's parts (engine settings and epoch ticks,
 //!   compiled-artifact cache, guest output capture, the WASI linker, machine
 //!   code in huge pages so forked children start with it mapped, the
-//!   guest's fork-safe random generator).
+//!   guest's fork-safe random generator); `sealed_file`: memory files
+//!   sealed against any change, that compiled code is mapped from.
 //! - [`componentize`], `bundled`: core module to job component; the demo's
 //!   bundled job.
 //! - [`logging`], `paths`, `units`: log set-up, the data directory, byte
@@ -60,6 +61,7 @@ pub mod policy;
 pub mod queue;
 pub mod registry;
 pub mod sandbox;
+pub(crate) mod sealed_file;
 pub mod signing;
 pub(crate) mod trace_context;
 pub(crate) mod units;
