@@ -355,18 +355,16 @@ unsafe fn deserialize_in_huge_pages(engine: &Engine, artifact: &[u8]) -> Option<
     // SAFETY: as the caller vouches.
     let component = unsafe { Component::deserialize(engine, artifact) }.ok()?;
     let image = component.image_range();
+    let image = image.start as usize..image.end as usize;
     // SAFETY: wasmtime's own anonymous mapping of this component's code,
     // alive as long as `component`.
-    match unsafe { crate::hugepages::collapse(image.start as usize..image.end as usize) } {
+    match unsafe { crate::hugepages::collapse(image.clone()) } {
         Ok(bytes) => {
             tracing::debug!(bytes, "compiled code in huge pages");
             let text = component.text().as_ptr_range();
             // SAFETY: as above; `text` is that code's executable part.
             match unsafe {
-                crate::hugepages::file_back_edges(
-                    image.start as usize..image.end as usize,
-                    text.start as usize..text.end as usize,
-                )
+                crate::hugepages::file_back_edges(image, text.start as usize..text.end as usize)
             } {
                 Ok(bytes) => tracing::debug!(bytes, "compiled code's edges mapped from a file"),
                 Err(e) => tracing::debug!(error = %e, "compiled code's edges stay anonymous"),
