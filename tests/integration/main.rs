@@ -9,6 +9,7 @@
 mod architecture;
 mod artifacts;
 mod batching;
+mod chaos;
 mod common;
 mod confinement;
 mod dashboard;

@@ -3,12 +3,14 @@
 //! signal, a child killed by one, or a child lost with its fork server).
 //! Extend the message's visibility, suspend the worker's group, call
 //! `on-exit` in a fresh process with the same module digest `run` used
-//! (twice at most, killing the worker before the second try), requeue or
-//! dead-letter ([`fate::after_exit_handling`]), then kill the group.
+//! (twice at most, killing the worker before the second try), requeue,
+//! dead-letter, or, when `on-exit` could not run for a passing reason,
+//! leave the message for redelivery ([`fate::after_exit_handling`]), then
+//! kill the group.
 
 use super::admit::Admitted;
-use super::fate::{self, ExitHandlingFate};
-use super::forks::{ProcessEnd, Spawned};
+use super::fate::{self, ExitHandlingFate, OnExitTry};
+use super::forks::{ProcessEnd, SpawnError, Spawned};
 use super::reply::{Ending, Told};
 use super::settle::{Delivery, JobContext, JobResult, dead_letter, report_queue_error, tell};
 use crate::outcome::Outcome;
@@ -23,7 +25,7 @@ async fn try_on_exit(
     a: &Admitted,
     signal: i32,
     attempt: u32,
-) -> bool {
+) -> OnExitTry {
     let call = CallKind::OnExit {
         signal: signal as u32,
     };
@@ -31,9 +33,13 @@ async fn try_on_exit(
     let spawned = ctx.spawn(d, a, call, std::future::pending()).await;
     let mut spawned = match spawned {
         Ok(s) => s,
+        Err(SpawnError::InvalidComponent(why)) => {
+            tracing::error!(on_exit_try = attempt, error = %why, "cannot start on-exit");
+            return OnExitTry::Failed;
+        }
         Err(e) => {
-            tracing::error!(on_exit_try = attempt, error = %e, "cannot start on-exit");
-            return false;
+            tracing::warn!(on_exit_try = attempt, error = %e, "cannot start on-exit now (a passing failure)");
+            return OnExitTry::NotRun;
         }
     };
     let pid = spawned.pid.as_raw();
@@ -43,11 +49,11 @@ async fn try_on_exit(
             ..
         })) => {
             tracing::info!(on_exit_try = attempt, pid, "on-exit finished");
-            true
+            OnExitTry::Finished
         }
         Ok(Ok(end)) => {
             tracing::warn!(on_exit_try = attempt, pid, status = ?end.status, outcome = ?end.outcome.map(|o| o.to_string()), "on-exit failed");
-            false
+            OnExitTry::Failed
         }
         Ok(Err(_)) => {
             tracing::warn!(
@@ -55,7 +61,7 @@ async fn try_on_exit(
                 pid,
                 "on-exit was lost with its fork server"
             );
-            false
+            OnExitTry::NotRun
         }
         Err(_) => {
             tracing::warn!(
@@ -65,7 +71,7 @@ async fn try_on_exit(
                 "on-exit did not finish in time; killing it"
             );
             spawned.signal_group(Signal::SIGKILL).await;
-            false
+            OnExitTry::Failed
         }
     }
 }
@@ -88,34 +94,27 @@ pub(super) async fn handle(
         w.signal_group(Signal::SIGSTOP).await;
         tracing::info!(message_id = %id, pid = w.pid.as_raw(), "worker suspended");
     }
-    let mut cleaned = try_on_exit(ctx, d, a, signal, 1).await;
-    if !cleaned {
+    let mut last = try_on_exit(ctx, d, a, signal, 1).await;
+    if last != OnExitTry::Finished {
         if let Some(w) = &worker {
             tracing::warn!(message_id = %id, pid = w.pid.as_raw(), "killing the worker before the second on-exit try");
             w.signal_group(Signal::SIGKILL).await;
         }
-        cleaned = try_on_exit(ctx, d, a, signal, 2).await;
+        last = try_on_exit(ctx, d, a, signal, 2).await;
     }
-    match fate::after_exit_handling(cleaned, d.source.retries_allowed) {
+    match fate::after_exit_handling(last, d.source.retries_allowed) {
         ExitHandlingFate::Requeue => {
-            if d.source.last_receive(d.msg.receive_count) {
-                let why = format!("stopped by signal {signal} on its last allowed receive");
-                tell(
-                    ctx,
-                    d,
-                    Told::RetriesExhausted,
-                    Some(&why),
-                    &Ending::stopped(signal),
-                )
-                .await;
-            }
-            let visibility = fate::requeue_visibility(d.source.long_poll);
-            let r = queue.change_visibility(receipt, visibility).await;
-            if r.is_ok() {
+            let why = format!("stopped by signal {signal} on its last allowed receive");
+            if let Some(visibility) = give_back(ctx, d, signal, &why).await {
                 ctx.stats.requeued.inc();
                 tracing::info!(message_id = %id, visibility_s = visibility.as_secs(), "message returned to the queue");
             }
-            report_queue_error(ctx, id, r);
+        }
+        ExitHandlingFate::Redeliver { why } => {
+            if let Some(visibility) = give_back(ctx, d, signal, &why).await {
+                ctx.stats.left.inc();
+                tracing::warn!(message_id = %id, %why, visibility_s = visibility.as_secs(), "message left for redelivery");
+            }
         }
         ExitHandlingFate::DeadLetter { why } => {
             let told = (Told::DeadLettered, why.as_str());
@@ -128,6 +127,26 @@ pub(super) async fn handle(
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut w.end).await;
     }
     JobResult {
-        exit_handling_failed: !cleaned,
+        exit_handling_failed: last == OnExitTry::Failed,
     }
+}
+
+/// Make the message visible again (the requeue visibility), first telling
+/// its sender, on its last allowed receive, that its retries are used up
+/// (`why`). The visibility, when the queue took the change.
+async fn give_back(ctx: &JobContext, d: &Delivery, signal: i32, why: &str) -> Option<Duration> {
+    if d.source.last_receive(d.msg.receive_count) {
+        tell(
+            ctx,
+            d,
+            Told::RetriesExhausted,
+            Some(why),
+            &Ending::stopped(signal),
+        )
+        .await;
+    }
+    let (visibility, r) = d.requeue().await;
+    let given = r.is_ok().then_some(visibility);
+    report_queue_error(ctx, &d.msg.message_id, r);
+    given
 }

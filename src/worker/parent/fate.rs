@@ -2,8 +2,9 @@
 //! job ended: one pure function, [`decide`], the rule for a message's last
 //! allowed attempt, [`on_attempt`], and the one for after exit handling,
 //! [`after_exit_handling`]. The README's fate table is this file.
-//! A passing failure (the job could not start for reasons that are not the
-//! message's) is never a verdict: the message is left for redelivery.
+//! A passing failure (the job, or its `on-exit`, could not start or run for
+//! reasons that are not the message's) is never a verdict: the message is
+//! left for redelivery.
 
 use crate::outcome::{Outcome, exit_code};
 use crate::worker::protocol::ExitStatus;
@@ -175,19 +176,35 @@ pub(crate) fn decide(end: &WorkerEnd) -> Fate {
     }
 }
 
-/// After `on-exit` ran (or failed twice): requeue when retries are allowed
-/// and cleanup succeeded; otherwise dead-letter.
-pub(crate) fn after_exit_handling(
-    on_exit_succeeded: bool,
-    retries_allowed: bool,
-) -> ExitHandlingFate {
-    match (on_exit_succeeded, retries_allowed) {
-        (true, true) => ExitHandlingFate::Requeue,
-        (true, false) => ExitHandlingFate::DeadLetter {
+/// How an `on-exit` try ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnExitTry {
+    /// It returned ok.
+    Finished,
+    /// It ran and did not succeed: returned an error, trapped, was killed,
+    /// or overran the exit timeout. A verdict on the job's cleanup.
+    Failed,
+    /// It never ran to an end for a passing reason: no fork server could
+    /// start it, or it was lost with its fork server. Not a verdict.
+    NotRun,
+}
+
+/// After exit handling, from how the last `on-exit` try ended (the second
+/// when the first did not finish): requeue when cleanup finished and
+/// retries are allowed; dead-letter when it failed, or finished on a queue
+/// that allows no retries; leave the message for redelivery when `on-exit`
+/// could not run, as for any passing failure.
+pub(crate) fn after_exit_handling(last_try: OnExitTry, retries_allowed: bool) -> ExitHandlingFate {
+    match (last_try, retries_allowed) {
+        (OnExitTry::Finished, true) => ExitHandlingFate::Requeue,
+        (OnExitTry::Finished, false) => ExitHandlingFate::DeadLetter {
             why: "stopped by a signal and the queue allows no retries".into(),
         },
-        (false, _) => ExitHandlingFate::DeadLetter {
+        (OnExitTry::Failed, _) => ExitHandlingFate::DeadLetter {
             why: "on-exit did not finish after two tries; cleanup cannot be guaranteed".into(),
+        },
+        (OnExitTry::NotRun, _) => ExitHandlingFate::Redeliver {
+            why: "on-exit could not run: its fork server was lost or could not start it".into(),
         },
     }
 }
@@ -198,6 +215,11 @@ pub(crate) enum ExitHandlingFate {
     /// polling), so a long poll of our own cannot take it straight back.
     Requeue,
     DeadLetter {
+        why: String,
+    },
+    /// Not a verdict: make it visible again as for a requeue, without
+    /// counting it requeued.
+    Redeliver {
         why: String,
     },
 }
@@ -371,15 +393,31 @@ mod tests {
 
     #[test]
     fn exit_handling_requeues_only_with_retries_and_clean_exit() {
-        assert_eq!(after_exit_handling(true, true), ExitHandlingFate::Requeue);
+        use OnExitTry::*;
+        assert_eq!(
+            after_exit_handling(Finished, true),
+            ExitHandlingFate::Requeue
+        );
         assert!(matches!(
-            after_exit_handling(true, false),
+            after_exit_handling(Finished, false),
             ExitHandlingFate::DeadLetter { .. }
         ));
-        assert!(matches!(
-            after_exit_handling(false, true),
-            ExitHandlingFate::DeadLetter { .. }
-        ));
+        for retries in [true, false] {
+            assert!(matches!(
+                after_exit_handling(Failed, retries),
+                ExitHandlingFate::DeadLetter { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn on_exit_that_could_not_run_is_no_verdict() {
+        for retries in [true, false] {
+            assert!(matches!(
+                after_exit_handling(OnExitTry::NotRun, retries),
+                ExitHandlingFate::Redeliver { .. }
+            ));
+        }
     }
 
     #[test]

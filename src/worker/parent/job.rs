@@ -140,12 +140,7 @@ enum Unstarted {
 /// Release a message whose job had not started when the exit signal came,
 /// with the visibility of a requeue (`fate::requeue_visibility`).
 async fn release_unstarted(ctx: &JobContext, d: &Delivery, why: Unstarted) -> JobResult {
-    let visibility = fate::requeue_visibility(d.source.long_poll);
-    let r = d
-        .source
-        .queue
-        .change_visibility(&d.msg.receipt_handle, visibility)
-        .await;
+    let (visibility, r) = d.requeue().await;
     if r.is_ok() {
         ctx.stats.released.inc();
         let visibility_s = visibility.as_secs();

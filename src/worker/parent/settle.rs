@@ -114,6 +114,19 @@ impl JobContext {
 }
 
 impl Delivery {
+    /// Make the message visible again as a requeue does
+    /// ([`fate::requeue_visibility`]): the visibility it was given, and
+    /// what the queue said.
+    pub(crate) async fn requeue(&self) -> (Duration, Result<(), QueueError>) {
+        let visibility = fate::requeue_visibility(self.source.long_poll);
+        let r = self
+            .source
+            .queue
+            .change_visibility(&self.msg.receipt_handle, visibility)
+            .await;
+        (visibility, r)
+    }
+
     /// Which receive this is, among those the queue allows.
     pub(crate) fn attempt(&self) -> fate::Attempt {
         fate::Attempt {
