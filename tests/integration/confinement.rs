@@ -186,10 +186,13 @@ fn files_wasm_jobs_creates_are_private_and_a_shared_data_dir_is_refused() {
 }
 
 /// A worker child holds no earlier message: the fork server wipes what it
-/// frees, so a later call's child (forked on demand, or set up ahead from
-/// the fork server or a template) finds none of an earlier call's body in
-/// its memory, and neither does the fork server; its own body is there
-/// (the search works).
+/// frees, and the buffer it reads reports into once each is decoded, so a
+/// later call's child (forked on demand, or set up ahead from the fork
+/// server or a template) finds none of an earlier call's body in its
+/// memory, and neither does the fork server; its own body is there (the
+/// search works). The earlier call fails with its body as the reason, so
+/// the body passes through the fork server twice: in the handover and in
+/// the report.
 async fn a_child_holds_no_earlier_message(extra: &[&str]) {
     let b = Backend::embedded();
     let (q, addr) = b.create("wiped", &config(30)).await;
@@ -201,12 +204,12 @@ async fn a_child_holds_no_earlier_message(extra: &[&str]) {
     let (earlier, own) = (format!("earlier-body-{nonce}"), format!("own-body-{nonce}"));
     // Many copies over 8 KiB: blocks of another size may reuse parts of it.
     q.send(&OutgoingMessage::new(format!(
-        "o {}",
+        "e {}",
         format!("{earlier} ").repeat(200)
     )))
     .await
     .unwrap();
-    wait_for_count(&w, "job succeeded; message deleted", 1, wait);
+    wait_for_count(&w, "worker child ended", 1, wait);
     q.send(&OutgoingMessage::new(format!("l {own}")))
         .await
         .unwrap();

@@ -154,6 +154,8 @@ struct Server {
     pending: VecDeque<Command>,
     /// The command stream ended (0) or broke (1): the exit code to shut down with.
     commands_ended: Option<i32>,
+    /// Where reports are read, zero between reads ([`reap`]).
+    report_buf: Box<[u8]>,
 }
 
 /// In a process just forked from the fork server: let go of the calls it
@@ -260,6 +262,7 @@ pub(crate) fn main(config: &str) -> i32 {
         awaiting_copy: VecDeque::new(),
         pending: VecDeque::new(),
         commands_ended: None,
+        report_buf: vec![0u8; protocol::MAX_EVENT_BYTES].into_boxed_slice(),
     };
     if let Err(e) = server.confinement.confine_fork_server() {
         tracing::error!(error = %e, "fork server: cannot install its seccomp filter");

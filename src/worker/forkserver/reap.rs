@@ -24,11 +24,19 @@ use nix::unistd::Pid;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
-/// The one packet a reaped child left on its report channel, if any.
-fn read_report(channel: &OwnedFd) -> Option<protocol::Report> {
-    let mut buf = vec![0u8; protocol::MAX_EVENT_BYTES];
-    match recv(channel.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-        Ok(n) => protocol::decode_report(&buf[..n]),
+/// The one packet a reaped child left on its report channel, if any, read
+/// into `buf`, the fork server's one buffer (zeroing 64 KiB to read each
+/// report, and wiping them as they were freed, cost every call). What the
+/// packet held is zeroed again once decoded, so no call's report stays in
+/// the memory later children are forked with ([`crate::wipe`]).
+fn read_report(channel: &OwnedFd, buf: &mut [u8]) -> Option<protocol::Report> {
+    match recv(channel.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+        Ok(n) => {
+            let n = n.min(buf.len());
+            let report = protocol::decode_report(&buf[..n]);
+            buf[..n].fill(0);
+            report
+        }
         Err(_) => None,
     }
 }
@@ -58,7 +66,7 @@ impl Server {
         let Some(Running::Call(call)) = self.running.get_mut(&pid) else {
             return;
         };
-        let Some(report) = read_report(&call.channel) else {
+        let Some(report) = read_report(&call.channel, &mut self.report_buf) else {
             call.listening = false;
             return;
         };
@@ -114,7 +122,7 @@ impl Server {
             Some(Running::Call(call)) => {
                 // Its report, if it came after this turn's poll: then, as
                 // in `report_arrived`, the report decides how it ended.
-                let report = read_report(&call.channel);
+                let report = read_report(&call.channel, &mut self.report_buf);
                 let status = report.as_ref().map_or(status, reported_status);
                 self.tell_end(call, status, report)
             }
