@@ -11,11 +11,6 @@ use wasm_jobs::queue::OutgoingMessage;
 
 crate::on_both_backends!(chaos_kills_lose_and_dead_letter_nothing);
 
-fn kill(pid: i32, sig: i32) {
-    // SAFETY: signalling a process of this test's own worker.
-    unsafe { libc::kill(pid, sig) };
-}
-
 /// A small deterministic generator, so a failing run can be replayed from
 /// the seed it prints.
 struct Lcg(u64);

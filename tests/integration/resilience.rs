@@ -16,11 +16,6 @@ crate::on_both_backends!(
     on_exit_lost_with_its_fork_server_twice_is_no_verdict,
 );
 
-fn kill(pid: i32, sig: i32) {
-    // SAFETY: signalling a process of this test's own worker.
-    unsafe { libc::kill(pid, sig) };
-}
-
 /// The 18 MB Python guest compiles for seconds in a helper; killing the
 /// helper leaves its message for redelivery (not the dead-letter queue),
 /// the next compile succeeds and the job runs. Meanwhile another module's
@@ -256,7 +251,7 @@ async fn a_killed_fork_server_is_replaced_and_loses_nothing(b: Backend) {
 async fn on_exit_lost_with_its_fork_server_twice_is_no_verdict(b: Backend) {
     let (q, dlq) = b.create_with_dlq("on-exit-lost", 5, &config(30)).await;
     let w = hostile_worker(&b, q.as_ref(), "30");
-    let first = w.fork_server_pid(Duration::from_secs(30));
+    let mut server = w.fork_server_pid(Duration::from_secs(30));
     // `run` and `on-exit` both sleep until then: long enough for the kills
     // below, short enough that the redelivered job then succeeds.
     let until = now_ms() + 15_000;
@@ -273,8 +268,7 @@ async fn on_exit_lost_with_its_fork_server_twice_is_no_verdict(b: Backend) {
             })
             .count()
     };
-    let mut server = first;
-    for (n, try_number) in [(1, "1"), (2, "2")] {
+    for n in 1..=2 {
         let deadline = Instant::now() + Duration::from_secs(20);
         while on_exit_lines() < n {
             assert!(
@@ -287,7 +281,7 @@ async fn on_exit_lost_with_its_fork_server_twice_is_no_verdict(b: Backend) {
         kill(server, libc::SIGKILL);
         w.wait_for(
             "on-exit was lost with its fork server",
-            &[("on_exit_try", try_number)],
+            &[("on_exit_try", &n.to_string())],
             Duration::from_secs(20),
         );
         let again = w.wait_until("a new fork server", Duration::from_secs(20), |e| {

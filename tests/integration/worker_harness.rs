@@ -230,6 +230,13 @@ pub(crate) fn wait_for_count_of(
     }
 }
 
+/// Send `sig` to a process of the test's own worker (its fork server, a
+/// template, a child), found in its log.
+pub(crate) fn kill(pid: i32, sig: i32) {
+    // SAFETY: signalling a process of this test's own worker.
+    unsafe { libc::kill(pid, sig) };
+}
+
 /// CPU time (user + system) a process has used so far, in seconds.
 pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

@@ -32,7 +32,6 @@ use std::time::Instant;
 fn read_report(channel: &OwnedFd, buf: &mut [u8]) -> Option<protocol::Report> {
     match recv(channel.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
         Ok(n) => {
-            let n = n.min(buf.len());
             let report = protocol::decode_report(&buf[..n]);
             buf[..n].fill(0);
             report
