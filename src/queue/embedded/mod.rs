@@ -9,8 +9,10 @@
 //! nothing. Database calls run on tokio's blocking pool, except a message's
 //! own operations (receive, delete, visibility, send; each bounded by a
 //! batch of ten), which run at once on the calling thread when nothing else
-//! holds the database ([`StoreInner::write_quick`]).
+//! holds the database ([`StoreInner::write_quick`]). The log is
+//! checkpointed on a thread of its own ([`checkpoint`]), never in a commit.
 
+mod checkpoint;
 mod ops;
 mod sql;
 mod wake;
@@ -88,6 +90,8 @@ struct StoreInner {
     conn: Mutex<Connection>,
     /// Wakes long polls, in any process, when messages become visible.
     wake: WakeFiles,
+    /// Checkpoints the log off the writers' thread.
+    checkpoints: checkpoint::Checkpoints,
 }
 
 impl StoreInner {
@@ -125,6 +129,7 @@ impl StoreInner {
                     tx.busy_timeout(BUSY_TIMEOUT).map_err(storage)?;
                     let out = f(&tx)?;
                     tx.commit().map_err(storage)?;
+                    self.checkpoints.committed();
                     return Ok(out);
                 }
                 Err(e) => e,
@@ -151,6 +156,7 @@ impl StoreInner {
             .map_err(storage)?;
         let out = f(&tx)?;
         tx.commit().map_err(storage)?;
+        self.checkpoints.committed();
         Ok(out)
     }
 }
@@ -218,10 +224,12 @@ impl EmbeddedStore {
             .map_err(storage)?;
         let wake =
             WakeFiles::new(data_dir).map_err(|e| QueueError::Other(format!("wake files: {e}")))?;
+        let checkpoints = checkpoint::Checkpoints::start(&conn, &path)?;
         Ok(EmbeddedStore {
             inner: Arc::new(StoreInner {
                 conn: Mutex::new(conn),
                 wake,
+                checkpoints,
             }),
         })
     }
