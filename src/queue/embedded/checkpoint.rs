@@ -11,8 +11,10 @@
 //! ended and waited for it, and the machine stood idle.
 //!
 //! So the store's connection never checkpoints (`wal_autocheckpoint` 0).
-//! Every [`COMMITS_PER_CHECKPOINT`] commits wake this thread, which
-//! checkpoints on a connection of its own:
+//! Every [`COMMITS_PER_CHECKPOINT`] commits wake this thread, and so does
+//! every [`QUIET_CHECK`] without them (what other processes logged: a
+//! stream of CLI `send`s, each a process of one commit, while a worker
+//! waits idle). It checkpoints on a connection of its own:
 //! - `PASSIVE` first: it copies what the log holds without taking a lock
 //!   any writer needs, so commits go on while it copies and syncs.
 //! - Under a steady stream of commits a passive checkpoint never copies the
@@ -35,7 +37,7 @@ use crate::queue::QueueError;
 use rusqlite::Connection;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
 
 /// Commits between two checkpoints. One of a worker's own transactions logs
@@ -46,6 +48,10 @@ const COMMITS_PER_CHECKPOINT: u32 = 200;
 /// Log frames (pages) past which a checkpoint finishes the log so that it
 /// starts over: the log file grows to about this many pages of 4 KiB.
 const RESTART_FRAMES: i64 = 4000;
+
+/// The longest the thread sleeps without checkpointing. A checkpoint with
+/// nothing to copy reads the log's header and syncs nothing.
+const QUIET_CHECK: Duration = Duration::from_secs(1);
 
 /// How long the finishing checkpoint waits for the write lock and for
 /// readers, while writers wait for it.
@@ -69,7 +75,8 @@ impl Checkpoints {
         std::thread::Builder::new()
             .name("wal-checkpoint".into())
             .spawn(move || {
-                while woken.recv().is_ok() {
+                while let Ok(()) | Err(RecvTimeoutError::Timeout) = woken.recv_timeout(QUIET_CHECK)
+                {
                     if let Err(e) = checkpoint(&checkpointer) {
                         tracing::warn!(error = %e, "checkpointing the embedded queue's log failed");
                     }
@@ -165,6 +172,30 @@ mod tests {
         let bound = (super::RESTART_FRAMES as u64 + 4000) * page_frame;
         let wal = wal_bytes(dir.path());
         assert!(wal < bound, "the log grew to {wal} bytes (bound {bound})");
+    }
+
+    /// What another process logged is copied into the database even when
+    /// this one commits nothing: the thread checkpoints every `QUIET_CHECK`.
+    #[test]
+    fn what_other_processes_log_is_checkpointed() {
+        let (dir, _q) = new_queue();
+        let db = dir.path().join("queues.sqlite3");
+        let db_bytes = || std::fs::metadata(&db).unwrap().len();
+        let before = db_bytes();
+        // Another process's connection, which never checkpoints itself.
+        let other = rusqlite::Connection::open(&db).unwrap();
+        other.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        other
+            .execute_batch(
+                "CREATE TABLE filler (x BLOB); INSERT INTO filler VALUES (zeroblob(1000000));",
+            )
+            .unwrap();
+        // Only a checkpoint writes the database file itself.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while db_bytes() < before + 1_000_000 {
+            assert!(Instant::now() < deadline, "nothing was checkpointed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// A reader holding an old snapshot (another process's long read) can
