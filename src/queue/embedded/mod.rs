@@ -10,7 +10,7 @@
 //! own operations (receive, delete, visibility, send; each bounded by a
 //! batch of ten), which run at once on the calling thread when nothing else
 //! holds the database ([`StoreInner::write_quick`]). The log is
-//! checkpointed on a thread of its own ([`checkpoint`]), never in a commit.
+//! checkpointed on a thread of its own ([`checkpoint`]), not in a commit.
 
 mod checkpoint;
 mod ops;
@@ -86,12 +86,13 @@ fn storage(e: impl std::fmt::Display) -> QueueError {
 
 /// What every handle on one data directory's queues shares.
 struct StoreInner {
+    /// Checkpoints the log off the writers' thread. First, so it is dropped
+    /// (its thread and connection closed) before `conn`.
+    checkpoints: checkpoint::Checkpoints,
     /// The one connection; transactions take turns on it.
     conn: Mutex<Connection>,
     /// Wakes long polls, in any process, when messages become visible.
     wake: WakeFiles,
-    /// Checkpoints the log off the writers' thread.
-    checkpoints: checkpoint::Checkpoints,
 }
 
 impl StoreInner {
@@ -209,6 +210,10 @@ impl EmbeddedStore {
             .map_err(storage)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(storage)?;
+        // A log that grew past this (behind a long reader) is cut back to it
+        // when it starts over.
+        conn.pragma_update(None, "journal_size_limit", 64 << 20)
+            .map_err(storage)?;
         prepare_once(&conn)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -227,9 +232,9 @@ impl EmbeddedStore {
         let checkpoints = checkpoint::Checkpoints::start(&conn, &path)?;
         Ok(EmbeddedStore {
             inner: Arc::new(StoreInner {
+                checkpoints,
                 conn: Mutex::new(conn),
                 wake,
-                checkpoints,
             }),
         })
     }
