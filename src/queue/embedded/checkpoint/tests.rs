@@ -1,3 +1,7 @@
+//! Tests of the embedded queue's checkpoints: when one is due, that the log
+//! starts over under load and after another process wrote it, that a long
+//! reader holds no writer back, and that a dropped store leaves no log.
+
 use super::{CHECKPOINT_FRAMES, RESTART_FRAMES, due};
 use crate::queue::embedded::{EmbeddedQueue, EmbeddedStore};
 use crate::queue::{OutgoingMessage, Queue, QueueConfig, ReceiveRequest};
