@@ -177,26 +177,27 @@ impl Thread {
     /// Copy what the log holds without waiting for anyone; if the log is
     /// past [`RESTART_FRAMES`], finish it so it starts over.
     fn try_checkpoint(&mut self) -> Result<(), Box<dyn std::error::Error>> {
-        let log = run(&self.conn, "PASSIVE")?;
+        let log = run(&self.conn, PASSIVE)?;
         self.last_log.store(log, Ordering::Relaxed);
         if log > RESTART_FRAMES {
             std::fs::File::open(&self.db)?.sync_data()?;
-            run(&self.conn, "FULL")?;
+            run(&self.conn, FULL)?;
         }
         Ok(())
     }
 }
 
-/// Run one checkpoint in `mode` (`PASSIVE` or `FULL`); the frames in the
-/// log. One that could not finish (busy) is no error: the next goes on.
-fn run(conn: &Connection, mode: &str) -> rusqlite::Result<i64> {
-    let sql = if mode == "FULL" {
-        "PRAGMA wal_checkpoint(FULL)"
-    } else {
-        "PRAGMA wal_checkpoint(PASSIVE)"
-    };
+/// A checkpoint that waits for nobody.
+const PASSIVE: &str = "PRAGMA wal_checkpoint(PASSIVE)";
+
+/// A checkpoint that holds writers back to copy the whole log.
+const FULL: &str = "PRAGMA wal_checkpoint(FULL)";
+
+/// Run one checkpoint ([`PASSIVE`] or [`FULL`]); the frames in the log.
+/// One that could not finish (busy) is no error: the next goes on.
+fn run(conn: &Connection, checkpoint: &str) -> rusqlite::Result<i64> {
     // One row: busy, frames in the log, frames copied.
-    conn.query_row(sql, [], |r| r.get(1))
+    conn.query_row(checkpoint, [], |r| r.get(1))
 }
 
 /// Whether a log of `frames` is due for a checkpoint, the last one having
